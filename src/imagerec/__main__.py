@@ -1,0 +1,3 @@
+from imagerec.cli.main import main
+
+main()

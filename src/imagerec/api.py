@@ -1,0 +1,130 @@
+"""The public verbs: train, evaluate, load. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from torch.utils.data import DataLoader
+
+from imagerec.config import SECTIONS, RunConfig, build_config, merge, read_yaml
+from imagerec.data.datasets import ClassificationDataset, channel_statistics
+from imagerec.data.formats import load_index
+from imagerec.data.images import image_channels, read_image
+from imagerec.data.index import DataIndex
+from imagerec.data.split import apply_split_record, ensure_splits
+from imagerec.errors import UserError
+from imagerec.outputs.predict import Predictor, load
+from imagerec.training import Run
+from imagerec.runs import RUN_FORMAT, RunDir, open_run, write_json
+from imagerec.tasks.classification import ClassificationTask
+
+__all__ = ["Run", "evaluate", "load", "train"]
+
+MIN_AUTO_IMGSZ, MAX_AUTO_IMGSZ = 32, 224
+
+
+def _section_of(key: str) -> str:
+    aliases = {"data": ("data", "path"), "model": ("model", "name")}
+    for section, fields in SECTIONS.items():
+        if key in fields.model_fields:
+            return section
+    for section, (alias, _) in aliases.items():
+        if key == alias:
+            return section
+    raise TypeError(f"unknown training option {key!r}")
+
+
+def resolve_config(data: str | Path | None, *, config: str | Path | None = None, **options: Any) -> RunConfig:
+    """Merge a YAML config file with keyword options (options win) into a validated RunConfig."""
+    values = read_yaml(Path(config)) if config else {}
+    nested: dict[str, Any] = {"data": {"path": data} if data is not None else {}}
+    for key, value in options.items():
+        if key in ("task", "out"):
+            nested[key] = value
+        elif key == "model":
+            nested.setdefault("model", {})["name"] = value
+        else:
+            nested.setdefault(_section_of(key), {})[key] = value
+    values = merge(values, nested)
+    if "path" not in values.get("data", {}):
+        raise UserError("no data given: pass the folder or CSV to train on")
+    return build_config(values)
+
+
+def train(
+    data: str | Path | None = None,
+    *,
+    config: str | Path | None = None,
+    resume: str | Path | None = None,
+    console: Console | None = None,
+    **options: Any,
+) -> Run:
+    """Train a model on `data` and evaluate it on the test split; returns the Run.
+
+    Options are the fields of DataConfig, ModelConfig and TrainConfig (e.g. `model="resnet18", epochs=10`).
+    `resume` continues an interrupted run from its last finished epoch (optionally with more `epochs`).
+    """
+    from imagerec.training import TrainingSession
+
+    console = console or Console()
+    if resume is not None:
+        run = open_run(resume)
+        saved = run.read_config()
+        extra = {k: v for k, v in options.items() if v is not None}
+        cfg = build_config(merge(saved, {"train": extra} if extra else {}))
+        return TrainingSession(cfg, console=console, resume=run).run()
+    cfg = resolve_config(data, config=config, **options)
+    return TrainingSession(cfg, console=console).run()
+
+
+def _remap(index: DataIndex, classes: list[str], data: Path) -> None:
+    """Re-express `index` targets in the model's class order; unknown labels are an error."""
+    lookup = {name: i for i, name in enumerate(classes)}
+    unknown = [c for c in index.classes if c not in lookup]
+    if unknown:
+        raise UserError(
+            f"{data}: label {unknown[0]!r} is not one of the model's classes ({', '.join(classes)}); "
+            "evaluate on data with the classes the model was trained on"
+        )
+    order = [lookup[c] for c in index.classes]
+    for split, samples in index.splits.items():
+        index.splits[split] = [
+            type(s)(s.path, tuple(order[t] for t in s.target) if isinstance(s.target, tuple) else order[s.target])
+            for s in samples
+        ]
+    index.classes = list(classes)
+
+
+def evaluate(
+    run: str | Path | RunDir, data: str | Path, *, split: str = "test", batch: int = 128, device: str = "auto"
+) -> dict[str, Any]:
+    """Metrics of the run's best weights on `split` of `data`; also written to `evaluation/<split>.json`."""
+    run_dir = run if isinstance(run, RunDir) else open_run(run, task="classify")
+    predictor = Predictor(run_dir, device=device)
+    index = load_index(data)
+    record = run_dir.read_split()
+    if "all" in index.splits:
+        same_data = Path(run_dir.read_config()["data"]["path"]).resolve() == Path(data).resolve()
+        if record and same_data:
+            apply_split_record(index, record)
+        else:
+            index.splits = {split: index.splits.pop("all")}  # a flat folder of new data is evaluated whole
+    if not index.samples(split):
+        raise UserError(f"{data}: no images in split {split!r} (found splits: {', '.join(index.splits)})")
+    _remap(index, predictor.classes, Path(data))
+    dataset = ClassificationDataset(
+        index.samples(split),
+        channels=predictor.info["channels"],
+        num_classes=len(predictor.classes),
+        transform=predictor.transform,
+    )
+    metrics = predictor.task.metrics()
+    for images, targets in DataLoader(dataset, batch_size=batch):
+        metrics.update(predictor.probabilities(images), targets)
+    result = {"split": split, "data": str(data), **metrics.compute()}
+    write_json(run_dir.evaluation(split), result)
+    return result

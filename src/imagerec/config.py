@@ -1,0 +1,107 @@
+"""Typed configuration. YAML is only the saved form; every field has a default a new user can live with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from imagerec.errors import UserError
+
+Task = Literal["classify"]
+Augment = Literal["none", "light", "medium", "heavy"]
+Precision = Literal["auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Config):
+    path: Path
+    format: Literal["auto", "imagefolder", "csv"] = "auto"
+    val: float = Field(0.1, ge=0, lt=1, description="fraction held out for validation when the data has no val split")
+    test: float = Field(0.1, ge=0, lt=1, description="fraction held out for testing when the data is one flat folder")
+    imgsz: int | None = Field(None, gt=0, description="input size; default: the data's median size, at least 32")
+    batch: int = Field(64, gt=0)
+    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    cache: bool | None = Field(None, description="decode all images into memory once; default: when they fit")
+    augment: Augment = "light"
+    balanced_sampler: bool = False
+
+
+class ModelConfig(_Config):
+    name: str = "seed_cnn"
+    binary_head: Literal["sigmoid", "softmax"] = Field(
+        "sigmoid", description="two classes: one logit with BCE, or two-class softmax"
+    )
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainConfig(_Config):
+    epochs: int = Field(20, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    weight_decay: float = Field(0.05, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["cosine", "step", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    step_size: int = Field(10, gt=0, description="epochs between LR drops for the step schedule")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: bool = False
+    accumulate: int = Field(1, gt=0, description="batches per optimizer step")
+    clip_grad: float | None = Field(None, gt=0)
+    ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.999")
+    patience: int = Field(0, ge=0, description="stop after this many epochs without improvement (0: never)")
+    monitor: str | None = Field(None, description="validation metric for best checkpoint and early stopping")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    devices: int = Field(1, gt=0)
+    num_nodes: int = Field(1, gt=0)
+    precision: Precision = "auto"
+
+
+class RunConfig(_Config):
+    task: Task = "classify"
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    out: Path | None = None
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def build_config(values: dict[str, Any]) -> RunConfig:
+    """Validate nested values into a RunConfig, turning the first problem into one clear line."""
+    try:
+        return RunConfig.model_validate(values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"invalid setting {where}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of settings at the top level")
+    return values
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge; `overrides` wins, None values do not override."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        elif value is not None:
+            merged[key] = value
+    return merged

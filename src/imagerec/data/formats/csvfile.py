@@ -1,0 +1,62 @@
+"""CSV tables: `path,label` (paths relative to the CSV), multi-label as `path,"a;b"`, optional `split` column."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from imagerec.data.index import SPLIT_ALIASES, DataIndex, Sample
+from imagerec.errors import UserError
+
+MULTILABEL_SEPARATOR = ";"
+
+
+def split_csvs(folder: Path) -> dict[str, Path]:
+    """`train.csv`, `val.csv`, `test.csv` found in a folder (empty when it has none)."""
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for file in sorted(folder.glob("*.csv")):
+        if file.stem.lower() in SPLIT_ALIASES:
+            found[SPLIT_ALIASES[file.stem.lower()]] = file
+    return found
+
+
+def _read_rows(file: Path, default_split: str) -> list[tuple[str, Path, list[str]]]:
+    with file.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        fields = [f.strip().lower() for f in reader.fieldnames or []]
+        if "path" not in fields or "label" not in fields:
+            raise UserError(f"{file}: needs a header with columns path,label (found {', '.join(fields) or 'none'})")
+        rows = []
+        for row_number, raw in enumerate(reader, start=2):
+            row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
+            path = (file.parent / row["path"]).resolve()
+            if not path.is_file():
+                raise UserError(f"{file}, row {row_number}: image {row['path']!r} not found (paths are relative to the CSV)")
+            labels = [label.strip() for label in row["label"].split(MULTILABEL_SEPARATOR) if label.strip()]
+            if not labels:
+                raise UserError(f"{file}, row {row_number}: empty label; give a class name")
+            split = SPLIT_ALIASES.get(row.get("split", "").lower(), default_split) if row.get("split") else default_split
+            rows.append((split, path, labels))
+    if not rows:
+        raise UserError(f"{file}: no rows; add one line per image as path,label")
+    return rows
+
+
+def read_csv_index(path: Path) -> DataIndex:
+    """Index one CSV file, or a folder holding train.csv / val.csv / test.csv."""
+    files = split_csvs(path) if path.is_dir() else {"all": path}
+    rows = [row for split, file in files.items() for row in _read_rows(file, split)]
+    multilabel = any(len(labels) > 1 for _, _, labels in rows)
+    classes = sorted({label for _, _, labels in rows for label in labels})
+    if len(classes) < 2 and not multilabel:
+        raise UserError(f"{path}: only one label ({classes[0]}); classification needs at least two classes")
+    lookup = {name: i for i, name in enumerate(classes)}
+    splits: dict[str, list[Sample]] = {}
+    for split, image, labels in rows:
+        target = tuple(sorted(lookup[label] for label in labels)) if multilabel else lookup[labels[0]]
+        splits.setdefault(split, []).append(Sample(image, target))
+    root = path if path.is_dir() else path.parent
+    origin = "csv" if "all" not in splits else "stratified"
+    return DataIndex(root=root, classes=classes, splits=splits, multilabel=multilabel, origin=origin)

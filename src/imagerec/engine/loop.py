@@ -1,0 +1,190 @@
+"""train_one_epoch, evaluate and fit: plain functions over the Task contract, on Lightning Fabric."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from lightning_fabric import Fabric
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+from torch.utils.data import DataLoader
+
+from imagerec.tasks.base import Task
+
+
+@dataclass
+class FitState:
+    """Where training stands after the last finished epoch (saved in state.pt)."""
+
+    epoch: int = 0
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.0f} img/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def train_one_epoch(
+    fabric: Fabric,
+    task: Task,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader: DataLoader,
+    *,
+    accumulate: int = 1,
+    clip_grad: float | None = None,
+    on_step: Callable[[], None] | None = None,
+    progress: Progress | None = None,
+    description: str = "train",
+) -> dict[str, float]:
+    """One pass over `loader`; returns mean loss, last LR, throughput and time."""
+    model.train()
+    bar = progress.add_task(description, total=len(loader), loss=math.nan, speed=0.0) if progress else None
+    loss_sum, seen, start = torch.zeros(()), 0, time.perf_counter()
+    for i, batch in enumerate(loader):
+        stepping = (i + 1) % accumulate == 0 or i + 1 == len(loader)
+        with fabric.no_backward_sync(model, enabled=not stepping):
+            loss = task.step(model, batch)["loss"]
+            fabric.backward(loss / accumulate)
+        if stepping:
+            if clip_grad:
+                fabric.clip_gradients(model, optimizer, max_norm=clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if on_step:
+                on_step()
+        size = task.batch_size(batch)
+        loss_sum += loss.detach().float().cpu() * size
+        seen += size
+        if bar is not None and (i % 10 == 0 or i + 1 == len(loader)):
+            speed = seen / (time.perf_counter() - start)
+            progress.update(bar, completed=i + 1, loss=float(loss_sum) / seen, speed=speed)
+    elapsed = time.perf_counter() - start
+    if bar is not None:
+        progress.remove_task(bar)
+    # Mean loss over all processes, so every rank logs and decides the same.
+    mean_loss = fabric.all_reduce(loss_sum / max(seen, 1), reduce_op="mean")
+    return {
+        "train_loss": round(float(mean_loss), 6),
+        "lr": optimizer.param_groups[0]["lr"],
+        "images_per_s": round(seen * fabric.world_size / elapsed, 1),
+        "epoch_time_s": round(elapsed, 2),
+    }
+
+
+@torch.no_grad()
+def evaluate(fabric: Fabric, task: Task, model: nn.Module, loader: DataLoader) -> dict[str, Any]:
+    """Loss and task metrics over `loader` (every process sees the whole loader, so metrics are exact)."""
+    model.eval()
+    metrics = task.metrics()
+    loss_sum, seen = 0.0, 0
+    for batch in loader:
+        with fabric.autocast():
+            out = task.step(model, batch)
+        size = task.batch_size(batch)
+        loss_sum += float(out["loss"]) * size
+        seen += size
+        metrics.update(out["outputs"], out["targets"])
+    return {"loss": round(loss_sum / max(seen, 1), 6), **metrics.compute()}
+
+
+def _improved(score: float, best: float | None, mode: str) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(score)
+    return score > best if mode == "max" else score < best
+
+
+@dataclass
+class FitLoop:
+    """Everything `fit` needs besides the task and model, grouped so the signature stays readable."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    epochs: int
+    monitor: tuple[str, str]
+    patience: int = 0
+    accumulate: int = 1
+    clip_grad: float | None = None
+    seed: int = 0
+    eval_model: nn.Module | None = None  # e.g. the EMA copy; defaults to the trained model
+    on_step: Callable[[], None] | None = None
+    save: Callable[[FitState, bool], None] | None = None  # called after every finished epoch
+
+
+def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitState, console: Console) -> FitState:
+    """Train from `state.epoch + 1` to `loop.epochs`, evaluating, checkpointing and stopping early."""
+    key, mode = loop.monitor
+    progress = _progress(console, fabric.is_global_zero)
+    with progress:
+        for epoch in range(state.epoch + 1, loop.epochs + 1):
+            _set_epoch(loop.train_loader, loop.seed + epoch)
+            row: dict[str, Any] = {"epoch": epoch}
+            row |= train_one_epoch(
+                fabric, task, model, loop.optimizer, loop.scheduler, loop.train_loader,
+                accumulate=loop.accumulate, clip_grad=loop.clip_grad, on_step=loop.on_step, progress=progress,
+                description=f"epoch {epoch}/{loop.epochs}",
+            )  # fmt: skip
+            if loop.val_loader is not None:
+                val = evaluate(fabric, task, loop.eval_model or model, loop.val_loader)
+                row |= {f"val_{k}": v for k, v in val.items() if isinstance(v, int | float)}
+            score = float(row.get(key, math.nan))
+            best = _improved(score, state.best, mode)
+            state.epoch, state.history = epoch, [*state.history, row]
+            if best:
+                state.best, state.best_epoch, state.bad_epochs = score, epoch, 0
+            else:
+                state.bad_epochs += 1
+            state.stopped_early = bool(loop.patience) and state.bad_epochs >= loop.patience
+            if loop.save:
+                loop.save(state, best)
+            fabric.barrier()
+            if fabric.is_global_zero:
+                console.print(_summary(row, key, best))
+            if state.stopped_early:
+                console.print(f"early stop: {key} did not improve for {loop.patience} epochs") if fabric.is_global_zero else None
+                break
+    return state
+
+
+def _set_epoch(loader: DataLoader, seed: int) -> None:
+    """Reshuffle deterministically per epoch, so a resumed run sees the order an uninterrupted one would."""
+    sampler = loader.sampler
+    if hasattr(sampler, "set_epoch"):  # DistributedSampler under DDP
+        sampler.set_epoch(seed)
+    generator = getattr(sampler, "generator", None) or getattr(loader, "generator", None)
+    if generator is not None:
+        generator.manual_seed(seed)
+
+
+def _summary(row: dict[str, Any], key: str, best: bool) -> str:
+    shown = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}"]
+    shown += [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_") and k in ("val_loss", key)]
+    shown += [f"{row['images_per_s']:.0f} img/s", f"{row['epoch_time_s']:.1f}s"]
+    return "  ".join(shown) + ("  [green]best[/]" if best else "")

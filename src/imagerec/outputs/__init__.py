@@ -1,0 +1,1 @@
+"""Everything that reads a finished run: typed results, prediction, (later) reports, explanations, export."""

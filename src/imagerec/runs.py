@@ -1,0 +1,152 @@
+"""The run directory: its layout, atomic writes, and loading a finished or interrupted run."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imagerec.errors import UserError
+
+RUN_FORMAT = 1  # bumped when the files below change incompatibly
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through `write(tmp)` to a temporary sibling, then rename over `path`.
+
+    A crash or a full disk leaves the previous file intact; only the rename makes the new one visible.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(
+                f"{path}: out of disk space while saving; the previous {path.name} is intact. "
+                "Free some space, then continue with --resume"
+            ) from None
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_yaml(path: Path, data: Any) -> None:
+    write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run's files (see docs/classification.md for what each holds)."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "run.yaml"
+
+    @property
+    def model_info(self) -> Path:
+        return self.path / "model.json"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.safetensors"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.safetensors"
+
+    @property
+    def state(self) -> Path:
+        return self.path / "state.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def split(self) -> Path:
+        return self.path / "split.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    def evaluation(self, split: str) -> Path:
+        return self.path / "evaluation" / f"{split}.json"
+
+    def read_model_info(self) -> dict[str, Any]:
+        return _read_json(self.model_info)
+
+    def read_config(self) -> dict[str, Any]:
+        try:
+            return yaml.safe_load(self.config.read_text()) or {}
+        except FileNotFoundError:
+            raise UserError(f"{self.path}: no run.yaml; not an imagerec run directory") from None
+
+    def read_split(self) -> dict[str, list[str]] | None:
+        return _read_json(self.split) if self.split.exists() else None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; is {path.parent} an imagerec run directory?") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}: damaged JSON ({error}); re-run training or restore the file") from None
+
+
+def new_run_dir(out: Path | None, task: str, root: Path = Path("runs")) -> RunDir:
+    """`out` if given, else the next free `runs/<task>-NNN`."""
+    if out is not None:
+        out = Path(out)
+        if (out / "state.pt").exists():
+            raise UserError(f"{out}: already holds a run; continue it with --resume {out} or choose another --out")
+        return RunDir(out)
+    n = 1
+    while (root / f"{task}-{n:03d}").exists():
+        n += 1
+    return RunDir(root / f"{task}-{n:03d}")
+
+
+def open_run(path: Path | str, *, task: str | None = None) -> RunDir:
+    """A run directory that exists, has a compatible format and (optionally) belongs to `task`."""
+    run = RunDir(Path(path).expanduser())
+    if not run.path.is_dir():
+        raise UserError(f"{run.path}: no such run directory; give the folder `imagerec train` wrote")
+    info = run.read_model_info()
+    if info.get("format") != RUN_FORMAT:
+        raise UserError(
+            f"{run.path}: written by an incompatible imagerec (run format {info.get('format')}, this version reads "
+            f"{RUN_FORMAT}); retrain with this version"
+        )
+    if task is not None and info.get("task") != task:
+        raise UserError(f"{run.path}: a {info.get('task')} run, but a {task} run is needed here")
+    return run

@@ -1,0 +1,120 @@
+"""Image classification: single-label (softmax, or one sigmoid logit for two classes) and multi-label."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import default_collate
+
+from imagerec.config import ModelConfig
+from imagerec.metrics.classification import MONITOR, ClassificationMetrics
+from imagerec.models import create_model
+from imagerec.outputs.results import Classification
+from imagerec.transforms import classification as presets
+
+
+@dataclass
+class ClassificationTask:
+    """Loss, probabilities and metrics for classification over `classes`."""
+
+    classes: list[str]
+    multilabel: bool = False
+    binary_head: str = "sigmoid"
+    label_smoothing: float = 0.0
+    class_weights: torch.Tensor | None = None
+    name: str = "classify"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def single_logit(self) -> bool:
+        return not self.multilabel and self.num_classes == 2 and self.binary_head == "sigmoid"
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.single_logit else self.num_classes
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        return MONITOR["multilabel" if self.multilabel else "single"]
+
+    def build_model(self, cfg: ModelConfig, *, channels: int, imgsz: int) -> nn.Module:
+        return create_model(
+            self.name, cfg.name, num_outputs=self.num_outputs, in_channels=channels, imgsz=imgsz, dropout=cfg.dropout
+        )
+
+    def train_transform(self, preset: str, *, imgsz: int, channels: int, mean: Sequence[float], std: Sequence[float]):
+        return presets.train_transform(preset, imgsz=imgsz, channels=channels, mean=mean, std=std)
+
+    def eval_transform(self, *, imgsz: int, mean: Sequence[float], std: Sequence[float]):
+        return presets.eval_transform(imgsz=imgsz, mean=mean, std=std)
+
+    def collate(self, preset: str | None = None) -> Callable[[list], Any]:
+        """default_collate, followed for the `heavy` preset by MixUp/CutMix on single-label batches."""
+        mix = None if self.multilabel or preset is None else presets.batch_transform(preset, num_classes=self.num_classes)
+        if mix is None:
+            return default_collate
+
+        def collate(batch: list) -> Any:
+            return mix(*default_collate(batch))
+
+        return collate
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """N×K class probabilities whatever the head."""
+        logits = logits.float()
+        if self.single_logit:
+            positive = torch.sigmoid(logits.reshape(-1))
+            return torch.stack([1 - positive, positive], dim=1)
+        return torch.sigmoid(logits) if self.multilabel else logits.softmax(dim=1)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        weights = None if self.class_weights is None else self.class_weights.to(logits.device)
+        if self.multilabel:
+            return F.binary_cross_entropy_with_logits(logits, targets.float())
+        if self.single_logit:
+            positive = targets[:, 1] if targets.ndim == 2 else targets.float()
+            positive = positive * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
+            pos_weight = None if weights is None else weights[1:] / weights[0]
+            return F.binary_cross_entropy_with_logits(logits.reshape(-1), positive, pos_weight=pos_weight)
+        return F.cross_entropy(logits, targets, weight=weights, label_smoothing=self.label_smoothing)
+
+    def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        images, targets = batch
+        logits = model(images)
+        loss = self.loss(logits, targets)
+        if targets.ndim == 2 and not self.multilabel:  # MixUp/CutMix soft targets during training
+            targets = targets.argmax(dim=1)
+        return {"loss": loss, "outputs": self.probabilities(logits.detach()), "targets": targets}
+
+    def metrics(self) -> ClassificationMetrics:
+        return ClassificationMetrics(self.classes, multilabel=self.multilabel)
+
+    def batch_size(self, batch: Any) -> int:
+        return len(batch[0])
+
+    def results(self, probs: torch.Tensor, sources: Sequence[str], topk: int = 5) -> list[Classification]:
+        """Typed results: the top-k labels (multi-label: every label above 0.5, at least the best one)."""
+        k = min(topk, self.num_classes)
+        values, indices = probs.topk(k, dim=1)
+        results = []
+        for source, vals, idx in zip(sources, values.tolist(), indices.tolist(), strict=True):
+            if self.multilabel:
+                keep = [j for j, v in enumerate(vals) if v >= 0.5] or [0]
+                vals, idx = [vals[j] for j in keep], [idx[j] for j in keep]
+            results.append(Classification(source, tuple(self.classes[i] for i in idx), tuple(vals)))
+        return results
+
+
+def inverse_frequency_weights(counts: Sequence[int]) -> torch.Tensor:
+    """Class weights N / (K · n_c), so every class contributes equally to the loss."""
+    counts_t = torch.tensor(counts, dtype=torch.float32).clamp_min(1)
+    return counts_t.sum() / (len(counts_t) * counts_t)

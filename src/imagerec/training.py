@@ -1,0 +1,314 @@
+"""One training run: config → data index → task, model, loaders → engine → run directory.
+
+This is the glue the engine must not contain: it knows the concrete task, the data formats and the run layout.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric import Fabric
+from lightning_fabric.loggers import TensorBoardLogger
+from lightning_fabric.utilities.seed import seed_everything
+from rich.console import Console
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from imagerec.config import RunConfig
+from imagerec.data.datasets import ClassificationDataset, channel_statistics
+from imagerec.data.formats import load_index
+from imagerec.data.images import image_channels, read_image
+from imagerec.data.index import DataIndex
+from imagerec.data.split import apply_split_record, ensure_splits
+from imagerec.engine.autotune import ComputeSettings, choose_cpu_settings, default_settings
+from imagerec.engine.checkpoint import Checkpointer, load_weights, rng_state, set_rng_state
+from imagerec.engine.loop import FitLoop, FitState, evaluate, fit
+from imagerec.engine.optim import build_optimizer, build_scheduler
+from imagerec.errors import UserError
+from imagerec.outputs.predict import Predictor, load
+from imagerec.runs import RUN_FORMAT, RunDir, new_run_dir, write_json, write_yaml
+from imagerec.tasks.classification import ClassificationTask, inverse_frequency_weights
+
+MIN_AUTO_IMGSZ, MAX_AUTO_IMGSZ = 32, 224
+
+
+@dataclass
+class Run:
+    """A finished training run: where it lives and what it measured."""
+
+    path: Path
+    metrics: dict[str, Any] = field(default_factory=dict)  # on the test split when there is one, else val
+    best_epoch: int = 0
+    epochs: int = 0
+    split: str = ""  # which split `metrics` were measured on
+
+    def load(self, **kwargs: Any) -> Predictor:
+        return load(self.path, **kwargs)
+
+
+
+def _sampled(index: DataIndex, n: int = 64) -> list[Path]:
+    samples = index.samples("train")
+    step = max(1, len(samples) // n)
+    return [s.path for s in samples[::step]]
+
+
+def _data_channels(index: DataIndex) -> int:
+    return max(image_channels(p) for p in _sampled(index))
+
+
+def _auto_imgsz(index: DataIndex) -> int:
+    median = statistics.median(min(read_image(p).shape[1:]) for p in _sampled(index))
+    return int(min(MAX_AUTO_IMGSZ, max(MIN_AUTO_IMGSZ, median)))
+
+
+def _prepare_index(cfg: RunConfig, record: dict[str, list[str]] | None) -> DataIndex:
+    index = load_index(cfg.data.path, format=cfg.data.format)
+    if record is not None and "all" in index.splits:
+        return apply_split_record(index, record)
+    return ensure_splits(index, val=cfg.data.val, test=cfg.data.test, seed=cfg.train.seed)
+
+
+def _model_info(cfg: RunConfig, index: DataIndex, task: ClassificationTask) -> dict[str, Any]:
+    channels = _data_channels(index)
+    imgsz = cfg.data.imgsz or _auto_imgsz(index)
+    stats_set = ClassificationDataset(index.samples("train"), channels=channels, num_classes=task.num_classes, cache=False)
+    mean, std = channel_statistics(stats_set, limit=500)
+    return {
+        "format": RUN_FORMAT,
+        "task": cfg.task,
+        "model": cfg.model.name,
+        "classes": index.classes,
+        "multilabel": index.multilabel,
+        "binary_head": cfg.model.binary_head,
+        "num_outputs": task.num_outputs,
+        "channels": channels,
+        "imgsz": imgsz,
+        "mean": mean,
+        "std": std,
+        "resize": "shorter side to imgsz, centre crop imgsz, bilinear, antialias",
+    }
+
+
+def make_loader(
+    dataset: ClassificationDataset, *, batch: int, train: bool, workers: int, collate: Any, seed: int, balanced: bool
+) -> DataLoader:
+    """A DataLoader whose shuffling is re-seeded every epoch (see engine.loop._set_epoch)."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if train and balanced:
+        labels = torch.tensor([int(dataset.target(i)) for i in range(len(dataset))])
+        weights = (1.0 / torch.bincount(labels).float())[labels]
+        sampler = WeightedRandomSampler(weights, num_samples=len(dataset), generator=generator)
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        generator=generator if sampler is None else None,
+        drop_last=train and len(dataset) > batch,  # a last batch of one image breaks batch norm
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        collate_fn=collate,
+    )
+
+
+def _versions() -> dict[str, str]:
+    import lightning_fabric
+    import torchvision
+
+    from imagerec import __version__
+
+    return {
+        "imagerec": __version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "lightning_fabric": lightning_fabric.__version__,
+    }
+
+
+class TrainingSession:
+    """Builds everything a run needs, then hands the loop to the engine."""
+
+    def __init__(self, cfg: RunConfig, *, console: Console, resume: RunDir | None = None) -> None:
+        self.cfg, self.console, self.resume = cfg, console, resume
+        t = cfg.train
+        if t.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu or auto")
+        self.accelerator = "cuda" if t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available()) else t.device
+        if self.accelerator == "auto":
+            self.accelerator = "cpu"
+        self.world = t.devices * t.num_nodes
+        seed_everything(t.seed, workers=True, verbose=False)
+
+    # -- preparation -------------------------------------------------------------------------------------------
+    def _data(self) -> tuple[DataIndex, dict[str, Any], ClassificationTask]:
+        cfg = self.cfg
+        if self.resume is not None:
+            index = _prepare_index(cfg, self.resume.read_split())
+            info = self.resume.read_model_info()
+        else:
+            index = _prepare_index(cfg, None)
+            info = None
+        task = ClassificationTask(
+            index.classes,
+            multilabel=index.multilabel,
+            binary_head=cfg.model.binary_head,
+            label_smoothing=cfg.train.label_smoothing,
+            class_weights=inverse_frequency_weights(index.counts("train")) if cfg.train.class_weights else None,
+        )
+        if info is None:
+            info = _model_info(cfg, index, task)
+        elif info["classes"] != index.classes:
+            raise UserError(f"{cfg.data.path}: classes changed since the run started; start a new run")
+        return index, info, task
+
+    def _loaders(self, index: DataIndex, info: dict[str, Any], task: ClassificationTask) -> dict[str, DataLoader]:
+        d = self.cfg.data
+        common = {"channels": info["channels"], "num_classes": task.num_classes, "cache": d.cache}
+        size = {"imgsz": info["imgsz"], "mean": info["mean"], "std": info["std"]}
+        train_tf = task.train_transform(d.augment, channels=info["channels"], **size)
+        train_set = ClassificationDataset(index.samples("train"), transform=train_tf, **common)
+        loaders = {
+            "train": make_loader(
+                train_set, batch=d.batch, train=True, workers=d.workers, collate=task.collate(d.augment),
+                seed=self.cfg.train.seed, balanced=d.balanced_sampler,
+            )  # fmt: skip
+        }
+        for split in ("val", "test"):
+            if index.samples(split):
+                dataset = ClassificationDataset(index.samples(split), transform=task.eval_transform(**size), **common)
+                loaders[split] = make_loader(
+                    dataset, batch=d.batch, train=False, workers=d.workers, collate=task.collate(), seed=0, balanced=False
+                )
+        return loaders
+
+    def _compute_settings(self, model: torch.nn.Module, loader: DataLoader, task: ClassificationTask) -> ComputeSettings:
+        requested = self.cfg.train.precision
+        if self.accelerator != "cpu" or self.world > 1:
+            return default_settings(model, accelerator=self.accelerator, requested=requested)
+        images, targets = next(iter(loader))
+        probe = (images[:32], targets[:32])
+        return choose_cpu_settings(model, probe, lambda m, b: task.step(m, b)["loss"], requested=requested)
+
+    # -- the run ---------------------------------------------------------------------------------------------------
+    def run(self) -> Run:
+        cfg, console = self.cfg, self.console
+        index, info, task = self._data()
+        loaders = self._loaders(index, info, task)
+        net = task.build_model(cfg.model, channels=info["channels"], imgsz=info["imgsz"])
+        settings = self._compute_settings(net, loaders["train"], task)
+        fabric = Fabric(
+            accelerator=self.accelerator,
+            devices=cfg.train.devices,
+            num_nodes=cfg.train.num_nodes,
+            precision=settings.precision,
+            strategy="ddp" if self.world > 1 else "auto",
+        )
+        fabric.launch()
+        run = self.resume or RunDir(Path(fabric.broadcast(str(new_run_dir(cfg.out, cfg.task).path), src=0)))
+        chief = fabric.is_global_zero
+        if chief:
+            self._write_run_files(run, index, info, settings)
+            console.print(f"run directory: [bold]{run.path}[/]  ({settings.describe()}; {len(index.samples('train'))} "
+                          f"train / {len(index.samples('val'))} val / {len(index.samples('test'))} test images)")
+        if settings.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(net, cfg.train)
+        model, optimizer = fabric.setup(net, optimizer)
+        train_loader = fabric.setup_dataloaders(loaders["train"])
+        eval_loaders = {k: fabric.setup_dataloaders(v, use_distributed_sampler=False) for k, v in loaders.items() if k != "train"}
+        steps = -(-len(train_loader) // cfg.train.accumulate)
+        scheduler = build_scheduler(optimizer, cfg.train, steps)
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True) if cfg.train.ema else None
+        state = FitState()
+        checkpointer = Checkpointer(run, enabled=chief)
+        if self.resume is not None:
+            state = self._restore(checkpointer, net, optimizer, scheduler, ema)
+        metric, mode = task.monitor
+        monitor = (cfg.train.monitor or (f"val_{metric}" if "val" in eval_loaders else "train_loss"), mode)
+        if monitor[0].endswith("loss"):
+            monitor = (monitor[0], "min")
+        logger = TensorBoardLogger(root_dir=run.path, name="tensorboard", version="") if chief else None
+
+        def save(fit_state: FitState, best: bool) -> None:
+            infer = ema.module if ema is not None else net
+            checkpointer.save_epoch(
+                history=fit_state.history,
+                weights=infer.state_dict(),
+                state={
+                    "fit": fit_state.to_dict(),
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "rng": rng_state(),
+                },
+                best=best,
+            )
+            if logger is not None:
+                logger.log_metrics({k: v for k, v in fit_state.history[-1].items() if k != "epoch"}, step=fit_state.epoch)
+
+        loop = FitLoop(
+            optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, val_loader=eval_loaders.get("val"),
+            epochs=cfg.train.epochs, monitor=monitor, patience=cfg.train.patience, accumulate=cfg.train.accumulate,
+            clip_grad=cfg.train.clip_grad, seed=cfg.train.seed, eval_model=ema.module if ema is not None else None,
+            on_step=(lambda: ema.update_parameters(net)) if ema is not None else None, save=save,
+        )  # fmt: skip
+        state = fit(fabric, task, model, loop, state, console)
+        if logger is not None:
+            logger.finalize("success")
+        return self._finish(fabric, task, run, net, ema, eval_loaders, state)
+
+    def _write_run_files(self, run: RunDir, index: DataIndex, info: dict[str, Any], settings: ComputeSettings) -> None:
+        if self.resume is not None:
+            return
+        saved = self.cfg.model_dump(mode="json")
+        saved["data"]["path"] = str(Path(self.cfg.data.path).resolve())
+        saved["out"] = str(run.path)
+        write_yaml(run.config, {
+            **saved,
+            "resolved": {
+                "format": RUN_FORMAT, "versions": _versions(), "data_fingerprint": index.fingerprint(),
+                "data_notes": index.notes, "compute": {"precision": settings.precision,
+                "channels_last": settings.channels_last, "measured_images_per_s": settings.measured},
+            },
+        })  # fmt: skip
+        write_json(run.model_info, info)
+        write_json(run.split, index.split_record())
+
+    def _restore(self, checkpointer: Checkpointer, net, optimizer, scheduler, ema) -> FitState:
+        saved = checkpointer.load_state()
+        state = FitState(**saved["fit"])
+        if state.epoch >= self.cfg.train.epochs or state.stopped_early:
+            reason = "stopped early" if state.stopped_early else f"finished all {state.epoch} epochs"
+            raise UserError(
+                f"{checkpointer.run.path}: the run {reason}; nothing to resume. To train further pass --epochs with "
+                f"more than {state.epoch}, or start a new run"
+            )
+        net.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if ema is not None and saved.get("ema") is not None:
+            ema.load_state_dict(saved["ema"])
+        set_rng_state(saved["rng"])
+        self.console.print(f"resuming {checkpointer.run.path} after epoch {state.epoch}")
+        return state
+
+    def _finish(self, fabric: Fabric, task, run: RunDir, net, ema, eval_loaders, state: FitState) -> Run:
+        """Evaluate the best weights on the test split (or val) and record it."""
+        best = ema.module if ema is not None else net
+        if run.best.exists():
+            weights = load_weights(run.best)
+            best.load_state_dict({k: v.to(fabric.device) for k, v in weights.items()})
+        split = "test" if "test" in eval_loaders else "val" if "val" in eval_loaders else None
+        metrics: dict[str, Any] = {}
+        if split is not None:
+            metrics = evaluate(fabric, task, best, eval_loaders[split])
+            if fabric.is_global_zero:
+                write_json(run.evaluation(split), {"split": split, "data": str(self.cfg.data.path), **metrics})
+        return Run(run.path, metrics=metrics, best_epoch=state.best_epoch, epochs=state.epoch, split=split or "")

@@ -1,0 +1,1 @@
+"""Augmentation presets and eval transforms per task, on torchvision.transforms.v2."""
