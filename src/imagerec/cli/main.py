@@ -1,0 +1,34 @@
+"""`imagerec` entry point: the Typer app, and UserError → one line on stderr with exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from imagerec.cli import data, predict, train
+from imagerec.errors import UserError
+
+app = typer.Typer(
+    name="imagerec",
+    help="Image recognition end to end: train, evaluate and predict from your own image folders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("train")(train.train)
+app.command("evaluate")(predict.evaluate)
+app.command("predict")(predict.predict)
+app.command("models")(train.models)
+app.command("demo")(train.demo)
+app.add_typer(data.app, name="data")
+
+EXIT_USER_ERROR = 2
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
