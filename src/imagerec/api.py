@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from imagerec.config import SECTIONS, RunConfig, build_config, merge, read_yaml
+from imagerec.config import SECTIONS, RunConfig, TrainConfig, build_config, merge, read_yaml
 from imagerec.data.datasets import ClassificationDataset, channel_statistics
 from imagerec.data.formats import load_index
 from imagerec.data.images import image_channels, read_image
@@ -73,9 +73,15 @@ def train(
     console = console or Console()
     if resume is not None:
         run = open_run(resume)
-        saved = run.read_config()
+        saved = {k: v for k, v in run.read_config().items() if k != "resolved"}
         extra = {k: v for k, v in options.items() if v is not None}
-        cfg = build_config(merge(saved, {"train": extra} if extra else {}))
+        fixed = sorted(k for k in extra if k not in TrainConfig.model_fields)
+        if fixed:
+            raise UserError(
+                f"--resume continues {run.path} with its own data and model settings; drop {', '.join(fixed)} "
+                "(only training options such as epochs and patience may change)"
+            )
+        cfg = build_config(merge(saved, {"train": extra}))
         return TrainingSession(cfg, console=console, resume=run).run()
     cfg = resolve_config(data, config=config, **options)
     return TrainingSession(cfg, console=console).run()

@@ -82,7 +82,8 @@ def demo(out: Annotated[Path, Opt(help="Where the demo writes its data and run."
     metrics = evaluate_run(run.path, data, split="test")
     console.print("[bold]3/3 predict[/] a few test images")
     predictor = load(run.path)
-    for result in predictor.predict(sorted(data.glob("*/*.png"))[::300], topk=1):
+    test_images = [data / p for p in predictor.run.read_split()["test"][::30]]
+    for result in predictor.predict(test_images, topk=1):
         console.print(f"  {result.source}: {result.label} ({result.prob:.3f})")
     console.print(f"run directory: {run.path}  (metrics.csv, evaluation/test.json, best.safetensors, model.json)")
     console.print(f"[bold green]test accuracy: {metrics['accuracy']:.4f}[/] on {metrics['count']} images")

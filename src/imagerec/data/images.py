@@ -35,13 +35,25 @@ def _to_unit_float(array: np.ndarray) -> np.ndarray:
     return np.clip(array.astype(np.float32), 0.0, 1.0)
 
 
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        array = np.asarray(tifffile.imread(path))
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # a damaged TIFF raises zlib.error, ZeroDivisionError, struct.error, ...
+        raise ValueError(f"{type(error).__name__}: {error}") from None
+    if array.size == 0:
+        raise ValueError("no pixel data")
+    return array
+
+
 def read_array(path: Path) -> np.ndarray:
     """The image as H×W or H×W×C array of its own dtype, EXIF orientation applied."""
     try:
         if path.suffix.lower() in _TIFF:
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
+            return _read_tiff(path)
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             image.load()

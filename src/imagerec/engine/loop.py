@@ -167,8 +167,9 @@ def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitS
             fabric.barrier()
             if fabric.is_global_zero:
                 console.print(_summary(row, key, best))
+                if state.stopped_early:
+                    console.print(f"early stop: {key} did not improve for {loop.patience} epochs")
             if state.stopped_early:
-                console.print(f"early stop: {key} did not improve for {loop.patience} epochs") if fabric.is_global_zero else None
                 break
     return state
 
