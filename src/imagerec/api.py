@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +9,14 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from imagerec.config import SECTIONS, RunConfig, TrainConfig, build_config, merge, read_yaml
-from imagerec.data.datasets import ClassificationDataset, channel_statistics
+from imagerec.data.datasets import ClassificationDataset
 from imagerec.data.formats import load_index
-from imagerec.data.images import image_channels, read_image
 from imagerec.data.index import DataIndex
-from imagerec.data.split import apply_split_record, ensure_splits
+from imagerec.data.split import apply_split_record
 from imagerec.errors import UserError
 from imagerec.outputs.predict import Predictor, load
+from imagerec.runs import RunDir, open_run, write_json
 from imagerec.training import Run
-from imagerec.runs import RUN_FORMAT, RunDir, open_run, write_json
-from imagerec.tasks.classification import ClassificationTask
 
 __all__ = ["Run", "evaluate", "load", "train"]
 

@@ -6,6 +6,7 @@ This is the glue the engine must not contain: it knows the concrete task, the da
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from lightning_fabric import Fabric
 from lightning_fabric.loggers import TensorBoardLogger
 from lightning_fabric.utilities.seed import seed_everything
 from rich.console import Console
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from imagerec.config import RunConfig
@@ -27,7 +28,7 @@ from imagerec.data.split import apply_split_record, ensure_splits
 from imagerec.engine.autotune import ComputeSettings, choose_cpu_settings, default_settings
 from imagerec.engine.checkpoint import Checkpointer, load_weights, rng_state, set_rng_state
 from imagerec.engine.loop import FitLoop, FitState, evaluate, fit
-from imagerec.engine.optim import build_optimizer, build_scheduler
+from imagerec.engine.optim import build_optimizer, build_scheduler, ema_with_warmup
 from imagerec.errors import UserError
 from imagerec.outputs.predict import Predictor, load
 from imagerec.runs import RUN_FORMAT, RunDir, new_run_dir, write_json, write_yaml
@@ -48,7 +49,6 @@ class Run:
 
     def load(self, **kwargs: Any) -> Predictor:
         return load(self.path, **kwargs)
-
 
 
 def _sampled(index: DataIndex, n: int = 64) -> list[Path]:
@@ -76,7 +76,9 @@ def _prepare_index(cfg: RunConfig, record: dict[str, list[str]] | None) -> DataI
 def _model_info(cfg: RunConfig, index: DataIndex, task: ClassificationTask) -> dict[str, Any]:
     channels = _data_channels(index)
     imgsz = cfg.data.imgsz or _auto_imgsz(index)
-    stats_set = ClassificationDataset(index.samples("train"), channels=channels, num_classes=task.num_classes, cache=False)
+    stats_set = ClassificationDataset(
+        index.samples("train"), channels=channels, num_classes=task.num_classes, cache=False
+    )
     mean, std = channel_statistics(stats_set, limit=500)
     return {
         "format": RUN_FORMAT,
@@ -139,7 +141,9 @@ class TrainingSession:
         t = cfg.train
         if t.device == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu or auto")
-        self.accelerator = "cuda" if t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available()) else t.device
+        self.accelerator = (
+            "cuda" if t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available()) else t.device
+        )
         if self.accelerator == "auto":
             self.accelerator = "cpu"
         self.world = t.devices * t.num_nodes
@@ -175,19 +179,32 @@ class TrainingSession:
         train_set = ClassificationDataset(index.samples("train"), transform=train_tf, **common)
         loaders = {
             "train": make_loader(
-                train_set, batch=d.batch, train=True, workers=d.workers, collate=task.collate(d.augment),
-                seed=self.cfg.train.seed, balanced=d.balanced_sampler,
+                train_set,
+                batch=d.batch,
+                train=True,
+                workers=d.workers,
+                collate=task.collate(d.augment),
+                seed=self.cfg.train.seed,
+                balanced=d.balanced_sampler,
             )  # fmt: skip
         }
         for split in ("val", "test"):
             if index.samples(split):
                 dataset = ClassificationDataset(index.samples(split), transform=task.eval_transform(**size), **common)
                 loaders[split] = make_loader(
-                    dataset, batch=d.batch, train=False, workers=d.workers, collate=task.collate(), seed=0, balanced=False
+                    dataset,
+                    batch=d.batch,
+                    train=False,
+                    workers=d.workers,
+                    collate=task.collate(),
+                    seed=0,
+                    balanced=False,
                 )
         return loaders
 
-    def _compute_settings(self, model: torch.nn.Module, loader: DataLoader, task: ClassificationTask) -> ComputeSettings:
+    def _compute_settings(
+        self, model: torch.nn.Module, loader: DataLoader, task: ClassificationTask
+    ) -> ComputeSettings:
         requested = self.cfg.train.precision
         if self.accelerator != "cpu" or self.world > 1:
             return default_settings(model, accelerator=self.accelerator, requested=requested)
@@ -197,7 +214,7 @@ class TrainingSession:
 
     # -- the run ---------------------------------------------------------------------------------------------------
     def run(self) -> Run:
-        cfg, console = self.cfg, self.console
+        cfg = self.cfg
         index, info, task = self._data()
         loaders = self._loaders(index, info, task)
         net = task.build_model(cfg.model, channels=info["channels"], imgsz=info["imgsz"])
@@ -210,59 +227,48 @@ class TrainingSession:
             strategy="ddp" if self.world > 1 else "auto",
         )
         fabric.launch()
+        # Rank 0 picks the run directory; the others must not race to pick their own.
         run = self.resume or RunDir(Path(fabric.broadcast(str(new_run_dir(cfg.out, cfg.task).path), src=0)))
-        chief = fabric.is_global_zero
-        if chief:
+        if fabric.is_global_zero:
             self._write_run_files(run, index, info, settings)
-            console.print(f"run directory: [bold]{run.path}[/]  ({settings.describe()}; {len(index.samples('train'))} "
-                          f"train / {len(index.samples('val'))} val / {len(index.samples('test'))} test images)")
+            counts = " / ".join(f"{len(index.samples(s))} {s}" for s in ("train", "val", "test"))
+            self.console.print(f"run directory: [bold]{run.path}[/]  ({settings.describe()}; {counts} images)")
         if settings.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(net, cfg.train)
-        model, optimizer = fabric.setup(net, optimizer)
-        train_loader = fabric.setup_dataloaders(loaders["train"])
-        eval_loaders = {k: fabric.setup_dataloaders(v, use_distributed_sampler=False) for k, v in loaders.items() if k != "train"}
-        steps = -(-len(train_loader) // cfg.train.accumulate)
-        scheduler = build_scheduler(optimizer, cfg.train, steps)
-        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True) if cfg.train.ema else None
-        state = FitState()
-        checkpointer = Checkpointer(run, enabled=chief)
-        if self.resume is not None:
-            state = self._restore(checkpointer, net, optimizer, scheduler, ema)
-        metric, mode = task.monitor
-        monitor = (cfg.train.monitor or (f"val_{metric}" if "val" in eval_loaders else "train_loss"), mode)
-        if monitor[0].endswith("loss"):
-            monitor = (monitor[0], "min")
-        logger = TensorBoardLogger(root_dir=run.path, name="tensorboard", version="") if chief else None
-
-        def save(fit_state: FitState, best: bool) -> None:
-            infer = ema.module if ema is not None else net
-            checkpointer.save_epoch(
-                history=fit_state.history,
-                weights=infer.state_dict(),
-                state={
-                    "fit": fit_state.to_dict(),
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "rng": rng_state(),
-                },
-                best=best,
-            )
-            if logger is not None:
-                logger.log_metrics({k: v for k, v in fit_state.history[-1].items() if k != "epoch"}, step=fit_state.epoch)
-
+        parts = self._optimization(fabric, net, loaders)
+        checkpointer = Checkpointer(run, enabled=fabric.is_global_zero)
+        state = self._restore(checkpointer, net, parts) if self.resume is not None else FitState()
+        logger = TensorBoardLogger(root_dir=run.path, name="tensorboard", version="") if fabric.is_global_zero else None
         loop = FitLoop(
-            optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, val_loader=eval_loaders.get("val"),
-            epochs=cfg.train.epochs, monitor=monitor, patience=cfg.train.patience, accumulate=cfg.train.accumulate,
-            clip_grad=cfg.train.clip_grad, seed=cfg.train.seed, eval_model=ema.module if ema is not None else None,
-            on_step=(lambda: ema.update_parameters(net)) if ema is not None else None, save=save,
+            optimizer=parts.optimizer, scheduler=parts.scheduler, train_loader=parts.train_loader,
+            val_loader=parts.eval_loaders.get("val"), epochs=cfg.train.epochs,
+            monitor=self._monitor(task, "val" in parts.eval_loaders), patience=cfg.train.patience,
+            accumulate=cfg.train.accumulate, clip_grad=cfg.train.clip_grad, seed=cfg.train.seed,
+            eval_model=parts.ema.module if parts.ema is not None else None,
+            on_step=(lambda: parts.ema.update_parameters(net)) if parts.ema is not None else None,
+            save=_saver(checkpointer, net, parts, logger),
         )  # fmt: skip
-        state = fit(fabric, task, model, loop, state, console)
+        state = fit(fabric, task, parts.model, loop, state, self.console)
         if logger is not None:
             logger.finalize("success")
-        return self._finish(fabric, task, run, net, ema, eval_loaders, state)
+        return self._finish(fabric, task, run, parts.ema.module if parts.ema is not None else net, parts, state)
+
+    def _optimization(self, fabric: Fabric, net: torch.nn.Module, loaders: dict[str, DataLoader]) -> _Parts:
+        t = self.cfg.train
+        model, optimizer = fabric.setup(net, build_optimizer(net, t))
+        train_loader = fabric.setup_dataloaders(loaders["train"])
+        # Every process evaluates the whole val/test set: exact metrics without gathering padded shards.
+        evals = {
+            k: fabric.setup_dataloaders(v, use_distributed_sampler=False) for k, v in loaders.items() if k != "train"
+        }
+        scheduler = build_scheduler(optimizer, t, steps_per_epoch=-(-len(train_loader) // t.accumulate))
+        ema = AveragedModel(net, avg_fn=ema_with_warmup(t.ema), use_buffers=True) if t.ema else None
+        return _Parts(model, optimizer, scheduler, train_loader, evals, ema)
+
+    def _monitor(self, task: ClassificationTask, has_val: bool) -> tuple[str, str]:
+        metric, mode = task.monitor
+        key = self.cfg.train.monitor or (f"val_{metric}" if has_val else "train_loss")
+        return key, "min" if key.endswith("loss") else mode
 
     def _write_run_files(self, run: RunDir, index: DataIndex, info: dict[str, Any], settings: ComputeSettings) -> None:
         if self.resume is not None:
@@ -281,7 +287,7 @@ class TrainingSession:
         write_json(run.model_info, info)
         write_json(run.split, index.split_record())
 
-    def _restore(self, checkpointer: Checkpointer, net, optimizer, scheduler, ema) -> FitState:
+    def _restore(self, checkpointer: Checkpointer, net: torch.nn.Module, parts: _Parts) -> FitState:
         saved = checkpointer.load_state()
         state = FitState(**saved["fit"])
         if state.epoch >= self.cfg.train.epochs or state.stopped_early:
@@ -291,24 +297,68 @@ class TrainingSession:
                 f"more than {state.epoch}, or start a new run"
             )
         net.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if ema is not None and saved.get("ema") is not None:
-            ema.load_state_dict(saved["ema"])
+        parts.optimizer.load_state_dict(saved["optimizer"])
+        parts.scheduler.load_state_dict(saved["scheduler"])
+        if parts.ema is not None and saved.get("ema") is not None:
+            parts.ema.load_state_dict(saved["ema"])
         set_rng_state(saved["rng"])
         self.console.print(f"resuming {checkpointer.run.path} after epoch {state.epoch}")
         return state
 
-    def _finish(self, fabric: Fabric, task, run: RunDir, net, ema, eval_loaders, state: FitState) -> Run:
+    def _finish(
+        self,
+        fabric: Fabric,
+        task: ClassificationTask,
+        run: RunDir,
+        best: torch.nn.Module,
+        parts: _Parts,
+        state: FitState,
+    ) -> Run:
         """Evaluate the best weights on the test split (or val) and record it."""
-        best = ema.module if ema is not None else net
         if run.best.exists():
-            weights = load_weights(run.best)
-            best.load_state_dict({k: v.to(fabric.device) for k, v in weights.items()})
-        split = "test" if "test" in eval_loaders else "val" if "val" in eval_loaders else None
+            best.load_state_dict({k: v.to(fabric.device) for k, v in load_weights(run.best).items()})
+        split = next((s for s in ("test", "val") if s in parts.eval_loaders), None)
         metrics: dict[str, Any] = {}
         if split is not None:
-            metrics = evaluate(fabric, task, best, eval_loaders[split])
+            metrics = evaluate(fabric, task, best, parts.eval_loaders[split])
             if fabric.is_global_zero:
                 write_json(run.evaluation(split), {"split": split, "data": str(self.cfg.data.path), **metrics})
         return Run(run.path, metrics=metrics, best_epoch=state.best_epoch, epochs=state.epoch, split=split or "")
+
+
+@dataclass
+class _Parts:
+    """What Fabric set up for one run."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: DataLoader
+    eval_loaders: dict[str, DataLoader]
+    ema: AveragedModel | None
+
+
+def _saver(
+    checkpointer: Checkpointer, net: torch.nn.Module, parts: _Parts, logger: TensorBoardLogger | None
+) -> Callable[[FitState, bool], None]:
+    """The end-of-epoch callback: checkpoint everything --resume needs, then log to TensorBoard."""
+
+    def save(state: FitState, best: bool) -> None:
+        ema = parts.ema
+        checkpointer.save_epoch(
+            history=state.history,
+            weights=(ema.module if ema is not None else net).state_dict(),
+            state={
+                "fit": state.to_dict(),
+                "model": net.state_dict(),
+                "optimizer": parts.optimizer.state_dict(),
+                "scheduler": parts.scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "rng": rng_state(),
+            },
+            best=best,
+        )
+        if logger is not None:
+            logger.log_metrics({k: v for k, v in state.history[-1].items() if k != "epoch"}, step=state.epoch)
+
+    return save

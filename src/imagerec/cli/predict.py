@@ -6,7 +6,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -69,7 +69,7 @@ def predict(
     sources: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
     fmt: Annotated[str, Opt("--format", help="table | json | csv")] = "table",
     topk: Annotated[int, Opt(help="Labels per image.")] = 5,
-    out: Annotated[Optional[Path], Opt(help="Write the results to this file instead of the screen.")] = None,
+    out: Annotated[Path | None, Opt(help="Write the results to this file instead of the screen.")] = None,
     batch: Annotated[int, Opt(help="Images per batch.")] = 64,
 ) -> None:
     """Predict images; unreadable files are reported in the output and skipped."""
@@ -93,7 +93,8 @@ def predict(
             if r.error:
                 table.add_row(r.source, "[red]unreadable[/]", "", r.error)
             else:
-                table.add_row(r.source, r.label, f"{r.prob:.4f}", ", ".join(f"{l} {p:.3f}" for l, p in zip(r.labels, r.probs)))
+                topk_text = ", ".join(f"{name} {p:.3f}" for name, p in zip(r.labels, r.probs, strict=True))
+                table.add_row(r.source, r.label, f"{r.prob:.4f}", topk_text)
         Console().print(table)
     else:
         text = _render(results, "csv" if fmt == "table" else fmt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -20,23 +20,23 @@ Opt = typer.Option
 
 
 def train(
-    data: Annotated[Optional[Path], typer.Argument(help="Image folder or CSV (omit with --resume).")] = None,
+    data: Annotated[Path | None, typer.Argument(help="Image folder or CSV (omit with --resume).")] = None,
     task: Annotated[str, Opt(help="classify")] = "classify",
-    model: Annotated[Optional[str], Opt(help="Model name; see `imagerec models`.")] = None,
-    epochs: Annotated[Optional[int], Opt(help="Training epochs.")] = None,
-    imgsz: Annotated[Optional[int], Opt(help="Input size (default: the data's median size, at least 32).")] = None,
-    batch: Annotated[Optional[int], Opt(help="Batch size.")] = None,
-    lr: Annotated[Optional[float], Opt(help="Peak learning rate.")] = None,
-    augment: Annotated[Optional[str], Opt(help="none | light | medium | heavy")] = None,
-    out: Annotated[Optional[Path], Opt(help="Run directory (default runs/<task>-NNN).")] = None,
-    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda | mps")] = None,
-    devices: Annotated[Optional[int], Opt(help="Processes/GPUs per node (DDP when > 1).")] = None,
-    num_nodes: Annotated[Optional[int], Opt(help="Nodes (torchrun or SLURM).")] = None,
-    precision: Annotated[Optional[str], Opt(help="auto | 32 | 16-mixed | bf16-mixed")] = None,
-    seed: Annotated[Optional[int], Opt(help="Random seed.")] = None,
-    resume: Annotated[Optional[Path], Opt(help="Continue this run from its last finished epoch.")] = None,
-    config: Annotated[Optional[Path], Opt(help="YAML with data/model/train sections; options override it.")] = None,
-    patience: Annotated[Optional[int], Opt(help="Early-stopping patience in epochs (0: off).")] = None,
+    model: Annotated[str | None, Opt(help="Model name; see `imagerec models`.")] = None,
+    epochs: Annotated[int | None, Opt(help="Training epochs.")] = None,
+    imgsz: Annotated[int | None, Opt(help="Input size (default: the data's median size, at least 32).")] = None,
+    batch: Annotated[int | None, Opt(help="Batch size.")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
+    augment: Annotated[str | None, Opt(help="none | light | medium | heavy")] = None,
+    out: Annotated[Path | None, Opt(help="Run directory (default runs/<task>-NNN).")] = None,
+    device: Annotated[str | None, Opt(help="auto | cpu | cuda | mps")] = None,
+    devices: Annotated[int | None, Opt(help="Processes/GPUs per node (DDP when > 1).")] = None,
+    num_nodes: Annotated[int | None, Opt(help="Nodes (torchrun or SLURM).")] = None,
+    precision: Annotated[str | None, Opt(help="auto | 32 | 16-mixed | bf16-mixed")] = None,
+    seed: Annotated[int | None, Opt(help="Random seed.")] = None,
+    resume: Annotated[Path | None, Opt(help="Continue this run from its last finished epoch.")] = None,
+    config: Annotated[Path | None, Opt(help="YAML with data/model/train sections; options override it.")] = None,
+    patience: Annotated[int | None, Opt(help="Early-stopping patience in epochs (0: off).")] = None,
 ) -> None:
     """Train a model; prints per-epoch metrics and the test metrics at the end."""
     options = {
@@ -52,7 +52,9 @@ def train(
             options = {k: v for k, v in options.items() if v is not None}
             run = train_run(data, config=config, task=task, out=out, console=console, **options)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: finished epochs are saved; continue with imagerec train --resume RUN_DIR")
+        console.print(
+            "[yellow]interrupted[/]: finished epochs are saved; continue with imagerec train --resume RUN_DIR"
+        )
         raise typer.Exit(130) from None
     if run.metrics:
         from imagerec.cli.predict import print_metrics

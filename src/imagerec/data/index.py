@@ -8,7 +8,14 @@ from pathlib import Path
 
 SPLIT_NAMES = ("train", "val", "test")
 # Folder names people use for the validation split, mapped to ours.
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 
 
 @dataclass(frozen=True)

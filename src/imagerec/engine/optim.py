@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -45,5 +46,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
     if cfg.scheduler == "onecycle":
         return OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=max(warmup, 1) / total)
-    kwargs = {"schedule": cfg.scheduler, "total": total, "warmup": warmup, "step_every": cfg.step_size * steps_per_epoch}
+    kwargs = {
+        "schedule": cfg.scheduler,
+        "total": total,
+        "warmup": warmup,
+        "step_every": cfg.step_size * steps_per_epoch,
+    }
     return LambdaLR(optimizer, lambda step: lr_factor(step, **kwargs))
+
+
+def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | int], torch.Tensor]:
+    """An AveragedModel `avg_fn` for an exponential moving average whose decay ramps up as
+    min(decay, (1 + n) / (10 + n)) over the first updates, as timm's ModelEma does; torch's
+    get_ema_avg_fn uses the full decay from the first step, so a short run would keep near-initial weights."""
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor | int) -> torch.Tensor:
+        n = int(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        return d * averaged + (1 - d) * current
+
+    return average

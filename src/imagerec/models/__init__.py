@@ -9,7 +9,9 @@ from imagerec.models.classification import CLASSIFIERS, create_classifier, list_
 __all__ = ["CLASSIFIERS", "create_classifier", "create_model", "list_classifiers", "list_models"]
 
 
-def create_model(task: str, name: str, *, num_outputs: int, in_channels: int, imgsz: int, **kwargs: object) -> nn.Module:
+def create_model(
+    task: str, name: str, *, num_outputs: int, in_channels: int, imgsz: int, **kwargs: object
+) -> nn.Module:
     """Build the model `name` for `task` with fresh weights."""
     if task == "classify":
         return create_classifier(name, num_outputs=num_outputs, in_channels=in_channels, imgsz=imgsz, **kwargs)

@@ -130,8 +130,9 @@ def _create_timm(name: str, *, num_outputs: int, in_channels: int, imgsz: int, d
 def create_classifier(name: str, *, num_outputs: int, in_channels: int, imgsz: int, dropout: float = 0.0) -> nn.Module:
     """Build classifier `name` (a registered name or `timm:<name>`) with fresh weights."""
     if name.startswith(TIMM_PREFIX):
-        return _create_timm(name[len(TIMM_PREFIX) :], num_outputs=num_outputs, in_channels=in_channels, imgsz=imgsz,
-                            dropout=dropout)
+        return _create_timm(
+            name[len(TIMM_PREFIX) :], num_outputs=num_outputs, in_channels=in_channels, imgsz=imgsz, dropout=dropout
+        )
     return CLASSIFIERS.get(name)(num_outputs=num_outputs, in_channels=in_channels, imgsz=imgsz, dropout=dropout)
 
 

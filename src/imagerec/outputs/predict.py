@@ -111,7 +111,9 @@ class Predictor:
         probs = self.probabilities(torch.stack([t for _, t in pending]))
         return self.task.results(probs, [n for n, _ in pending], topk=topk)
 
-    def predict(self, sources: ImageLike | Sequence[ImageLike], *, topk: int = 5, batch: int = 64) -> list[Classification]:
+    def predict(
+        self, sources: ImageLike | Sequence[ImageLike], *, topk: int = 5, batch: int = 64
+    ) -> list[Classification]:
         """Predict files, folders, PIL images, arrays or tensors (C×H×W in [0, 1])."""
         if isinstance(sources, str | Path | Image.Image | np.ndarray | torch.Tensor):
             sources = [sources]

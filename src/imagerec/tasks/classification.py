@@ -58,7 +58,9 @@ class ClassificationTask:
 
     def collate(self, preset: str | None = None) -> Callable[[list], Any]:
         """default_collate, followed for the `heavy` preset by MixUp/CutMix on single-label batches."""
-        mix = None if self.multilabel or preset is None else presets.batch_transform(preset, num_classes=self.num_classes)
+        mix = (
+            None if self.multilabel or preset is None else presets.batch_transform(preset, num_classes=self.num_classes)
+        )
         if mix is None:
             return default_collate
 

@@ -54,7 +54,9 @@ def _heavy(imgsz: int, channels: int) -> list[v2.Transform]:
     ]
 
 
-def train_transform(preset: str, *, imgsz: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+def train_transform(
+    preset: str, *, imgsz: int, channels: int, mean: Sequence[float], std: Sequence[float]
+) -> v2.Compose:
     """The training pipeline of `preset`; inputs are float C×H×W images in [0, 1]."""
     steps = PRESETS.get(preset)(imgsz, channels)
     tail: list[v2.Transform] = [v2.Normalize(list(mean), list(std))]

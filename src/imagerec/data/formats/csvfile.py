@@ -33,11 +33,15 @@ def _read_rows(file: Path, default_split: str) -> list[tuple[str, Path, list[str
             row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
             path = (file.parent / row["path"]).resolve()
             if not path.is_file():
-                raise UserError(f"{file}, row {row_number}: image {row['path']!r} not found (paths are relative to the CSV)")
+                raise UserError(
+                    f"{file}, row {row_number}: image {row['path']!r} not found (paths are relative to the CSV)"
+                )
             labels = [label.strip() for label in row["label"].split(MULTILABEL_SEPARATOR) if label.strip()]
             if not labels:
                 raise UserError(f"{file}, row {row_number}: empty label; give a class name")
-            split = SPLIT_ALIASES.get(row.get("split", "").lower(), default_split) if row.get("split") else default_split
+            split = (
+                SPLIT_ALIASES.get(row.get("split", "").lower(), default_split) if row.get("split") else default_split
+            )
             rows.append((split, path, labels))
     if not rows:
         raise UserError(f"{file}: no rows; add one line per image as path,label")
