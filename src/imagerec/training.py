@@ -30,6 +30,7 @@ from imagerec.engine.checkpoint import Checkpointer, load_weights, rng_state, se
 from imagerec.engine.loop import FitLoop, FitState, evaluate, fit
 from imagerec.engine.optim import build_optimizer, build_scheduler, ema_with_warmup
 from imagerec.errors import UserError
+from imagerec.models.classification import check_input_size
 from imagerec.outputs.predict import Predictor, load
 from imagerec.runs import RUN_FORMAT, RunDir, new_run_dir, write_json, write_yaml
 from imagerec.tasks.classification import ClassificationTask, inverse_frequency_weights
@@ -209,7 +210,7 @@ class TrainingSession:
         if self.accelerator != "cpu" or self.world > 1:
             return default_settings(model, accelerator=self.accelerator, requested=requested)
         images, targets = next(iter(loader))
-        probe = (images[:32], targets[:32])
+        probe = (images[:16], targets[:16])  # enough to rank settings, cheap for big models
         return choose_cpu_settings(model, probe, lambda m, b: task.step(m, b)["loss"], requested=requested)
 
     # -- the run ---------------------------------------------------------------------------------------------------
@@ -218,6 +219,7 @@ class TrainingSession:
         index, info, task = self._data()
         loaders = self._loaders(index, info, task)
         net = task.build_model(cfg.model, channels=info["channels"], imgsz=info["imgsz"])
+        check_input_size(net, name=cfg.model.name, in_channels=info["channels"], imgsz=info["imgsz"])
         settings = self._compute_settings(net, loaders["train"], task)
         fabric = Fabric(
             accelerator=self.accelerator,

@@ -136,6 +136,22 @@ def create_classifier(name: str, *, num_outputs: int, in_channels: int, imgsz: i
     return CLASSIFIERS.get(name)(num_outputs=num_outputs, in_channels=in_channels, imgsz=imgsz, dropout=dropout)
 
 
+@torch.no_grad()
+def check_input_size(model: nn.Module, *, name: str, in_channels: int, imgsz: int) -> None:
+    """Run one blank image through `model` so a too-small `imgsz` fails here with a clear message,
+    not as a shape error deep inside the first training step."""
+    was_training = model.training
+    try:
+        model.eval()(torch.zeros(1, in_channels, imgsz, imgsz))
+    except (RuntimeError, ValueError, AssertionError) as error:
+        detail = str(error).splitlines()[0][:160]
+        raise UserError(
+            f"model {name!r} cannot take {imgsz}×{imgsz} inputs ({detail}); pass a larger --imgsz (e.g. 64 or 224)"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
 def list_classifiers() -> list[dict[str, str]]:
     """Every name `--model` accepts for classification, with its source."""
     rows = [{"name": n, "source": "imagerec" if n == "seed_cnn" else "torchvision"} for n in CLASSIFIERS.names()]
