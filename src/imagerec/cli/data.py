@@ -92,7 +92,8 @@ def validate(data: DataArg, as_json: JsonOpt = False) -> None:
     Prints one line per problem naming the file(s). Exit code 0: no problems; 1: problems found;
     2: the data could not be read at all (missing path, empty class folder, bad CSV).
     """
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    stderr = Console(stderr=True)
+    with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = bar.add_task("validate", total=None)
         report = validate_data(data, progress=lambda done, total: bar.update(task, completed=done, total=total))
     problems = report["problems"]

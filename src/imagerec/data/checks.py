@@ -28,6 +28,7 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "all": 3}
+_KIND_ORDER = ("leak", "corrupt", "empty", "duplicate", "channels")  # most harmful first
 _TIFF = frozenset({".tif", ".tiff"})
 _EXIF_ORIENTATION = 0x0112
 # The modes read_image decodes to one channel; every other mode becomes three (alpha dropped).
@@ -215,10 +216,10 @@ def validate_data(path: Path | str, *, progress: Callable[[int, int], None] | No
     """Find problems worth fixing before training; each problem names its file(s).
 
     Every image is read once: its bytes are hashed (sha1) and it is fully decoded with `read_image`. Problem
-    kinds: `corrupt` (does not decode, e.g. truncated), `empty` (0 bytes), `leak` (identical bytes in two
-    splits, so evaluation sees training images), `duplicate` (identical bytes twice within one split) and
-    `channels` (channel count differs from the majority). `progress(done, total)` is called after each file.
-    Structural problems (missing path, empty class folder, bad CSV) raise UserError instead.
+    kinds, reported in this order: `leak` (identical bytes in two splits, so evaluation sees training images),
+    `corrupt` (does not decode, e.g. truncated), `empty` (0 bytes), `duplicate` (identical bytes twice within
+    one split) and `channels` (channel count differs from the majority). `progress(done, total)` is called
+    after each file. Structural problems (missing path, empty class folder, bad CSV) raise UserError instead.
     """
     index = load_index(path)
     paths = _unique_paths(index)
@@ -230,6 +231,7 @@ def validate_data(path: Path | str, *, progress: Callable[[int, int], None] | No
     problems = [_problem(s.kind or "corrupt", [s.path], s.error) for s in scans.values() if s.error is not None]
     problems += _duplicate_problems(index, scans)
     problems += _channel_problems(scans)
+    problems.sort(key=lambda p: _KIND_ORDER.index(p["kind"]))
     return {
         "root": str(index.root),
         "images": len(paths),

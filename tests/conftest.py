@@ -1,0 +1,111 @@
+"""Shared fixtures: real sample data written once per session, small generated images, the shared datasets."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagerec.data.samples import write_sample
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+MakeImage = Callable[..., Path]
+MakeImageFolder = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-learn's 1,797 real 8×8 digits as DIR/<digit>/digit_NNNN.png, written once per session.
+
+    Shared by every test in the session: treat it as read-only (copy what you need to modify into tmp_path).
+    """
+    return write_sample("digits", tmp_path_factory.mktemp("samples") / "digits")
+
+
+@pytest.fixture(scope="session")
+def faces_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-image's 100 faces + 100 non-faces (25×25 grey) as DIR/{face,non_face}/*.png; read-only."""
+    return write_sample("faces", tmp_path_factory.mktemp("samples") / "faces")
+
+
+def _pixels(mode: str, size: tuple[int, int], seed: int) -> np.ndarray:
+    width, height = size
+    rng = np.random.default_rng(seed)
+    if mode in ("I;16", "uint16"):
+        return rng.integers(0, 65536, (height, width), dtype=np.uint16)
+    channels = {"L": 1, "P": 3, "RGB": 3, "RGBA": 4, "LA": 2}[mode]
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def _write(path: Path, mode: str, size: tuple[int, int], seed: int, save_options: dict) -> np.ndarray:
+    pixels = _pixels(mode, size, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(path, pixels, **save_options)
+        return pixels
+    image = Image.fromarray(pixels)
+    if mode == "P":
+        image = image.quantize(colors=16)
+    image.save(path, **save_options)
+    return pixels
+
+
+@pytest.fixture
+def make_image() -> MakeImage:
+    """`make_image(path, *, size=(w, h), mode="RGB", seed=None, **save_options) -> path`.
+
+    Writes random pixels in `mode` (L, I;16, RGB, RGBA, LA, P) in the format the suffix names (.tif/.tiff
+    through tifffile, everything else through Pillow, `save_options` passed on). The default seed comes from the
+    path, so different paths give different (never byte-identical) images.
+    """
+
+    def make(
+        path: Path | str,
+        *,
+        size: tuple[int, int] = (16, 12),
+        mode: str = "RGB",
+        seed: int | None = None,
+        **save_options,
+    ) -> Path:
+        path = Path(path)
+        _write(path, mode, size, zlib.crc32(str(path).encode()) if seed is None else seed, save_options)
+        return path
+
+    return make
+
+
+@pytest.fixture
+def make_image_folder(make_image: MakeImage) -> MakeImageFolder:
+    """`make_image_folder(root, {"cat": 3, "dog": 2}, *, split=None, suffix=".png", **make_image_options) -> root`.
+
+    Writes ROOT/[SPLIT/]<class>/<class>_<i><suffix>, all images different.
+    """
+
+    def make(
+        root: Path | str, counts: dict[str, int], *, split: str | None = None, suffix: str = ".png", **options
+    ) -> Path:
+        root = Path(root)
+        base = root / split if split else root
+        for name, count in counts.items():
+            for i in range(count):
+                make_image(base / name / f"{name}_{i}{suffix}", **options)
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The real datasets in ../shared/datasets (see its README); skips the test when they are not on this machine."""
+    path = (REPO_ROOT.parent / "shared" / "datasets").resolve()
+    if not path.is_dir():
+        pytest.skip(f"{path} not found: the shared real datasets are not on this machine")
+    return path
