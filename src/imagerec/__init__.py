@@ -1,17 +1,27 @@
 """imagerec: image classification, detection and segmentation, from your folders to a measured model.
 
-Importing the package does nothing but define names: no logging set-up, no files, no network.
+Importing the package does nothing but define names: no logging set-up, no files, no network. The public
+names load their modules on first use (PEP 562), so `imagerec --help` does not pay for importing torch.
 """
 
-from imagerec.api import evaluate, train
-from imagerec.data.samples import write_sample
-from imagerec.errors import UserError
-from imagerec.models import list_models
-from imagerec.outputs.predict import Predictor, load
-from imagerec.outputs.results import Classification
-from imagerec.training import Run
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "train": "imagerec.api",
+    "evaluate": "imagerec.api",
+    "load": "imagerec.outputs.predict",
+    "Predictor": "imagerec.outputs.predict",
+    "Classification": "imagerec.outputs.results",
+    "Run": "imagerec.training",
+    "UserError": "imagerec.errors",
+    "list_models": "imagerec.models",
+    "write_sample": "imagerec.data.samples",
+}
 
 __all__ = [
     "Classification",
@@ -25,3 +35,22 @@ __all__ = [
     "train",
     "write_sample",
 ]
+
+if TYPE_CHECKING:
+    from imagerec.api import evaluate, train
+    from imagerec.data.samples import write_sample
+    from imagerec.errors import UserError
+    from imagerec.models import list_models
+    from imagerec.outputs.predict import Predictor, load
+    from imagerec.outputs.results import Classification
+    from imagerec.training import Run
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'imagerec' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from imagerec.data.checks import inspect_data, split_dataset, validate_data
 from imagerec.data.samples import SAMPLES, write_sample
 
 app = typer.Typer(help="Write, inspect, validate and split datasets.", no_args_is_help=True)
@@ -78,6 +77,8 @@ def _print_inspection(console: Console, report: dict[str, Any]) -> None:
 @app.command("inspect")
 def inspect(data: DataArg, as_json: JsonOpt = False) -> None:
     """Classes, counts per split and class, image sizes, channels, bit depths, formats and class imbalance."""
+    from imagerec.data.checks import inspect_data
+
     report = inspect_data(data)
     if as_json:
         print(json.dumps(report, indent=2))
@@ -92,6 +93,8 @@ def validate(data: DataArg, as_json: JsonOpt = False) -> None:
     Prints one line per problem naming the file(s). Exit code 0: no problems; 1: problems found;
     2: the data could not be read at all (missing path, empty class folder, bad CSV).
     """
+    from imagerec.data.checks import validate_data
+
     stderr = Console(stderr=True)
     with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = bar.add_task("validate", total=None)
@@ -119,6 +122,8 @@ def split(
     seed: Annotated[int, Opt(help="Random seed; the same seed gives the same split.")] = 0,
 ) -> None:
     """Write a stratified train/val/test split as folders (files hard-linked where possible, else copied)."""
+    from imagerec.data.checks import split_dataset
+
     report = split_dataset(data, out, val=val, test=test, seed=seed)
     console = Console()
     console.print(_counts_table(report["counts"], f"{report['out']} (seed {seed})"))

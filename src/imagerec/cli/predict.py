@@ -13,9 +13,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from imagerec.api import evaluate as evaluate_run
 from imagerec.errors import UserError
-from imagerec.outputs.predict import expand_sources, load
 from imagerec.outputs.results import Classification
 from imagerec.runs import write_text
 
@@ -43,6 +41,8 @@ def evaluate(
     as_json: Annotated[bool, Opt("--json", help="Print the metrics JSON instead of a table.")] = False,
 ) -> None:
     """Measure a trained run on a split of DATA (also saved to RUN/evaluation/<split>.json)."""
+    from imagerec.api import evaluate as evaluate_run
+
     metrics = evaluate_run(run, data, split=split)
     if as_json:
         print(json.dumps(metrics, indent=2))
@@ -73,6 +73,8 @@ def predict(
     batch: Annotated[int, Opt(help="Images per batch.")] = 64,
 ) -> None:
     """Predict images; unreadable files are reported in the output and skipped."""
+    from imagerec.outputs.predict import expand_sources, load
+
     if fmt not in ("table", "json", "csv"):
         raise UserError(f"--format {fmt!r}: use table, json or csv")
     if topk < 1:

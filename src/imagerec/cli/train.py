@@ -10,12 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from imagerec.api import evaluate as evaluate_run
-from imagerec.api import train as train_run
-from imagerec.data.samples import write_sample
-from imagerec.models import list_models
-from imagerec.outputs.predict import load
-
 Opt = typer.Option
 
 
@@ -39,6 +33,8 @@ def train(
     patience: Annotated[int | None, Opt(help="Early-stopping patience in epochs (0: off).")] = None,
 ) -> None:
     """Train a model; prints per-epoch metrics and the test metrics at the end."""
+    from imagerec.api import train as train_run
+
     options = {
         "model": model, "epochs": epochs, "imgsz": imgsz, "batch": batch, "lr": lr, "augment": augment,
         "device": device, "devices": devices, "num_nodes": num_nodes, "precision": precision, "seed": seed,
@@ -65,6 +61,8 @@ def train(
 
 def models(task: Annotated[str, Opt(help="classify")] = "classify") -> None:
     """List what --model accepts."""
+    from imagerec.models import list_models
+
     table = Table("name", "source")
     for row in list_models(task):
         table.add_row(row["name"], row["source"])
@@ -73,6 +71,11 @@ def models(task: Annotated[str, Opt(help="classify")] = "classify") -> None:
 
 def demo(out: Annotated[Path, Opt(help="Where the demo writes its data and run.")] = Path("runs/demo")) -> None:
     """Train the seed ConvNet on scikit-learn's real handwritten digits, evaluate, predict, report."""
+    from imagerec.api import evaluate as evaluate_run
+    from imagerec.api import train as train_run
+    from imagerec.data.samples import write_sample
+    from imagerec.outputs.predict import load
+
     console = Console()
     data = out / "digits"
     if not data.exists():
