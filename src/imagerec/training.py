@@ -300,7 +300,9 @@ class TrainingSession:
             )
         net.load_state_dict(saved["model"])
         parts.optimizer.load_state_dict(saved["optimizer"])
-        parts.scheduler.load_state_dict(saved["scheduler"])
+        # Restore where the schedule stands, not its length: a resume may extend --epochs (OneCycleLR saves its total).
+        position = {k: v for k, v in saved["scheduler"].items() if k in ("last_epoch", "_step_count", "_last_lr")}
+        parts.scheduler.load_state_dict({**parts.scheduler.state_dict(), **position})
         if parts.ema is not None and saved.get("ema") is not None:
             parts.ema.load_state_dict(saved["ema"])
         set_rng_state(saved["rng"])

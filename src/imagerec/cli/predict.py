@@ -71,6 +71,7 @@ def predict(
     topk: Annotated[int, Opt(help="Labels per image.")] = 5,
     out: Annotated[Path | None, Opt(help="Write the results to this file instead of the screen.")] = None,
     batch: Annotated[int, Opt(help="Images per batch.")] = 64,
+    workers: Annotated[int, Opt(help="Processes decoding images in parallel.")] = 0,
 ) -> None:
     """Predict images; unreadable files are reported in the output and skipped."""
     from imagerec.outputs.predict import expand_sources, load
@@ -85,7 +86,7 @@ def predict(
     results: list[Classification] = []
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("predict", total=len(files))
-        for result in predictor.predict_iter(files, topk=topk, batch=batch):
+        for result in predictor.predict_iter(files, topk=topk, batch=batch, workers=workers):
             results.append(result)
             progress.advance(bar)
     failed = sum(r.error is not None for r in results)

@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 import random
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from imagerec.errors import UserError
 from imagerec.runs import RunDir, atomic_write, write_csv
 
+MODULE_VERSIONS = "torch_module_versions"  # safetensors metadata key
+
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
     # clone(): safetensors refuses tensors that share memory (tied weights) or are not contiguous.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    # Modules' state-dict versions (e.g. MNASNet refuses to load without them) are not tensors: keep them as metadata.
+    versions = getattr(state_dict, "_metadata", None)
+    metadata = {MODULE_VERSIONS: json.dumps(versions)} if versions is not None else None
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
-        return load_file(str(path))
+        tensors = OrderedDict(load_file(str(path)))
+        with safe_open(str(path), framework="pt") as handle:
+            versions = (handle.metadata() or {}).get(MODULE_VERSIONS)
+        if versions is not None:
+            tensors._metadata = OrderedDict(json.loads(versions))  # type: ignore[attr-defined]
+        return tensors
     except FileNotFoundError:
         raise UserError(f"{path}: weights missing; the run did not finish an epoch") from None
     except (SafetensorError, OSError) as error:
@@ -68,5 +81,5 @@ class Checkpointer:
             return torch.load(self.run.state, map_location="cpu", weights_only=False)
         except FileNotFoundError:
             raise UserError(f"{self.run.path}: no state.pt; nothing to resume (no epoch finished)") from None
-        except (RuntimeError, EOFError, OSError) as error:
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
             raise UserError(f"{self.run.state}: damaged training state ({error}); start a new run") from None

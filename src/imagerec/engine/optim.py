@@ -45,7 +45,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     total = cfg.epochs * steps_per_epoch
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
     if cfg.scheduler == "onecycle":
-        return OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=max(warmup, 1) / total)
+        # Peak at step `warmup` like the other schedules; OneCycleLR divides by both phase lengths, so keep them > 0.
+        pct_start = min(max(warmup, 1) + 1, total - 0.5) / total
+        return OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=pct_start)
     kwargs = {
         "schedule": cfg.scheduler,
         "total": total,

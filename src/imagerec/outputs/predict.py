@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 from imagerec.data.images import is_image_file, read_image, to_channels
 from imagerec.engine.checkpoint import load_weights
@@ -62,6 +63,23 @@ def _name(image: ImageLike, position: int) -> str:
     return str(image) if isinstance(image, str | Path) else f"<image {position}>"
 
 
+class _Decoded(Dataset):
+    """Sources decoded and preprocessed one by one: (name, tensor, None), or (name, None, error) if unreadable."""
+
+    def __init__(self, sources: list[ImageLike], preprocess: Callable[[ImageLike], torch.Tensor]) -> None:
+        self.sources, self.preprocess = sources, preprocess
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None]:
+        name = _name(self.sources[i], i)
+        try:
+            return name, self.preprocess(self.sources[i]), None
+        except UserError as error:
+            return name, None, str(error)
+
+
 class Predictor:
     """A trained model with the preprocessing it was trained with, ready to predict."""
 
@@ -91,33 +109,31 @@ class Predictor:
         """Class probabilities (N×K) for a preprocessed batch."""
         return self.task.probabilities(self.model(batch.to(self.device))).cpu()
 
-    def predict_iter(self, sources: Iterable[ImageLike], *, topk: int = 5, batch: int = 64) -> Iterator[Classification]:
-        """Yield one result per image, in order; unreadable files yield a result with `error` set."""
-        pending: list[tuple[str, torch.Tensor]] = []
-        for position, source in enumerate(expand_sources(sources)):
-            name = _name(source, position)
-            try:
-                pending.append((name, self.preprocess(source)))
-            except UserError as error:
-                yield Classification(name, (), (), error=str(error))
-                continue
-            if len(pending) == batch:
-                yield from self._flush(pending, topk)
-                pending = []
-        if pending:
-            yield from self._flush(pending, topk)
+    def predict_iter(
+        self, sources: Iterable[ImageLike], *, topk: int = 5, batch: int = 64, workers: int = 0
+    ) -> Iterator[Classification]:
+        """Yield one result per image, in order; unreadable files yield a result with `error` set.
 
-    def _flush(self, pending: list[tuple[str, torch.Tensor]], topk: int) -> list[Classification]:
-        probs = self.probabilities(torch.stack([t for _, t in pending]))
-        return self.task.results(probs, [n for n, _ in pending], topk=topk)
+        `workers` > 0 decodes images in that many DataLoader processes while the model runs.
+        """
+        items = _Decoded(expand_sources(sources), self.preprocess)
+        for chunk in DataLoader(items, batch_size=batch, num_workers=workers, collate_fn=list):
+            good = [(name, image) for name, image, error in chunk if error is None]
+            results = iter(self._classify(good, topk) if good else [])
+            for name, _, error in chunk:
+                yield Classification(name, (), (), error=error) if error is not None else next(results)
+
+    def _classify(self, items: list[tuple[str, torch.Tensor]], topk: int) -> list[Classification]:
+        probs = self.probabilities(torch.stack([image for _, image in items]))
+        return self.task.results(probs, [name for name, _ in items], topk=topk)
 
     def predict(
-        self, sources: ImageLike | Sequence[ImageLike], *, topk: int = 5, batch: int = 64
+        self, sources: ImageLike | Sequence[ImageLike], *, topk: int = 5, batch: int = 64, workers: int = 0
     ) -> list[Classification]:
         """Predict files, folders, PIL images, arrays or tensors (C×H×W in [0, 1])."""
         if isinstance(sources, str | Path | Image.Image | np.ndarray | torch.Tensor):
             sources = [sources]
-        return list(self.predict_iter(sources, topk=topk, batch=batch))
+        return list(self.predict_iter(sources, topk=topk, batch=batch, workers=workers))
 
 
 def load(run: str | Path | RunDir, *, device: str = "auto", weights: str = "best") -> Predictor:
