@@ -70,8 +70,13 @@ def _auto_imgsz(index: DataIndex) -> int:
 def _prepare_index(cfg: RunConfig, record: dict[str, list[str]] | None) -> DataIndex:
     index = load_index(cfg.data.path, format=cfg.data.format)
     if record is not None and "all" in index.splits:
-        return apply_split_record(index, record)
-    return ensure_splits(index, val=cfg.data.val, test=cfg.data.test, seed=cfg.train.seed)
+        index = apply_split_record(index, record)
+    else:
+        index = ensure_splits(index, val=cfg.data.val, test=cfg.data.test, seed=cfg.train.seed)
+    # One order whether the split was just drawn or re-read from split.json: a resumed run sees the same batches.
+    for samples in index.splits.values():
+        samples.sort(key=lambda s: index.relative(s.path))
+    return index
 
 
 def _model_info(cfg: RunConfig, index: DataIndex, task: ClassificationTask) -> dict[str, Any]:
@@ -159,6 +164,11 @@ class TrainingSession:
         else:
             index = _prepare_index(cfg, None)
             info = None
+        if cfg.data.balanced_sampler and index.multilabel:
+            raise UserError(
+                f"{cfg.data.path}: balanced_sampler draws images by their one class, but this data is multi-label; "
+                "drop balanced_sampler"
+            )
         task = ClassificationTask(
             index.classes,
             multilabel=index.multilabel,

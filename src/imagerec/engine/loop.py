@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader
 
+from imagerec.errors import UserError
 from imagerec.tasks.base import Task
 
 
@@ -154,7 +155,10 @@ def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitS
             if loop.val_loader is not None:
                 val = evaluate(fabric, task, loop.eval_model or model, loop.val_loader)
                 row |= {f"val_{k}": v for k, v in val.items() if isinstance(v, int | float)}
-            score = float(row.get(key, math.nan))
+            if key not in row:  # a misspelt monitor would silently never save a best checkpoint
+                measured = ", ".join(k for k in row if k != "epoch")
+                raise UserError(f"monitor {key!r} is not a measured metric; use one of: {measured}")
+            score = float(row[key])
             best = _improved(score, state.best, mode)
             state.epoch, state.history = epoch, [*state.history, row]
             if best:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from imagerec.data.images import is_image_file, read_image, to_channels
+from imagerec.data.images import _pil_to_array, _to_unit_float, is_image_file, read_image, to_channels
 from imagerec.engine.checkpoint import load_weights
 from imagerec.errors import UserError
 from imagerec.outputs.results import Classification
@@ -51,11 +51,12 @@ def _to_tensor(image: ImageLike) -> torch.Tensor:
     if isinstance(image, str | Path):
         return read_image(Path(image))
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
-    if isinstance(image, np.ndarray):
+        image = _pil_to_array(image)
+    if isinstance(image, np.ndarray):  # scaled as files are: 8-bit /255, 16-bit /65535, float clipped to [0, 1]
         array = image[:, :, None] if image.ndim == 2 else image
-        scale = 255.0 if array.dtype == np.uint8 else 1.0
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float() / scale
+        if array.shape[2] in (2, 4):  # LA / RGBA: drop alpha, as for files
+            array = array[:, :, :-1]
+        return torch.from_numpy(_to_unit_float(array).transpose(2, 0, 1).copy())
     return image.float()
 
 

@@ -1,0 +1,325 @@
+"""The command line: happy paths through Typer's runner, and every mistake a user can make → one line, exit 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from imagerec.cli.main import app, main
+
+IMAGEREC = Path(sys.executable).with_name("imagerec")
+TINY = ["--imgsz", "8", "--batch", "64", "--seed", "0"]
+CONTRACT_KEYS = {
+    "accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "auc", "per_class", "confusion_matrix",
+    "top5",
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: intra-op threads cost more than they save, badly so when the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def invoke(*args: object):
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+@pytest.fixture(scope="module")
+def cli_run(digits_dir, tmp_path_factory) -> Path:
+    """A run trained through `imagerec train` (2 epochs at 8 px: enough to predict well)."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = invoke("train", digits_dir, "--epochs", 2, "--out", out, *TINY)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def user_error(capsys, monkeypatch, *args: object) -> str:
+    """Run `imagerec ARGS` in-process through the real entry point; assert exit 2 with one `error:` line."""
+    monkeypatch.setattr(sys, "argv", ["imagerec", *map(str, args)])
+    with pytest.raises(SystemExit) as caught:
+        main()
+    captured = capsys.readouterr()
+    assert caught.value.code == 2, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    return lines[0]
+
+
+# --- happy paths ----------------------------------------------------------------------------------------------
+
+
+def test_train_prints_metrics_and_writes_the_run(cli_run):
+    assert (cli_run / "best.safetensors").is_file()
+    with (cli_run / "metrics.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
+    assert json.loads((cli_run / "evaluation" / "test.json").read_text())["accuracy"] >= 0.9
+
+
+def test_evaluate_json_has_the_contract_keys(cli_run, digits_dir):
+    result = invoke("evaluate", cli_run, digits_dir, "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert set(metrics) >= CONTRACT_KEYS
+    assert metrics["split"] == "test"
+    assert metrics["count"] == 179
+    assert metrics["accuracy"] >= 0.9
+    assert metrics["top5"] >= metrics["accuracy"]
+    assert len(metrics["confusion_matrix"]) == 10
+    assert sum(map(sum, metrics["confusion_matrix"])) == 179
+    assert metrics == json.loads((cli_run / "evaluation" / "test.json").read_text())
+
+
+def test_evaluate_table(cli_run, digits_dir):
+    result = invoke("evaluate", cli_run, digits_dir, "--split", "val")
+    assert result.exit_code == 0, result.output
+    assert "val metrics" in result.stdout
+    assert "accuracy" in result.stdout
+    assert "support" in result.stdout
+
+
+@pytest.fixture
+def images(digits_dir, tmp_path) -> Path:
+    """Three real digits (named by their class) and one unreadable file."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for digit in ("0", "5", "9"):
+        shutil.copy(sorted((Path(digits_dir) / digit).glob("*.png"))[0], folder / f"{digit}.png")
+    (folder / "broken.png").write_bytes(b"definitely not an image")
+    return folder
+
+
+def test_predict_json(cli_run, images):
+    result = invoke("predict", cli_run, images, "--format", "json", "--topk", 2)
+    assert result.exit_code == 0, result.output
+    rows = {Path(r["source"]).stem: r for r in json.loads(result.stdout)}
+    assert set(rows) == {"0", "5", "9", "broken"}
+    assert rows["broken"]["labels"] == []
+    assert "broken.png" in rows["broken"]["error"]
+    for digit in ("0", "5", "9"):
+        assert rows[digit]["error"] is None
+        assert len(rows[digit]["labels"]) == len(rows[digit]["probs"]) == 2
+    assert sum(rows[d]["labels"][0] == d for d in ("0", "5", "9")) >= 2
+    assert "could not be read" in result.stderr
+
+
+def test_predict_csv_to_file(cli_run, images, tmp_path):
+    out = tmp_path / "predictions.csv"
+    result = invoke("predict", cli_run, images / "0.png", images / "9.png", "--format", "csv", "--out", out)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert [Path(r["source"]).name for r in rows] == ["0.png", "9.png"]
+    assert list(rows[0]) == ["source", "label", "prob", "topk_labels", "topk_probs", "error"]
+    assert all(0 < float(r["prob"]) <= 1 and len(r["topk_labels"].split(";")) == 5 for r in rows)
+    assert result.stdout == ""
+
+
+def test_predict_table(cli_run, images):
+    result = invoke("predict", cli_run, images)
+    assert result.exit_code == 0, result.output
+    assert "unreadable" in result.stdout
+    for name in ("0.png", "5.png", "9.png", "broken.png"):
+        assert name in result.stdout
+
+
+def test_models_lists_every_family():
+    result = invoke("models")
+    assert result.exit_code == 0
+    for name in ("seed_cnn", "resnet18", "efficientnet_b0", "vit_b_16", "timm:<name>"):
+        assert name in result.stdout
+
+
+def test_help_lists_the_verbs():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for verb in ("train", "evaluate", "predict", "models", "demo", "data"):
+        assert verb in result.stdout
+
+
+# --- user errors: exit 2, one line, no traceback ----------------------------------------------------------------
+
+
+def test_train_missing_path(capsys, monkeypatch, tmp_path):
+    line = user_error(capsys, monkeypatch, "train", tmp_path / "nowhere")
+    assert "nowhere" in line
+    assert "no such file or folder" in line
+
+
+def test_train_without_data(capsys, monkeypatch):
+    assert "no data given" in user_error(capsys, monkeypatch, "train")
+
+
+def test_unknown_model_suggests_close_matches(capsys, monkeypatch, digits_dir, tmp_path):
+    line = user_error(capsys, monkeypatch, "train", digits_dir, "--model", "resnet19", "--out", tmp_path / "r", *TINY)
+    assert "resnet19" in line
+    assert "did you mean" in line
+    assert "resnet18" in line
+    assert not (tmp_path / "r" / "state.pt").exists()
+
+
+def test_unknown_timm_model(capsys, monkeypatch, digits_dir, tmp_path):
+    line = user_error(capsys, monkeypatch, "train", digits_dir, "--model", "timm:resnet19", "--out", tmp_path / "r")
+    assert "timm:resnet18" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--imgsz", "0"], "data.imgsz"),
+        (["--epochs", "-1"], "train.epochs"),
+        (["--batch", "0"], "data.batch"),
+        (["--lr", "-0.1"], "train.lr"),
+        (["--augment", "extreme"], "data.augment"),
+        (["--precision", "8"], "train.precision"),
+        (["--device", "tpu"], "train.device"),
+    ],
+)
+def test_invalid_settings(capsys, monkeypatch, digits_dir, tmp_path, args, expected):
+    line = user_error(capsys, monkeypatch, "train", digits_dir, "--out", tmp_path / "r", *args)
+    assert expected in line
+    assert "invalid setting" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_config_file(capsys, monkeypatch, digits_dir, tmp_path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("train: {epochs: [unclosed\n")
+    assert "cfg.yaml" in user_error(capsys, monkeypatch, "train", digits_dir, "--config", config)
+    config.write_text("train:\n  epoch: 3\n")  # misspelt option
+    assert "train.epoch" in user_error(capsys, monkeypatch, "train", digits_dir, "--config", config)
+
+
+def test_evaluate_with_a_label_the_model_does_not_know(capsys, monkeypatch, cli_run, digits_dir, tmp_path):
+    data = tmp_path / "data"
+    for name, source in (("3", "3"), ("cat", "8")):
+        shutil.copytree(Path(digits_dir) / source, data / name)
+    line = user_error(capsys, monkeypatch, "evaluate", cli_run, data)
+    assert "'cat'" in line
+    assert "not one of the model's classes" in line
+    assert str(data) in line
+
+
+def _copy_run(run: Path, tmp_path: Path, **changes) -> Path:
+    copy = tmp_path / "run-copy"
+    shutil.copytree(run, copy)
+    info = json.loads((copy / "model.json").read_text())
+    (copy / "model.json").write_text(json.dumps({**info, **changes}))
+    return copy
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_run_of_another_task(capsys, monkeypatch, cli_run, digits_dir, tmp_path, command):
+    run = _copy_run(cli_run, tmp_path, task="detect")
+    line = user_error(capsys, monkeypatch, command, run, digits_dir)
+    assert "a detect run" in line
+    assert "classify" in line
+    assert str(run) in line
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_run_of_an_incompatible_format(capsys, monkeypatch, cli_run, digits_dir, tmp_path, command):
+    run = _copy_run(cli_run, tmp_path, format=99)
+    line = user_error(capsys, monkeypatch, command, run, digits_dir)
+    assert "incompatible" in line
+    assert "99" in line
+    assert str(run) in line
+
+
+def test_damaged_run_files(capsys, monkeypatch, cli_run, digits_dir, tmp_path):
+    run = tmp_path / "run-copy"
+    shutil.copytree(cli_run, run)
+    (run / "best.safetensors").write_bytes(b"garbage")
+    assert "damaged weights" in user_error(capsys, monkeypatch, "predict", run, digits_dir)
+    (run / "model.json").write_text("{not json")
+    assert "model.json" in user_error(capsys, monkeypatch, "evaluate", run, digits_dir)
+
+
+def test_not_a_run_directory(capsys, monkeypatch, digits_dir, tmp_path):
+    assert "no such run directory" in user_error(capsys, monkeypatch, "evaluate", tmp_path / "nope", digits_dir)
+    line = user_error(capsys, monkeypatch, "predict", digits_dir, digits_dir)  # a data folder, not a run
+    assert "model.json" in line
+
+
+def test_resume_of_a_finished_run(capsys, monkeypatch, cli_run):
+    line = user_error(capsys, monkeypatch, "train", "--resume", cli_run)
+    assert "finished all 2 epochs" in line
+    assert "--epochs" in line
+
+
+def test_resume_before_any_epoch_finished(capsys, monkeypatch, cli_run, tmp_path):
+    run = tmp_path / "run-copy"
+    shutil.copytree(cli_run, run)
+    (run / "state.pt").unlink()  # killed during the first epoch: run.yaml and model.json exist, no state yet
+    line = user_error(capsys, monkeypatch, "train", "--resume", run, "--epochs", "3")
+    assert "nothing to resume" in line
+
+
+def test_resume_refuses_data_and_model_changes(capsys, monkeypatch, cli_run):
+    line = user_error(capsys, monkeypatch, "train", "--resume", cli_run, "--epochs", "3", "--model", "resnet18")
+    assert "model" in line
+    assert "--resume" in line
+
+
+def test_train_into_an_existing_run(capsys, monkeypatch, cli_run, digits_dir):
+    line = user_error(capsys, monkeypatch, "train", digits_dir, "--out", cli_run, *TINY)
+    assert "already holds a run" in line
+    assert "--resume" in line
+
+
+def test_predict_missing_path(capsys, monkeypatch, cli_run, tmp_path):
+    line = user_error(capsys, monkeypatch, "predict", cli_run, tmp_path / "missing.png")
+    assert "missing.png" in line
+    assert "no such file" in line
+
+
+@pytest.mark.parametrize(("args", "expected"), [(["--format", "xml"], "--format"), (["--topk", "0"], "--topk")])
+def test_predict_bad_options(capsys, monkeypatch, cli_run, images, args, expected):
+    assert expected in user_error(capsys, monkeypatch, "predict", cli_run, images, *args)
+
+
+# --- the installed executable, in a real process ----------------------------------------------------------------
+
+
+def _run_cli(*args: object, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [str(IMAGEREC), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_executable_reports_user_errors_in_one_line(digits_dir, tmp_path):
+    cases = [
+        (["train", tmp_path / "missing"], "no such file or folder"),
+        (["train", digits_dir, "--model", "resnt18", "--imgsz", "8"], "did you mean"),
+    ]
+    for args, expected in cases:
+        done = _run_cli(*args, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("error: ")
+        assert expected in done.stderr
+        assert done.stderr.count("\n") == 1
+        assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that never started
