@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,19 @@ from PIL import Image
 from imagerec.data.samples import write_sample
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The test models are tiny: intra-op threads cost more than they save, and far more when another
+    process shares the cores (digits, 4 epochs: 45 s with 2 threads against 2.6 s with one)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 MakeImage = Callable[..., Path]
 MakeImageFolder = Callable[..., Path]

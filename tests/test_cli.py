@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from imagerec.cli.main import app, main
@@ -22,15 +21,6 @@ CONTRACT_KEYS = {
     "accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "auc", "per_class", "confusion_matrix",
     "top5",
 }  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads cost more than they save, badly so when the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def invoke(*args: object):
@@ -44,12 +34,7 @@ def invoke(*args: object):
 def cli_run(digits_dir, tmp_path_factory) -> Path:
     """A run trained through `imagerec train` (2 epochs at 8 px: enough to predict well)."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = invoke("train", digits_dir, "--epochs", 2, "--out", out, *TINY)
-    finally:
-        torch.set_num_threads(threads)
+    result = invoke("train", digits_dir, "--epochs", 2, "--out", out, *TINY)
     assert result.exit_code == 0, result.output
     return out
 

@@ -28,15 +28,6 @@ LR = 0.1
 STEPS_PER_EPOCH = 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads cost more than they save, badly so when the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def quiet() -> Console:
     return Console(file=io.StringIO())
 

@@ -34,15 +34,6 @@ IMGSZ_OVERRIDES = {"squeezenet1_0": 64}
 NUM_OUTPUTS = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tensors here are tiny: thread hand-offs cost more than the maths, badly so on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _build(name: str, channels: int, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     imgsz = IMGSZ_OVERRIDES.get(name, IMGSZ)

@@ -16,4 +16,5 @@ def test_import_is_light_and_side_effect_free(tmp_path):
 def test_public_names_resolve():
     for name in imagerec.__all__:
         assert getattr(imagerec, name) is not None
-    assert callable(imagerec.train) and callable(imagerec.evaluate) and callable(imagerec.load)
+    for verb in (imagerec.train, imagerec.evaluate, imagerec.load):
+        assert callable(verb)

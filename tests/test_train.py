@@ -25,15 +25,6 @@ DIGITS = {"imgsz": 8, "batch": 64, "seed": 0}
 EPOCHS = 4  # test accuracy over seeds 0-5: ≥ 0.977 at 4 epochs, ≥ 0.972 at 3, 0.944 at 2: the 0.95 bar keeps a margin
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: intra-op threads cost more than they save, badly so when the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def quiet() -> Console:
     return Console(file=io.StringIO(), width=120)
 
@@ -41,13 +32,8 @@ def quiet() -> Console:
 @pytest.fixture(scope="module")
 def digits_run(digits_dir, tmp_path_factory) -> imagerec.Run:
     """seed_cnn trained on the digits in fp32 (so evaluate() must reproduce the numbers exactly)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = tmp_path_factory.mktemp("train") / "digits-run"
-        return imagerec.train(digits_dir, out=out, epochs=EPOCHS, precision="32", console=quiet(), **DIGITS)
-    finally:
-        torch.set_num_threads(threads)
+    out = tmp_path_factory.mktemp("train") / "digits-run"
+    return imagerec.train(digits_dir, out=out, epochs=EPOCHS, precision="32", console=quiet(), **DIGITS)
 
 
 def test_seed_cnn_learns_the_digits(digits_run):

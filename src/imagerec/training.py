@@ -47,6 +47,7 @@ class Run:
     best_epoch: int = 0
     epochs: int = 0
     split: str = ""  # which split `metrics` were measured on
+    primary: bool = True  # False in the other processes of a multi-process run, which should stay quiet
 
     def load(self, **kwargs: Any) -> Predictor:
         return load(self.path, **kwargs)
@@ -217,6 +218,10 @@ class TrainingSession:
         self, model: torch.nn.Module, loader: DataLoader, task: ClassificationTask
     ) -> ComputeSettings:
         requested = self.cfg.train.precision
+        if self.resume is not None:  # keep the numerics the run started with
+            saved = self.resume.read_config().get("resolved", {}).get("compute", {})
+            if "precision" in saved:
+                return ComputeSettings(saved["precision"], bool(saved.get("channels_last")))
         if self.accelerator != "cpu" or self.world > 1:
             return default_settings(model, accelerator=self.accelerator, requested=requested)
         images, targets = next(iter(loader))
@@ -226,6 +231,7 @@ class TrainingSession:
     # -- the run ---------------------------------------------------------------------------------------------------
     def run(self) -> Run:
         cfg = self.cfg
+        saved = self._resumable() if self.resume is not None else None
         index, info, task = self._data()
         loaders = self._loaders(index, info, task)
         net = task.build_model(cfg.model, channels=info["channels"], imgsz=info["imgsz"])
@@ -249,7 +255,7 @@ class TrainingSession:
             net = net.to(memory_format=torch.channels_last)
         parts = self._optimization(fabric, net, loaders)
         checkpointer = Checkpointer(run, enabled=fabric.is_global_zero)
-        state = self._restore(checkpointer, net, parts) if self.resume is not None else FitState()
+        state = self._restore(saved, net, parts) if saved is not None else FitState()
         logger = TensorBoardLogger(root_dir=run.path, name="tensorboard", version="") if fabric.is_global_zero else None
         loop = FitLoop(
             optimizer=parts.optimizer, scheduler=parts.scheduler, train_loader=parts.train_loader,
@@ -299,15 +305,20 @@ class TrainingSession:
         write_json(run.model_info, info)
         write_json(run.split, index.split_record())
 
-    def _restore(self, checkpointer: Checkpointer, net: torch.nn.Module, parts: _Parts) -> FitState:
-        saved = checkpointer.load_state()
+    def _resumable(self) -> dict[str, Any]:
+        """The saved training state, refused at once (before any set-up) when there is nothing left to train."""
+        saved = Checkpointer(self.resume).load_state()
         state = FitState(**saved["fit"])
         if state.epoch >= self.cfg.train.epochs or state.stopped_early:
             reason = "stopped early" if state.stopped_early else f"finished all {state.epoch} epochs"
             raise UserError(
-                f"{checkpointer.run.path}: the run {reason}; nothing to resume. To train further pass --epochs with "
+                f"{self.resume.path}: the run {reason}; nothing to resume. To train further pass --epochs with "
                 f"more than {state.epoch}, or start a new run"
             )
+        return saved
+
+    def _restore(self, saved: dict[str, Any], net: torch.nn.Module, parts: _Parts) -> FitState:
+        state = FitState(**saved["fit"])
         net.load_state_dict(saved["model"])
         parts.optimizer.load_state_dict(saved["optimizer"])
         # Restore where the schedule stands, not its length: a resume may extend --epochs (OneCycleLR saves its total).
@@ -316,7 +327,7 @@ class TrainingSession:
         if parts.ema is not None and saved.get("ema") is not None:
             parts.ema.load_state_dict(saved["ema"])
         set_rng_state(saved["rng"])
-        self.console.print(f"resuming {checkpointer.run.path} after epoch {state.epoch}")
+        self.console.print(f"resuming {self.resume.path} after epoch {state.epoch}")
         return state
 
     def _finish(
@@ -337,7 +348,14 @@ class TrainingSession:
             metrics = evaluate(fabric, task, best, parts.eval_loaders[split])
             if fabric.is_global_zero:
                 write_json(run.evaluation(split), {"split": split, "data": str(self.cfg.data.path), **metrics})
-        return Run(run.path, metrics=metrics, best_epoch=state.best_epoch, epochs=state.epoch, split=split or "")
+        return Run(
+            run.path,
+            metrics=metrics,
+            best_epoch=state.best_epoch,
+            epochs=state.epoch,
+            split=split or "",
+            primary=fabric.is_global_zero,
+        )
 
 
 @dataclass

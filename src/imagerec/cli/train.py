@@ -52,6 +52,8 @@ def train(
             "[yellow]interrupted[/]: finished epochs are saved; continue with imagerec train --resume RUN_DIR"
         )
         raise typer.Exit(130) from None
+    if not run.primary:
+        return
     if run.metrics:
         from imagerec.cli.predict import print_metrics
 
