@@ -20,16 +20,11 @@ from imagerec.training import Run
 
 __all__ = ["Run", "evaluate", "load", "train"]
 
-MIN_AUTO_IMGSZ, MAX_AUTO_IMGSZ = 32, 224
-
 
 def _section_of(key: str) -> str:
-    aliases = {"data": ("data", "path"), "model": ("model", "name")}
+    """The config section (data, model, train) that owns option `key`; field names are unique across them."""
     for section, fields in SECTIONS.items():
         if key in fields.model_fields:
-            return section
-    for section, (alias, _) in aliases.items():
-        if key == alias:
             return section
     raise TypeError(f"unknown training option {key!r}")
 
