@@ -65,7 +65,8 @@ def train_one_epoch(
     """One pass over `loader`; returns mean loss, last LR, throughput and time."""
     model.train()
     bar = progress.add_task(description, total=len(loader), loss=math.nan, speed=0.0) if progress else None
-    loss_sum, seen, start = torch.zeros(()), 0, time.perf_counter()
+    # Summed on the device: reading it back every step would stall a GPU on each batch.
+    loss_sum, seen, start = torch.zeros((), device=fabric.device), 0, time.perf_counter()
     for i, batch in enumerate(loader):
         stepping = (i + 1) % accumulate == 0 or i + 1 == len(loader)
         with fabric.no_backward_sync(model, enabled=not stepping):
@@ -80,7 +81,7 @@ def train_one_epoch(
             if on_step:
                 on_step()
         size = task.batch_size(batch)
-        loss_sum += loss.detach().float().cpu() * size
+        loss_sum += loss.detach().float() * size
         seen += size
         if bar is not None and (i % 10 == 0 or i + 1 == len(loader)):
             speed = seen / (time.perf_counter() - start)
