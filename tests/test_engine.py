@@ -283,6 +283,14 @@ def test_fit_stops_early_when_the_monitor_stalls():
     assert {"train_loss", "lr", "val_loss", "val_accuracy"} <= set(state.history[0])
 
 
+def test_fit_breaks_ties_of_the_monitor_with_the_validation_loss(monkeypatch):
+    scripted = iter([{"loss": 0.5, "accuracy": 0.8}, {"loss": 0.4, "accuracy": 0.8}, {"loss": 0.45, "accuracy": 0.8}])
+    monkeypatch.setattr("imagerec.engine.loop.evaluate", lambda *args, **kwargs: next(scripted))
+    state, saved = _toy_fit(("val_accuracy", "max"), epochs=3)
+    assert saved == [(1, True), (2, True), (3, False)]
+    assert (state.best, state.best_loss, state.best_epoch) == (0.8, 0.4, 2)
+
+
 def test_fit_refuses_a_monitor_it_does_not_measure():
     with pytest.raises(UserError, match=r"monitor 'val_acc' is not a measured metric.*val_accuracy"):
         _toy_fit(("val_acc", "max"), epochs=1)

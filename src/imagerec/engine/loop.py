@@ -25,6 +25,7 @@ class FitState:
 
     epoch: int = 0
     best: float | None = None
+    best_loss: float | None = None  # validation loss at the best epoch: breaks ties of the monitored metric
     best_epoch: int = 0
     bad_epochs: int = 0
     stopped_early: bool = False
@@ -160,10 +161,14 @@ def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitS
                 measured = ", ".join(k for k in row if k != "epoch")
                 raise UserError(f"monitor {key!r} is not a measured metric; use one of: {measured}")
             score = float(row[key])
-            best = _improved(score, state.best, mode)
+            loss = float(row.get("val_loss", math.nan))
+            # Small validation sets tie often on accuracy-like metrics; the lower loss wins a tie.
+            best = _improved(score, state.best, mode) or (
+                score == state.best and _improved(loss, state.best_loss, "min") and not key.endswith("loss")
+            )
             state.epoch, state.history = epoch, [*state.history, row]
             if best:
-                state.best, state.best_epoch, state.bad_epochs = score, epoch, 0
+                state.best, state.best_loss, state.best_epoch, state.bad_epochs = score, loss, epoch, 0
             else:
                 state.bad_epochs += 1
             state.stopped_early = bool(loop.patience) and state.bad_epochs >= loop.patience
