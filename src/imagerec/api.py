@@ -61,7 +61,7 @@ def train(
     """
     from imagerec.training import TrainingSession
 
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # long lines stay whole in logs and CI output
     if resume is not None:
         run = open_run(resume)
         saved = {k: v for k, v in run.read_config().items() if k != "resolved"}

@@ -40,7 +40,7 @@ def train(
         "device": device, "devices": devices, "num_nodes": num_nodes, "precision": precision, "seed": seed,
         "patience": patience,
     }  # fmt: skip
-    console = Console()
+    console = Console(soft_wrap=True)
     try:
         if resume is not None:
             run = train_run(resume=resume, console=console, **options)
@@ -78,7 +78,7 @@ def demo(out: Annotated[Path, Opt(help="Where the demo writes its data and run."
     from imagerec.data.samples import write_sample
     from imagerec.outputs.predict import load
 
-    console = Console()
+    console = Console(soft_wrap=True)
     data = out / "digits"
     if not data.exists():
         write_sample("digits", data)
