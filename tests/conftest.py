@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,9 @@ import pytest
 from PIL import Image
 
 from imagerec.data.samples import write_sample
+
+# Tests never reach a model hub: without this, timm/huggingface_hub retry for ~50 s before failing.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
