@@ -308,3 +308,25 @@ def test_executable_reports_user_errors_in_one_line(digits_dir, tmp_path):
         assert done.stderr.count("\n") == 1
         assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "runs").exists()  # nothing written for a run that never started
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_training_on_a_truncated_image_names_it_in_one_line(digits_dir, tmp_path, capsys, monkeypatch, workers):
+    """Decoding fails in the main process (workers 0) or in a DataLoader worker, where torch re-raises the
+    UserError with the worker's traceback as its message: either way the user sees one line naming the file."""
+    data = tmp_path / "digits"
+    shutil.copytree(digits_dir, data)
+    broken = data / "3" / "digit_0003.png"
+    broken.write_bytes(broken.read_bytes()[:60])
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {{workers: {workers}, cache: false}}\n")
+    monkeypatch.setattr(sys, "argv", ["imagerec", "train", str(data), "--epochs", "1", "--imgsz", "8",
+                                      "--config", str(config), "--out", str(tmp_path / "run")])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: ")
+    assert "digit_0003.png" in err
+    assert "Traceback" not in err

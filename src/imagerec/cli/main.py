@@ -30,5 +30,15 @@ def main() -> None:
     try:
         app()
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+
+
+def _one_line(error: UserError) -> str:
+    """The message itself. A UserError raised in a DataLoader worker comes back re-created with the worker's
+    whole traceback as its message; its last line is the original `imagerec.errors.UserError: <message>`."""
+    text = str(error).strip()
+    if "Traceback" not in text:
+        return text
+    last = text.splitlines()[-1]
+    return last.split(f"{UserError.__module__}.{UserError.__name__}: ", 1)[-1]
