@@ -12,8 +12,8 @@ of every thread, start-up, validation and the test evaluation included).
   Published (MedMNIST v2): ResNet-18 (28 px) accuracy 0.863 / AUC 0.901; Google AutoML Vision 0.861 / 0.919.
   Ultralytics YOLOv8n-cls from scratch on this machine: 0.827 / 0.852 in 54 s.
 
-    python benchmarks/accuracy.py               # chosen recipes, 3 seeds each, plus imagerec's defaults; ~5 min
-    python benchmarks/accuracy.py --quick       # chosen recipes, one seed; ~1 min
+    python benchmarks/accuracy.py               # chosen recipes, 3 seeds each, plus imagerec's defaults; ~2 min
+    python benchmarks/accuracy.py --quick       # chosen recipes, one seed; ~40 s
     python benchmarks/accuracy.py --search      # the validation-only recipe search (slow: ~25 min)
 """
 

@@ -17,8 +17,8 @@ where `auto` kept fp32, so bf16 numerics are checked even when the small-size pr
 one seed share the split and the initial weights, so the per-seed difference from `32` is reported (mean ± sample
 standard deviation) next to the test accuracy, with the steady-state training images/s from metrics.csv.
 
-    python benchmarks/cpu_precision.py              # ~8 min on 2 cores
-    python benchmarks/cpu_precision.py --quick      # ~3 min (one round, one probe, one seed)
+    python benchmarks/cpu_precision.py              # ~9 min on 2 cores
+    python benchmarks/cpu_precision.py --quick      # ~4 min (one round, one probe, one seed)
 """
 
 from __future__ import annotations

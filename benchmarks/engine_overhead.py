@@ -13,8 +13,8 @@ precision probe, validation, checkpoints, the test evaluation; on the plain side
 are reported separately as "fixed s". Runs alternate engine/plain and plain/engine so that drifting machine load
 hits both sides alike; ratios are taken per adjacent pair, and their median is reported.
 
-    python benchmarks/engine_overhead.py              # seed_cnn and resnet18, ~10 min on 2 cores
-    python benchmarks/engine_overhead.py --quick      # seed_cnn only, one pair per setting, ~2 min
+    python benchmarks/engine_overhead.py              # seed_cnn and resnet18, ~5 min on 2 cores
+    python benchmarks/engine_overhead.py --quick      # seed_cnn only, one pair per setting, ~40 s
 """
 
 from __future__ import annotations
