@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from imagerec.errors import UserError
 
-Task = Literal["classify"]
+Task = Literal["classify", "detect"]
 Augment = Literal["none", "light", "medium", "heavy"]
 Precision = Literal["auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true"]
 
@@ -21,7 +21,7 @@ class _Config(BaseModel):
 
 class DataConfig(_Config):
     path: Path
-    format: Literal["auto", "imagefolder", "csv"] = "auto"
+    format: Literal["auto", "imagefolder", "csv", "coco", "yolo", "voc"] = "auto"
     val: float = Field(0.1, ge=0, lt=1, description="fraction held out for validation when the data has no val split")
     test: float = Field(0.1, ge=0, lt=1, description="fraction held out for testing when the data is one flat folder")
     imgsz: int | None = Field(None, gt=0, description="input size; default: the data's median size, at least 32")

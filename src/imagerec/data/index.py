@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SPLIT_NAMES = ("train", "val", "test")
 # Folder names people use for the validation split, mapped to ours.
@@ -18,12 +19,34 @@ SPLIT_ALIASES = {
 }
 
 
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Objects:
+    """The annotated objects of one image, for detection and instance segmentation.
+
+    Boxes are in pixels of the image as stored on disk, corners (x1, y1, x2, y2), x to the right and y down;
+    labels index `DataIndex.classes` (0-based: no background class here). `ignore` marks objects evaluation must
+    neither reward nor penalise (VOC `difficult`, COCO `iscrowd`). An image with no objects is a negative example.
+    """
+
+    boxes: tuple[Box, ...] = ()
+    labels: tuple[int, ...] = ()
+    ignore: tuple[bool, ...] = ()  # empty means none ignored
+    size: tuple[int, int] | None = None  # (width, height) as the annotation states it, when it does
+    segmentation: tuple[Any, ...] = ()  # per object: COCO polygons (list of flat xy lists) or RLE dict
+
+    def ignored(self, i: int) -> bool:
+        return bool(self.ignore) and self.ignore[i]
+
+
 @dataclass(frozen=True)
 class Sample:
-    """One image and its target: a class index, or a tuple of class indices for multi-label data."""
+    """One image and its target: a class index, a tuple of class indices (multi-label), or its Objects."""
 
     path: Path
-    target: int | tuple[int, ...]
+    target: int | tuple[int, ...] | Objects
 
 
 @dataclass
@@ -34,8 +57,15 @@ class DataIndex:
     classes: list[str]
     splits: dict[str, list[Sample]]
     multilabel: bool = False
-    origin: str = "folders"  # how the splits came to be: folders, csv or stratified
+    origin: str = "folders"  # how the splits came to be: the format's own splits (folders, csv, …) or stratified
     notes: list[str] = field(default_factory=list)
+    format: str = "imagefolder"  # the reader that produced it: imagefolder, csv, coco, yolo, voc, csvboxes
+    category_ids: list[int] | None = None  # COCO category id of each class, kept so a round trip keeps them
+
+    @property
+    def objects(self) -> bool:
+        """Whether targets are Objects (detection data) rather than class indices."""
+        return any(isinstance(s.target, Objects) for s in self.all_samples())
 
     def samples(self, split: str) -> list[Sample]:
         return self.splits.get(split, [])
@@ -44,10 +74,12 @@ class DataIndex:
         return [s for samples in self.splits.values() for s in samples]
 
     def counts(self, split: str) -> list[int]:
-        """Images per class in `split` (multi-label images count once per label)."""
+        """Images per class in `split` (multi-label images count once per label; detection: objects per class)."""
         counts = [0] * len(self.classes)
         for sample in self.samples(split):
-            for t in sample.target if isinstance(sample.target, tuple) else (sample.target,):
+            target = sample.target
+            labels = target.labels if isinstance(target, Objects) else target
+            for t in labels if isinstance(labels, tuple) else (labels,):
                 counts[t] += 1
         return counts
 

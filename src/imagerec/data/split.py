@@ -5,11 +5,14 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from imagerec.data.index import DataIndex, Sample
+from imagerec.data.index import DataIndex, Objects, Sample
 from imagerec.errors import UserError
 
 
 def _stratify_key(sample: Sample) -> int:
+    # Images with several objects have no one class to stratify by: detection data is split at random.
+    if isinstance(sample.target, Objects):
+        return -1
     return sample.target[0] if isinstance(sample.target, tuple) else sample.target
 
 
@@ -32,7 +35,7 @@ def stratified_split(
     for label, members in sorted(by_class.items()):
         if len(members) < wanted:
             raise UserError(
-                f"class {classes[label]!r} has {len(members)} image(s) but a train/val/test split needs at least "
+                f"{'the data' if label < 0 else f'class {classes[label]!r}'} has {len(members)} image(s) but a train/val/test split needs at least "
                 f"{wanted}; add images to it or give separate split folders"
             )
         rng.shuffle(members)
@@ -49,7 +52,8 @@ def ensure_splits(index: DataIndex, *, val: float, test: float, seed: int) -> Da
     """Give `index` train and val splits: split a flat set, or carve val out of train when it is missing."""
     if "all" in index.splits:
         index.splits = stratified_split(index.splits.pop("all"), index.classes, val=val, test=test, seed=seed)
-        index.notes.append(f"split stratified by class with seed {seed}: val {val}, test {test}")
+        how = "at random" if index.objects else "stratified by class"
+        index.notes.append(f"split {how} with seed {seed}: val {val}, test {test}")
     elif "train" in index.splits and "val" not in index.splits and val > 0:
         parts = stratified_split(index.splits["train"], index.classes, val=val, test=0.0, seed=seed)
         index.splits["train"], index.splits["val"] = parts["train"], parts["val"]
