@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from imagerec.cli.main import app, main
+from helpers import invoke, user_error
+from imagerec.cli.main import main
 
 IMAGEREC = Path(sys.executable).with_name("imagerec")
 TINY = ["--imgsz", "8", "--batch", "64", "--seed", "0"]
@@ -23,13 +23,6 @@ CONTRACT_KEYS = {
 }  # fmt: skip
 
 
-def invoke(*args: object):
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
 @pytest.fixture(scope="module")
 def cli_run(digits_dir, tmp_path_factory) -> Path:
     """A run trained through `imagerec train` (2 epochs at 8 px: enough to predict well)."""
@@ -37,20 +30,6 @@ def cli_run(digits_dir, tmp_path_factory) -> Path:
     result = invoke("train", digits_dir, "--epochs", 2, "--out", out, *TINY)
     assert result.exit_code == 0, result.output
     return out
-
-
-def user_error(capsys, monkeypatch, *args: object) -> str:
-    """Run `imagerec ARGS` in-process through the real entry point; assert exit 2 with one `error:` line."""
-    monkeypatch.setattr(sys, "argv", ["imagerec", *map(str, args)])
-    with pytest.raises(SystemExit) as caught:
-        main()
-    captured = capsys.readouterr()
-    assert caught.value.code == 2, captured.err
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error: "), captured.err
-    assert "Traceback" not in captured.err + captured.out
-    return lines[0]
 
 
 # --- happy paths ----------------------------------------------------------------------------------------------
@@ -216,9 +195,9 @@ def _copy_run(run: Path, tmp_path: Path, **changes) -> Path:
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_run_of_another_task(capsys, monkeypatch, cli_run, digits_dir, tmp_path, command):
-    run = _copy_run(cli_run, tmp_path, task="detect")
+    run = _copy_run(cli_run, tmp_path, task="pose")
     line = user_error(capsys, monkeypatch, command, run, digits_dir)
-    assert "a detect run" in line
+    assert "a pose run" in line
     assert "classify" in line
     assert str(run) in line
 

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from lightning_fabric.utilities.apply_func import move_data_to_device
 from rich.console import Console
 from torch.utils.data import DataLoader
 
 from imagerec.config import SECTIONS, RunConfig, TrainConfig, build_config, merge, read_yaml
-from imagerec.data.datasets import ClassificationDataset
 from imagerec.data.formats import load_index
-from imagerec.data.index import DataIndex
+from imagerec.data.index import DataIndex, Objects, Sample
 from imagerec.data.split import apply_split_record
 from imagerec.errors import UserError
+from imagerec.models.detection import EVAL_SCORE_THRESHOLD
 from imagerec.outputs.predict import Predictor, load
 from imagerec.runs import RunDir, open_run, write_json
+from imagerec.tasks.detection import DetectionTask
 from imagerec.training import Run
 
 __all__ = ["Run", "evaluate", "load", "train"]
@@ -88,21 +92,24 @@ def _remap(index: DataIndex, classes: list[str], data: Path) -> None:
             "evaluate on data with the classes the model was trained on"
         )
     order = [lookup[c] for c in index.classes]
+
+    def remapped(target: int | tuple[int, ...] | Objects) -> int | tuple[int, ...] | Objects:
+        if isinstance(target, Objects):
+            return replace(target, labels=tuple(order[t] for t in target.labels))
+        return tuple(order[t] for t in target) if isinstance(target, tuple) else order[target]
+
     for split, samples in index.splits.items():
-        index.splits[split] = [
-            type(s)(s.path, tuple(order[t] for t in s.target) if isinstance(s.target, tuple) else order[s.target])
-            for s in samples
-        ]
+        index.splits[split] = [Sample(s.path, remapped(s.target)) for s in samples]
     index.classes = list(classes)
 
 
 def evaluate(
-    run: str | Path | RunDir, data: str | Path, *, split: str = "test", batch: int = 128, device: str = "auto"
+    run: str | Path | RunDir, data: str | Path, *, split: str = "test", batch: int | None = None, device: str = "auto"
 ) -> dict[str, Any]:
     """Metrics of the run's best weights on `split` of `data`; also written to `evaluation/<split>.json`."""
-    run_dir = run if isinstance(run, RunDir) else open_run(run, task="classify")
+    run_dir = run if isinstance(run, RunDir) else open_run(run)
     predictor = Predictor(run_dir, device=device)
-    index = load_index(data)
+    index = load_index(data, format=run_dir.read_config()["data"].get("format", "auto"))
     record = run_dir.read_split()
     if "all" in index.splits:
         same_data = Path(run_dir.read_config()["data"]["path"]).resolve() == Path(data).resolve()
@@ -113,15 +120,15 @@ def evaluate(
     if not index.samples(split):
         raise UserError(f"{data}: no images in split {split!r} (found splits: {', '.join(index.splits)})")
     _remap(index, predictor.classes, Path(data))
-    dataset = ClassificationDataset(
-        index.samples(split),
-        channels=predictor.info["channels"],
-        num_classes=len(predictor.classes),
-        transform=predictor.transform,
-    )
-    metrics = predictor.task.metrics()
-    for images, targets in DataLoader(dataset, batch_size=batch):
-        metrics.update(predictor.probabilities(images), targets)
+    task, model = predictor.task, predictor.model
+    if isinstance(task, DetectionTask):
+        model.set_thresholds(score=EVAL_SCORE_THRESHOLD)
+    dataset = task.dataset(index.samples(split), info=predictor.info, augment=None, cache=False)
+    metrics = task.metrics()
+    with torch.no_grad():
+        for batch_ in DataLoader(dataset, batch_size=batch or task.default_batch, collate_fn=task.collate()):
+            out = task.step(model, move_data_to_device(batch_, predictor.device))
+            metrics.update(out["outputs"], out["targets"])
     result = {"split": split, "data": str(data), **metrics.compute()}
     write_json(run_dir.evaluation(split), result)
     return result

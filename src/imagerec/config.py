@@ -25,11 +25,12 @@ class DataConfig(_Config):
     val: float = Field(0.1, ge=0, lt=1, description="fraction held out for validation when the data has no val split")
     test: float = Field(0.1, ge=0, lt=1, description="fraction held out for testing when the data is one flat folder")
     imgsz: int | None = Field(None, gt=0, description="input size; default: the data's median size, at least 32")
-    batch: int = Field(64, gt=0)
+    batch: int | None = Field(None, gt=0, description="images per batch; default 64 (classification), 8 (detection)")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     cache: bool | None = Field(None, description="decode all images into memory once; default: when they fit")
     augment: Augment = "light"
     balanced_sampler: bool = False
+    flip: bool = Field(True, description="detection: horizontal flips in augmentation (off for text and digits)")
 
 
 class ModelConfig(_Config):
@@ -38,6 +39,10 @@ class ModelConfig(_Config):
         "sigmoid", description="two classes: one logit with BCE, or two-class softmax"
     )
     dropout: float = Field(0.0, ge=0, lt=1)
+    backbone: str | None = Field(None, description="detection: classifier under a fcos/retinanet/fasterrcnn head")
+    anchor_sizes: tuple[float, ...] | None = Field(
+        None, description="detection: smallest anchor per pyramid level (default: torchvision's, scaled by imgsz/800)"
+    )
 
 
 class TrainConfig(_Config):
@@ -56,6 +61,7 @@ class TrainConfig(_Config):
     ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.999")
     patience: int = Field(0, ge=0, description="stop after this many epochs without improvement (0: never)")
     monitor: str | None = Field(None, description="validation metric for best checkpoint and early stopping")
+    eval_every: int = Field(1, gt=0, description="validate every N epochs (and after the last)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     devices: int = Field(1, gt=0)

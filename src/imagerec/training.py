@@ -17,7 +17,7 @@ from lightning_fabric.loggers import TensorBoardLogger
 from lightning_fabric.utilities.seed import seed_everything
 from rich.console import Console
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from imagerec.config import RunConfig
 from imagerec.data.datasets import ClassificationDataset, channel_statistics
@@ -34,8 +34,11 @@ from imagerec.models.classification import check_input_size
 from imagerec.outputs.predict import Predictor, load
 from imagerec.runs import RUN_FORMAT, RunDir, new_run_dir, write_json, write_yaml
 from imagerec.tasks.classification import ClassificationTask, inverse_frequency_weights
+from imagerec.tasks.detection import DetectionTask
 
-MIN_AUTO_IMGSZ, MAX_AUTO_IMGSZ = 32, 224
+AnyTask = ClassificationTask | DetectionTask
+# Default input size: the data's median image size (shorter side for classification, longer for detection).
+AUTO_IMGSZ = {"classify": (32, 224), "detect": (64, 640)}
 
 
 @dataclass
@@ -63,9 +66,12 @@ def _data_channels(index: DataIndex) -> int:
     return max(image_channels(p) for p in _sampled(index))
 
 
-def _auto_imgsz(index: DataIndex) -> int:
-    median = statistics.median(min(read_image(p).shape[1:]) for p in _sampled(index))
-    return int(min(MAX_AUTO_IMGSZ, max(MIN_AUTO_IMGSZ, median)))
+def _auto_imgsz(index: DataIndex, task: str) -> int:
+    side = max if task == "detect" else min
+    median = statistics.median(side(read_image(p).shape[1:]) for p in _sampled(index))
+    low, high = AUTO_IMGSZ[task]
+    size = int(min(high, max(low, median)))
+    return -(-size // 32) * 32 if task == "detect" else size  # detectors pad to a multiple of 32 anyway
 
 
 def _prepare_index(cfg: RunConfig, record: dict[str, list[str]] | None) -> DataIndex:
@@ -80,31 +86,42 @@ def _prepare_index(cfg: RunConfig, record: dict[str, list[str]] | None) -> DataI
     return index
 
 
-def _model_info(cfg: RunConfig, index: DataIndex, task: ClassificationTask) -> dict[str, Any]:
+def _model_info(cfg: RunConfig, index: DataIndex, task: AnyTask) -> dict[str, Any]:
     channels = _data_channels(index)
-    imgsz = cfg.data.imgsz or _auto_imgsz(index)
-    stats_set = ClassificationDataset(
-        index.samples("train"), channels=channels, num_classes=task.num_classes, cache=False
-    )
+    imgsz = cfg.data.imgsz or _auto_imgsz(index, cfg.task)
+    stats_set = ClassificationDataset(index.samples("train"), channels=channels, num_classes=len(index.classes))
     mean, std = channel_statistics(stats_set, limit=500)
-    return {
-        "format": RUN_FORMAT,
-        "task": cfg.task,
-        "model": cfg.model.name,
-        "classes": index.classes,
-        "multilabel": index.multilabel,
-        "binary_head": cfg.model.binary_head,
-        "num_outputs": task.num_outputs,
-        "channels": channels,
-        "imgsz": imgsz,
-        "mean": mean,
-        "std": std,
-        "resize": "shorter side to imgsz, centre crop imgsz, bilinear, antialias",
-    }
+    common = {"format": RUN_FORMAT, "task": cfg.task, "model": cfg.model.name, "classes": index.classes}
+    if index.category_ids:  # COCO ids, so predictions can be written back as COCO results
+        common["category_ids"] = index.category_ids
+    return {**common, "channels": channels, "imgsz": imgsz, "mean": mean, "std": std, **task.model_fields(cfg.model)}
+
+
+def _check_task(cfg: RunConfig, index: DataIndex) -> None:
+    """Detection data needs --task detect and class folders need --task classify; say so plainly."""
+    if index.objects and cfg.task != "detect":
+        raise UserError(f"{cfg.data.path}: this data holds boxes ({index.format} format); train with --task detect")
+    if cfg.task == "detect" and not index.objects:
+        raise UserError(
+            f"{cfg.data.path}: --task detect needs boxes (COCO JSON, YOLO labels, VOC XML or a CSV with xmin..ymax); "
+            f"found {index.format} classification data"
+        )
+    if cfg.task != "detect":
+        return
+    if cfg.data.balanced_sampler or cfg.train.class_weights:
+        raise UserError("balanced_sampler and class_weights apply to classification; drop them for --task detect")
+    trained = index.counts("train")
+    for split in ("val", "test"):
+        unseen = [c for c, n, t in zip(index.classes, index.counts(split), trained, strict=True) if n and not t]
+        if unseen:
+            raise UserError(
+                f"{cfg.data.path}: class {unseen[0]!r} has boxes in {split} but none in train, so the model could "
+                "never learn it; add training examples or remove it from the evaluation data"
+            )
 
 
 def make_loader(
-    dataset: ClassificationDataset, *, batch: int, train: bool, workers: int, collate: Any, seed: int, balanced: bool
+    dataset: Dataset, *, batch: int, train: bool, workers: int, collate: Any, seed: int, balanced: bool
 ) -> DataLoader:
     """A DataLoader whose shuffling is re-seeded every epoch (see engine.loop._set_epoch)."""
     generator = torch.Generator().manual_seed(seed)
@@ -157,7 +174,7 @@ class TrainingSession:
         seed_everything(t.seed, workers=True, verbose=False)
 
     # -- preparation -------------------------------------------------------------------------------------------
-    def _data(self) -> tuple[DataIndex, dict[str, Any], ClassificationTask]:
+    def _data(self) -> tuple[DataIndex, dict[str, Any], AnyTask]:
         cfg = self.cfg
         if self.resume is not None:
             index = _prepare_index(cfg, self.resume.read_split())
@@ -165,64 +182,61 @@ class TrainingSession:
         else:
             index = _prepare_index(cfg, None)
             info = None
+        _check_task(cfg, index)
+        task = self._task(index)
+        if info is None:
+            info = _model_info(cfg, index, task)
+        elif info["classes"] != index.classes:
+            raise UserError(
+                f"{cfg.data.path}: the data's classes ({len(index.classes)}: {', '.join(index.classes[:5])}…) differ "
+                f"from the run's ({len(info['classes'])}); resume with the data the run started on, or start a new run"
+            )
+        return index, info, task
+
+    def _task(self, index: DataIndex) -> AnyTask:
+        cfg = self.cfg
+        if cfg.task == "detect":
+            return DetectionTask(index.classes, flip=cfg.data.flip)
         if cfg.data.balanced_sampler and index.multilabel:
             raise UserError(
                 f"{cfg.data.path}: balanced_sampler draws images by their one class, but this data is multi-label; "
                 "drop balanced_sampler"
             )
-        task = ClassificationTask(
+        return ClassificationTask(
             index.classes,
             multilabel=index.multilabel,
             binary_head=cfg.model.binary_head,
             label_smoothing=cfg.train.label_smoothing,
             class_weights=inverse_frequency_weights(index.counts("train")) if cfg.train.class_weights else None,
         )
-        if info is None:
-            info = _model_info(cfg, index, task)
-        elif info["classes"] != index.classes:
-            raise UserError(f"{cfg.data.path}: classes changed since the run started; start a new run")
-        return index, info, task
 
-    def _loaders(self, index: DataIndex, info: dict[str, Any], task: ClassificationTask) -> dict[str, DataLoader]:
+    def _loaders(self, index: DataIndex, info: dict[str, Any], task: AnyTask) -> dict[str, DataLoader]:
         d = self.cfg.data
-        common = {"channels": info["channels"], "num_classes": task.num_classes, "cache": d.cache}
-        size = {"imgsz": info["imgsz"], "mean": info["mean"], "std": info["std"]}
-        train_tf = task.train_transform(d.augment, channels=info["channels"], **size)
-        train_set = ClassificationDataset(index.samples("train"), transform=train_tf, **common)
-        loaders = {
-            "train": make_loader(
-                train_set,
-                batch=d.batch,
-                train=True,
+        batch = d.batch or task.default_batch
+        loaders = {}
+        for split in ("train", "val", "test"):
+            if not index.samples(split):
+                continue
+            train = split == "train"
+            dataset = task.dataset(index.samples(split), info=info, augment=d.augment if train else None, cache=d.cache)
+            loaders[split] = make_loader(
+                dataset,
+                batch=batch,
+                train=train,
                 workers=d.workers,
-                collate=task.collate(d.augment),
-                seed=self.cfg.train.seed,
-                balanced=d.balanced_sampler,
-            )  # fmt: skip
-        }
-        for split in ("val", "test"):
-            if index.samples(split):
-                dataset = ClassificationDataset(index.samples(split), transform=task.eval_transform(**size), **common)
-                loaders[split] = make_loader(
-                    dataset,
-                    batch=d.batch,
-                    train=False,
-                    workers=d.workers,
-                    collate=task.collate(),
-                    seed=0,
-                    balanced=False,
-                )
+                collate=task.collate(d.augment if train else None),
+                seed=self.cfg.train.seed if train else 0,
+                balanced=train and d.balanced_sampler,
+            )
         return loaders
 
-    def _compute_settings(
-        self, model: torch.nn.Module, loader: DataLoader, task: ClassificationTask
-    ) -> ComputeSettings:
+    def _compute_settings(self, model: torch.nn.Module, loader: DataLoader, task: AnyTask) -> ComputeSettings:
         requested = self.cfg.train.precision
         if self.resume is not None:  # keep the numerics the run started with
             saved = self.resume.read_config().get("resolved", {}).get("compute", {})
             if "precision" in saved:
                 return ComputeSettings(saved["precision"], bool(saved.get("channels_last")))
-        if self.accelerator != "cpu" or self.world > 1:
+        if self.accelerator != "cpu" or self.world > 1 or not task.autotune:
             return default_settings(model, accelerator=self.accelerator, requested=requested)
         images, targets = next(iter(loader))
         probe = (images[:16], targets[:16])  # enough to rank settings, cheap for big models
@@ -234,7 +248,7 @@ class TrainingSession:
         saved = self._resumable() if self.resume is not None else None
         index, info, task = self._data()
         loaders = self._loaders(index, info, task)
-        net = task.build_model(cfg.model, channels=info["channels"], imgsz=info["imgsz"])
+        net = task.build_model(cfg.model, info)
         check_input_size(net, name=cfg.model.name, in_channels=info["channels"], imgsz=info["imgsz"])
         settings = self._compute_settings(net, loaders["train"], task)
         fabric = Fabric(
@@ -261,6 +275,7 @@ class TrainingSession:
             optimizer=parts.optimizer, scheduler=parts.scheduler, train_loader=parts.train_loader,
             val_loader=parts.eval_loaders.get("val"), epochs=cfg.train.epochs,
             monitor=self._monitor(task, "val" in parts.eval_loaders), patience=cfg.train.patience,
+            eval_every=cfg.train.eval_every,
             accumulate=cfg.train.accumulate, clip_grad=cfg.train.clip_grad, seed=cfg.train.seed,
             eval_model=parts.ema.module if parts.ema is not None else None,
             on_step=(lambda: parts.ema.update_parameters(net)) if parts.ema is not None else None,
@@ -283,7 +298,7 @@ class TrainingSession:
         ema = AveragedModel(net, avg_fn=ema_with_warmup(t.ema), use_buffers=True) if t.ema else None
         return _Parts(model, optimizer, scheduler, train_loader, evals, ema)
 
-    def _monitor(self, task: ClassificationTask, has_val: bool) -> tuple[str, str]:
+    def _monitor(self, task: AnyTask, has_val: bool) -> tuple[str, str]:
         metric, mode = task.monitor
         key = self.cfg.train.monitor or (f"val_{metric}" if has_val else "train_loss")
         return key, "min" if key.endswith("loss") else mode
@@ -333,7 +348,7 @@ class TrainingSession:
     def _finish(
         self,
         fabric: Fabric,
-        task: ClassificationTask,
+        task: AnyTask,
         run: RunDir,
         best: torch.nn.Module,
         parts: _Parts,

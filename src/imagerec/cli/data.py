@@ -1,4 +1,4 @@
-"""`imagerec data ...`: sample, inspect, validate, split."""
+"""`imagerec data ...`: sample, inspect, validate, convert, split."""
 
 from __future__ import annotations
 
@@ -13,11 +13,20 @@ from rich.table import Table
 
 from imagerec.data.samples import SAMPLES, write_sample
 
-app = typer.Typer(help="Write, inspect, validate and split datasets.", no_args_is_help=True)
+app = typer.Typer(help="Write, inspect, validate, convert and split datasets.", no_args_is_help=True)
 Opt = typer.Option
 
-DataArg = Annotated[Path, typer.Argument(help="Image folder, CSV file, or folder of train/val/test CSVs.")]
+DataArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Image folder, CSV file or folder of train/val/test CSVs; or detection data: COCO JSON, YOLO "
+        "(data.yaml or images/ + labels/), Pascal VOC XML, or box CSVs."
+    ),
+]
 JsonOpt = Annotated[bool, Opt("--json", help="Print the result as JSON.")]
+FormatOpt = Annotated[
+    str, Opt("--format", help="Data format: auto (from the layout), imagefolder, csv, coco, yolo or voc.")
+]
 
 
 @app.command("sample")
@@ -68,49 +77,113 @@ def _print_inspection(console: Console, report: dict[str, Any]) -> None:
     table.add_row("modes", _tally(report["modes"]))
     table.add_row("formats", _tally(report["formats"]))
     console.print(table)
+    if "boxes" in report:
+        console.print(_boxes_table(report))
+        if report["boxes"]["per_image"]:
+            per_image = report["boxes"]["per_image"]
+            console.print(f"boxes per image min / median / max: {_spread(per_image)} (mean {per_image['mean']})")
+        for note in report["notes"]:
+            print(f"note: {note}")
     if report["unreadable"]:
         console.print(
             f"[yellow]{len(report['unreadable'])} file(s) have an unreadable header[/]; run imagerec data validate"
         )
 
 
+def _boxes_table(report: dict[str, Any]) -> Table:
+    boxes = report["boxes"]
+    splits = list(boxes["per_split"])
+    table = Table("boxes", *splits, title=f"boxes ({report['format']} format)")
+    table.add_row("boxes", *(str(boxes["per_split"][s]) for s in splits))
+    for size, bound in (("small", "< 32²"), ("medium", "< 96²"), ("large", "≥ 96²")):
+        table.add_row(f"  {size} ({bound} px)", *(str(boxes["sizes"][s][size]) for s in splits))
+    table.add_row("images without boxes", *(str(boxes["images_without_boxes"][s]) for s in splits))
+    table.add_row("marked ignore (crowd, difficult)", *(str(boxes["ignored"][s]) for s in splits))
+    return table
+
+
 @app.command("inspect")
-def inspect(data: DataArg, as_json: JsonOpt = False) -> None:
-    """Classes, counts per split and class, image sizes, channels, bit depths, formats and class imbalance."""
+def inspect(data: DataArg, as_json: JsonOpt = False, format: FormatOpt = "auto") -> None:
+    """Classes, counts per split and class, image sizes, channels, bit depths, formats and class imbalance;
+    for detection data also boxes per split, their sizes, images without boxes and boxes per image."""
     from imagerec.data.checks import inspect_data
 
-    report = inspect_data(data)
+    report = inspect_data(data, format=format)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
         _print_inspection(Console(), report)
 
 
-@app.command("validate")
-def validate(data: DataArg, as_json: JsonOpt = False) -> None:
-    """Find corrupt or empty images, duplicates (across splits: leakage) and odd channel counts.
+def _print_validation(report: dict[str, Any], data: Path) -> None:
+    problems, warnings = report["problems"], report.get("warnings", [])
+    for problem in [*problems, *warnings]:  # plain print: one unwrapped line each, never read as Rich markup
+        print(f"{problem['kind']}: {problem['message']}")
+    kinds = ", ".join(f"{n} {kind}" for kind, n in report["summary"].items())
+    checked = f"checked {report['images']} images" + (f", {report['boxes']} boxes" if "boxes" in report else "")
+    line = f"{checked} in {data}: " + (f"{len(problems)} problem(s) ({kinds})" if problems else "no problems")
+    if warnings:
+        repaired = ", ".join(f"{n} {kind}" for kind, n in report["warning_summary"].items())
+        line += f"; {len(warnings)} box(es) repaired when read ({repaired}: clipped or dropped)"
+    print(line)
 
-    Prints one line per problem naming the file(s). Exit code 0: no problems; 1: problems found;
-    2: the data could not be read at all (missing path, empty class folder, bad CSV).
+
+@app.command("validate")
+def validate(
+    data: DataArg,
+    as_json: JsonOpt = False,
+    format: FormatOpt = "auto",
+    strict: Annotated[
+        bool, Opt("--strict", help="Detection: boxes outside the image or of zero area are errors (exit 2).")
+    ] = False,
+) -> None:
+    """Find corrupt or empty images, duplicates (across splits: leakage) and odd channel counts; for detection
+    data also inverted, unknown-category, duplicate and outside-the-image boxes.
+
+    Prints one line per problem naming the file(s). Exit code 0: no problems (boxes clipped to their image or
+    dropped for zero area are warnings); 1: problems found; 2: the data could not be read at all (missing path,
+    malformed annotations), or --strict and some box had to be clipped or dropped.
     """
     from imagerec.data.checks import validate_data
+    from imagerec.errors import UserError
 
     stderr = Console(stderr=True)
     with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = bar.add_task("validate", total=None)
-        report = validate_data(data, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    problems = report["problems"]
+        report = validate_data(
+            data, format=format, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        for problem in problems:  # plain print: one unwrapped line each, and paths never read as Rich markup
-            print(f"{problem['kind']}: {problem['message']}")
-        kinds = ", ".join(f"{n} {kind}" for kind, n in report["summary"].items())
-        print(
-            f"checked {report['images']} images in {data}: "
-            + (f"{len(problems)} problem(s) ({kinds})" if problems else "no problems")
+        _print_validation(report, data)
+    warnings = report.get("warnings", [])
+    if strict and warnings:
+        raise UserError(
+            f"{data}: {len(warnings)} box(es) reach outside their image or have zero area (--strict); "
+            f"fix them, first: {warnings[0]['message']}"
         )
-    raise typer.Exit(1 if problems else 0)
+    raise typer.Exit(1 if report["problems"] else 0)
+
+
+@app.command("convert")
+def convert(
+    data: DataArg,
+    out: Annotated[Path, typer.Argument(help="New folder to write the converted data into.")],
+    to: Annotated[str, Opt("--to", help="Target format: coco, yolo or voc.")],
+    format: FormatOpt = "auto",
+) -> None:
+    """Write detection data as COCO JSON, YOLO or Pascal VOC (images hard-linked where possible), splits kept."""
+    from imagerec.data.convert import convert_index
+    from imagerec.data.formats import load_index
+
+    report = convert_index(load_index(data, format=format), out, to=to)  # type: ignore[arg-type]
+    print(
+        f"wrote {report.images} images and {report.boxes} boxes to {report.out} as {report.format} "
+        f"({report.linked} hard-linked, {report.copied} copied)"
+    )
+    for what, n in report.left_out.items():
+        print(f"left out {n} {what}")
 
 
 @app.command("split")

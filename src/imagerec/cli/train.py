@@ -15,13 +15,19 @@ Opt = typer.Option
 
 def train(
     data: Annotated[Path | None, typer.Argument(help="Image folder or CSV (omit with --resume).")] = None,
-    task: Annotated[str, Opt(help="classify")] = "classify",
-    model: Annotated[str | None, Opt(help="Model name; see `imagerec models`.")] = None,
+    task: Annotated[str, Opt(help="classify | detect")] = "classify",
+    model: Annotated[str | None, Opt(help="Model name; see `imagerec models --task TASK`.")] = None,
+    backbone: Annotated[str | None, Opt(help="Detection: classifier under a fcos/retinanet/fasterrcnn head.")] = None,
     epochs: Annotated[int | None, Opt(help="Training epochs.")] = None,
-    imgsz: Annotated[int | None, Opt(help="Input size (default: the data's median size, at least 32).")] = None,
-    batch: Annotated[int | None, Opt(help="Batch size.")] = None,
+    imgsz: Annotated[
+        int | None, Opt(help="Input size (default: the data's median size; detection: longest side, up to 640).")
+    ] = None,
+    batch: Annotated[int | None, Opt(help="Batch size (default 64; detection 8).")] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
     augment: Annotated[str | None, Opt(help="none | light | medium | heavy")] = None,
+    flip: Annotated[
+        bool | None, Opt("--flip/--no-flip", help="Detection: horizontal flips (off for text, digits).")
+    ] = None,
     out: Annotated[Path | None, Opt(help="Run directory (default runs/<task>-NNN).")] = None,
     device: Annotated[str | None, Opt(help="auto | cpu | cuda | mps")] = None,
     devices: Annotated[int | None, Opt(help="Processes/GPUs per node (DDP when > 1).")] = None,
@@ -31,6 +37,8 @@ def train(
     resume: Annotated[Path | None, Opt(help="Continue this run from its last finished epoch.")] = None,
     config: Annotated[Path | None, Opt(help="YAML with data/model/train sections; options override it.")] = None,
     patience: Annotated[int | None, Opt(help="Early-stopping patience in epochs (0: off).")] = None,
+    monitor: Annotated[str | None, Opt(help="Validation metric picking the best epoch, e.g. val_map50.")] = None,
+    eval_every: Annotated[int | None, Opt(help="Validate every N epochs (and after the last).")] = None,
 ) -> None:
     """Train a model; prints per-epoch metrics and the test metrics at the end."""
     from imagerec.api import train as train_run
@@ -38,7 +46,7 @@ def train(
     options = {
         "model": model, "epochs": epochs, "imgsz": imgsz, "batch": batch, "lr": lr, "augment": augment,
         "device": device, "devices": devices, "num_nodes": num_nodes, "precision": precision, "seed": seed,
-        "patience": patience,
+        "patience": patience, "monitor": monitor, "eval_every": eval_every, "backbone": backbone, "flip": flip,
     }  # fmt: skip
     console = Console(soft_wrap=True)
     try:
@@ -61,7 +69,7 @@ def train(
     console.print(f"saved to [bold]{run.path}[/]")
 
 
-def models(task: Annotated[str, Opt(help="classify")] = "classify") -> None:
+def models(task: Annotated[str, Opt(help="classify | detect")] = "classify") -> None:
     """List what --model accepts."""
     from imagerec.models import list_models
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import shutil
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -14,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from PIL import Image
 
-from imagerec.data.formats import load_index
+from imagerec.data.convert import Placer, check_out, free_name, staged_output
+from imagerec.data.formats import DETECTION_FORMATS, load_index, load_index_with_findings
 from imagerec.data.images import read_image
-from imagerec.data.index import DataIndex, Sample
+from imagerec.data.index import DataIndex, Objects, Sample
 from imagerec.data.split import stratified_split
 from imagerec.errors import UserError
 
@@ -28,7 +28,14 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "all": 3}
-_KIND_ORDER = ("leak", "corrupt", "empty", "duplicate", "channels")  # most harmful first
+# Most harmful first. Detection adds: boxes the reader could not place, annotated sizes that are not the image's,
+# and the same object boxed twice.
+_KIND_ORDER = (
+    "leak", "corrupt", "empty", "inverted", "unknown-category", "unknown-image", "size", "orientation",
+    "duplicate", "duplicate-box", "channels",
+)  # fmt: skip
+_SMALL, _MEDIUM = 32**2, 96**2  # COCO's area ranges
+_DUPLICATE_IOU = 0.95
 _TIFF = frozenset({".tif", ".tiff"})
 _EXIF_ORIENTATION = 0x0112
 # The modes read_image decodes to one channel; every other mode becomes three (alpha dropped).
@@ -101,21 +108,53 @@ def _tally(values: Iterable[Any]) -> dict[str, int]:
     return {str(key): n for key, n in sorted(Counter(values).items(), key=lambda kv: str(kv[0]))}
 
 
-def inspect_data(path: Path | str) -> dict[str, Any]:
+def _is_detection(index: DataIndex) -> bool:
+    return index.format in DETECTION_FORMATS or index.objects
+
+
+def _box_summary(index: DataIndex, splits: list[str]) -> dict[str, Any]:
+    """Boxes per split, COCO size classes by box area, images without boxes, boxes per image, ignored boxes."""
+    sizes, empty, per_split, ignored, per_image = {}, {}, {}, {}, []
+    for split in splits:
+        objects: list[Objects] = [s.target for s in index.splits[split]]  # type: ignore[misc]
+        areas = [(b[2] - b[0]) * (b[3] - b[1]) for o in objects for b in o.boxes]
+        sizes[split] = {
+            "small": sum(a < _SMALL for a in areas),
+            "medium": sum(_SMALL <= a < _MEDIUM for a in areas),
+            "large": sum(a >= _MEDIUM for a in areas),
+        }
+        empty[split] = sum(not o.boxes for o in objects)
+        per_split[split] = len(areas)
+        per_image += [len(o.boxes) for o in objects]
+        ignored[split] = sum(o.ignored(i) for o in objects for i in range(len(o.boxes)))
+    spread = _spread(per_image)
+    return {
+        "total": sum(per_split.values()),
+        "per_split": per_split,
+        "ignored": ignored,
+        "sizes": sizes,
+        "images_without_boxes": empty,
+        "per_image": {**spread, "mean": round(statistics.fmean(per_image), 2)} if spread else None,
+    }
+
+
+def inspect_data(path: Path | str, *, format: str = "auto") -> dict[str, Any]:
     """Summarise a dataset from its index and image headers, without decoding the pixels.
 
     Returns classes, counts per split and class, width/height spread, decoded channels, bit depths, Pillow
     modes, file formats, the imbalance ratio (largest class / smallest class over all splits), whether the data
-    is multi-label, and the files whose header could not be read (run `validate_data` for the reason).
+    is multi-label, and the files whose header could not be read (run `validate_data` for the reason). For
+    detection data, counts are objects per class and `boxes` adds boxes per split, their sizes as COCO defines
+    them (small < 32², medium < 96², large, by box area in pixels), images without boxes and boxes per image.
     """
-    index = load_index(path)
+    index = load_index(path, format=format)
     paths = _unique_paths(index)
     headers = dict(zip(paths, _parallel(_header, paths), strict=True))
     readable = [h for h in headers.values() if h is not None]
     splits = sorted(index.splits, key=lambda n: _SPLIT_ORDER.get(n, 9))
     counts = {split: dict(zip(index.classes, index.counts(split), strict=True)) for split in splits}
     totals = {c: sum(per_class[c] for per_class in counts.values()) for c in index.classes}
-    return {
+    report = {
         "root": str(index.root),
         "origin": index.origin,
         "classes": list(index.classes),
@@ -133,6 +172,9 @@ def inspect_data(path: Path | str) -> dict[str, Any]:
         "formats": _tally(h.format for h in readable),
         "unreadable": [str(p) for p, h in headers.items() if h is None],
     }
+    if _is_detection(index):
+        report |= {"format": index.format, "boxes": _box_summary(index, splits), "notes": list(index.notes)}
+    return report
 
 
 # --- validate ------------------------------------------------------------------------------------------------
@@ -143,6 +185,7 @@ class _Scan:
     path: Path
     sha1: str | None = None  # None: the bytes could not be read or there are none
     channels: int | None = None  # None: did not decode
+    size: tuple[int, int] | None = None  # decoded (width, height)
     error: str | None = None
     kind: str | None = None  # "empty" or "corrupt" when error is set
 
@@ -161,10 +204,10 @@ def _scan(path: Path) -> _Scan:
         return _Scan(path, error=f"{path}: empty file (0 bytes); replace or remove it", kind="empty")
     digest = hashlib.sha1(data, usedforsecurity=False).hexdigest()
     try:
-        channels = read_image(path).shape[0]
+        shape = read_image(path).shape
     except UserError as error:
         return _Scan(path, digest, error=str(error), kind="corrupt")
-    return _Scan(path, digest, channels)
+    return _Scan(path, digest, shape[0], (shape[2], shape[1]))
 
 
 def _problem(kind: str, files: list[Path], message: str) -> dict[str, Any]:
@@ -183,7 +226,7 @@ def _duplicate_problems(index: DataIndex, scans: dict[Path, _Scan]) -> list[dict
             continue
         splits = list(dict.fromkeys(split for split, _ in members))
         listed = ", ".join(f"{s.path} ({split})" for split, s in members)
-        labels = {s.target for _, s in members}
+        labels = {repr(s.target) for _, s in members}  # repr: Objects may hold unhashable segmentations
         conflict = "; they are labelled differently" if len(labels) > 1 else ""
         files = [s.path for _, s in members]
         if len(splits) > 1:
@@ -212,7 +255,67 @@ def _channel_problems(scans: dict[Path, _Scan]) -> list[dict[str, Any]]:
     ]
 
 
-def validate_data(path: Path | str, *, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def _duplicate_boxes(sample: Sample, classes: list[str]) -> list[dict[str, Any]]:
+    """Pairs of same-class boxes in one image overlapping with IoU above 0.95: one object boxed twice."""
+    objects: Objects = sample.target  # type: ignore[assignment]
+    if len(objects.boxes) < 2:
+        return []
+    boxes, labels = np.asarray(objects.boxes, dtype=np.float64), np.asarray(objects.labels)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    low, high = np.maximum(boxes[:, None, :2], boxes[None, :, :2]), np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=2)
+    iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-12)
+    pairs = np.argwhere(np.triu((iou > _DUPLICATE_IOU) & (labels[:, None] == labels[None, :]), k=1))
+    return [
+        _problem(
+            "duplicate-box",
+            [sample.path],
+            f"{sample.path}: two {classes[labels[i]]!r} boxes {list(objects.boxes[i])} and {list(objects.boxes[j])} "
+            f"overlap with IoU {iou[i, j]:.3f}; the object is probably boxed twice, remove one",
+        )
+        for i, j in pairs
+    ]
+
+
+def _orientation(path: Path) -> int:
+    try:
+        with Image.open(path) as image:
+            return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # unreadable: reported as corrupt already
+        return 1
+
+
+def _placement_problems(index: DataIndex, scans: dict[Path, _Scan]) -> list[dict[str, Any]]:
+    """Images whose boxes may not sit where they seem: the annotated size is not the image's (either way round,
+    as EXIF rotation may swap them), or an EXIF orientation turns the decoded image away from the stored pixels
+    that boxes refer to."""
+    problems = []
+    for sample in {s.path: s for _, s in _entries(index)}.values():  # Samples may hold unhashable masks
+        stated, actual = sample.target.size, scans[sample.path].size  # type: ignore[union-attr]
+        if stated and actual and stated not in (actual, actual[::-1]):
+            message = (
+                f"{sample.path}: the annotation says {stated[0]}×{stated[1]} but the image is {actual[0]}×{actual[1]}; "
+                "its boxes may be misplaced, check the annotation belongs to this image"
+            )
+            problems.append(_problem("size", [sample.path], message))
+        orientation = _orientation(sample.path) if sample.target.boxes else 1  # type: ignore[union-attr]
+        if orientation != 1:
+            message = (
+                f"{sample.path}: EXIF orientation {orientation} turns the image when decoded, while boxes are read in "
+                "its stored pixels; save it upright (with its boxes in that frame) or check the boxes match"
+            )
+            problems.append(_problem("orientation", [sample.path], message))
+    return problems
+
+
+def _box_problems(index: DataIndex, scans: dict[Path, _Scan]) -> list[dict[str, Any]]:
+    duplicates = [p for _, s in _entries(index) for p in _duplicate_boxes(s, index.classes)]
+    return duplicates + _placement_problems(index, scans)
+
+
+def validate_data(
+    path: Path | str, *, format: str = "auto", progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """Find problems worth fixing before training; each problem names its file(s).
 
     Every image is read once: its bytes are hashed (sha1) and it is fully decoded with `read_image`. Problem
@@ -220,8 +323,14 @@ def validate_data(path: Path | str, *, progress: Callable[[int, int], None] | No
     `corrupt` (does not decode, e.g. truncated), `empty` (0 bytes), `duplicate` (identical bytes twice within
     one split) and `channels` (channel count differs from the majority). `progress(done, total)` is called
     after each file. Structural problems (missing path, empty class folder, bad CSV) raise UserError instead.
+
+    Detection data adds the problems `inverted` (x2 < x1 or y2 < y1), `unknown-category` (a category id, class
+    index or name not in the class list), `unknown-image` (a COCO annotation for an image id not listed), `size`
+    (the annotated image size is not the image's), `orientation` (an EXIF rotation the boxes may not follow) and
+    `duplicate-box` (same class, IoU > 0.95 in one image), and
+    `warnings`: boxes the reader repaired, `outside` (clipped to the image) and `zero-area` (dropped).
     """
-    index = load_index(path)
+    index, findings = load_index_with_findings(path, format=format)
     paths = _unique_paths(index)
     scans: dict[Path, _Scan] = {}
     for done, scan in enumerate(_parallel(_scan, paths), start=1):
@@ -231,23 +340,26 @@ def validate_data(path: Path | str, *, progress: Callable[[int, int], None] | No
     problems = [_problem(s.kind or "corrupt", [s.path], s.error) for s in scans.values() if s.error is not None]
     problems += _duplicate_problems(index, scans)
     problems += _channel_problems(scans)
+    detection = _is_detection(index)
+    if detection:
+        problems += findings.problems + _box_problems(index, scans)
     problems.sort(key=lambda p: _KIND_ORDER.index(p["kind"]))
-    return {
+    report = {
         "root": str(index.root),
         "images": len(paths),
         "problems": problems,
         "summary": dict(Counter(p["kind"] for p in problems)),
     }
+    if detection:
+        report |= {
+            "boxes": sum(len(s.target.boxes) for _, s in _entries(index)),  # type: ignore[union-attr]
+            "warnings": findings.warnings,
+            "warning_summary": dict(Counter(w["kind"] for w in findings.warnings)),
+        }
+    return report
 
 
 # --- split ---------------------------------------------------------------------------------------------------
-
-
-def _check_out(out: Path, data: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: already exists and is not empty; give a new folder or remove this one")
-    if data.is_dir() and out.resolve().is_relative_to(data.resolve()):
-        raise UserError(f"{out}: is inside the data folder {data}; give a folder outside it")
 
 
 def _check_class_names(classes: list[str], data: Path) -> None:
@@ -256,37 +368,15 @@ def _check_class_names(classes: list[str], data: Path) -> None:
             raise UserError(f"{data}: class {name!r} cannot be a folder name; rename the label")
 
 
-def _free_name(name: str, used: set[str]) -> str:
-    """`name`, or `stem-N.ext` when a file of that name (compared case-insensitively) is already there."""
-    candidate, n = name, 1
-    while candidate.lower() in used:
-        stem, dot, suffix = name.rpartition(".")
-        candidate = f"{stem}-{n}.{suffix}" if dot else f"{name}-{n}"
-        n += 1
-    used.add(candidate.lower())
-    return candidate
-
-
 def _place(parts: dict[str, list[Sample]], classes: list[str], root: Path) -> dict[str, int]:
     """Hard-link (or copy, where links are impossible) each sample to root/<split>/<class>/<name>."""
     used: dict[Path, set[str]] = defaultdict(set)
-    counts = {"linked": 0, "copied": 0}
-    can_link = True
+    placer = Placer()
     for split, members in parts.items():
         for sample in members:
             folder = root / split / classes[sample.target]  # type: ignore[index]  # single-label only
-            folder.mkdir(parents=True, exist_ok=True)
-            dest = folder / _free_name(sample.path.name, used[folder])
-            if can_link:
-                try:
-                    os.link(sample.path, dest)
-                    counts["linked"] += 1
-                    continue
-                except OSError:  # another filesystem, or links not allowed: copy everything from here on
-                    can_link = False
-            shutil.copy2(sample.path, dest)
-            counts["copied"] += 1
-    return counts
+            placer.place(sample.path, folder / free_name(sample.path.name, used[folder]))
+    return {"linked": placer.linked, "copied": placer.copied}
 
 
 def split_dataset(
@@ -301,24 +391,15 @@ def split_dataset(
     index = load_index(data)
     if index.multilabel:
         raise UserError(f"{data}: multi-label data cannot be written as one folder per class; add a split column")
+    if index.objects:
+        raise UserError(f"{data}: detection data has no class per image to write folders for; train splits it itself")
     _check_class_names(index.classes, data)
-    _check_out(out, data)
+    check_out(out, data)
     pooled = sorted(index.splits, key=lambda n: _SPLIT_ORDER.get(n, 9))
     samples = list(dict.fromkeys(s for _, s in _entries(index)))
     parts = stratified_split(samples, index.classes, val=val, test=test, seed=seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged_output(out, "the split") as tmp:
         placed = _place(parts, index.classes, tmp)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        tmp.rename(out)
-    except BaseException as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"{out}: out of disk space while writing the split; nothing was written") from None
-        raise
     written = DataIndex(root=out, classes=index.classes, splits=parts)
     return {
         "out": str(out),

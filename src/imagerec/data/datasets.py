@@ -1,4 +1,4 @@
-"""Datasets: decode indexed images into tv_tensors and apply a transform."""
+"""Datasets: decode indexed images into tv_tensors and apply a transform (classification and detection)."""
 
 from __future__ import annotations
 
@@ -9,28 +9,24 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from imagerec.data.images import read_image, to_channels
-from imagerec.data.index import Sample
+from imagerec.data.index import Objects, Sample
 
 # Decode everything once when the decoded pixels stay under this many floats (~1 GiB).
 CACHE_LIMIT_VALUES = 256 * 1024 * 1024
 
 
-class ClassificationDataset(Dataset):
-    """(image, target) pairs: target a class index, or a multi-hot float vector for multi-label data."""
+DetectionTarget = dict[str, torch.Tensor]
+DetectionSample = tuple[tv_tensors.Image, DetectionTarget]
+# A multi-sample augmentation (mosaic, mixup): given the sample at hand and a way to draw more at random, one sample.
+MultiSampleTransform = Callable[[DetectionSample, Callable[[], DetectionSample]], DetectionSample]
 
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        *,
-        channels: int,
-        num_classes: int,
-        transform: Callable | None = None,
-        cache: bool | None = None,
-    ) -> None:
+
+class ImageDataset(Dataset):
+    """Indexed images decoded to float C×H×W with `channels` channels, kept in memory when they fit."""
+
+    def __init__(self, samples: Sequence[Sample], *, channels: int, cache: bool | None) -> None:
         self.samples = list(samples)
         self.channels = channels
-        self.num_classes = num_classes
-        self.transform = transform
         self._cache: list[torch.Tensor] | None = None
         if self.samples and (cache or (cache is None and self._fits_in_memory())):
             self._cache = [self._decode(i) for i in range(len(self.samples))]
@@ -42,8 +38,29 @@ class ClassificationDataset(Dataset):
     def _decode(self, i: int) -> torch.Tensor:
         return to_channels(read_image(self.samples[i].path), self.channels)
 
+    def pixels(self, i: int) -> torch.Tensor:
+        """Image `i` as decoded, before any transform (shared with the cache: do not modify in place)."""
+        return self._cache[i] if self._cache is not None else self._decode(i)
+
     def __len__(self) -> int:
         return len(self.samples)
+
+
+class ClassificationDataset(ImageDataset):
+    """(image, target) pairs: target a class index, or a multi-hot float vector for multi-label data."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        *,
+        channels: int,
+        num_classes: int,
+        transform: Callable | None = None,
+        cache: bool | None = None,
+    ) -> None:
+        self.num_classes = num_classes
+        self.transform = transform
+        super().__init__(samples, channels=channels, cache=cache)
 
     def target(self, i: int) -> int | torch.Tensor:
         target = self.samples[i].target
@@ -54,20 +71,73 @@ class ClassificationDataset(Dataset):
         return target
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int | torch.Tensor]:
-        image = tv_tensors.Image(self._cache[i] if self._cache is not None else self._decode(i))
+        image = tv_tensors.Image(self.pixels(i))
         if self.transform is not None:
             image = self.transform(image)
         return image.as_subclass(torch.Tensor), self.target(i)
 
 
-def channel_statistics(dataset: ClassificationDataset, limit: int = 2000) -> tuple[list[float], list[float]]:
+class DetectionDataset(ImageDataset):
+    """(image, target) pairs for detection: a float `tv_tensors.Image` in [0, 1] and
+    `{"boxes": BoundingBoxes XYXY in pixels, "labels": int64 (0-based), "ignore": bool}`.
+
+    `mosaic` (see `imagerec.transforms.detection.mosaic_transform`) combines the sample with others drawn at random
+    through torch's RNG, so worker seeding makes it reproducible; `transform` is then called as
+    `transform(image, target)`.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        *,
+        channels: int,
+        transform: Callable[[tv_tensors.Image, DetectionTarget], DetectionSample] | None = None,
+        mosaic: MultiSampleTransform | None = None,
+        cache: bool | None = None,
+    ) -> None:
+        self.transform = transform
+        self.mosaic = mosaic
+        super().__init__(samples, channels=channels, cache=cache)
+
+    def target(self, i: int, canvas_size: tuple[int, int]) -> DetectionTarget:
+        """The boxes, labels and ignore flags of sample `i`, on an image of `canvas_size` (height, width)."""
+        objects = self.samples[i].target
+        if not isinstance(objects, Objects):
+            raise TypeError(f"{self.samples[i].path}: expected Objects as the target, got {type(objects).__name__}")
+        count = len(objects.boxes)
+        boxes = torch.tensor(objects.boxes, dtype=torch.float32).reshape(count, 4)
+        ignore = objects.ignore or (False,) * count
+        return {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=canvas_size),
+            "labels": torch.tensor(objects.labels, dtype=torch.int64).reshape(count),
+            "ignore": torch.tensor(ignore, dtype=torch.bool).reshape(count),
+        }
+
+    def sample(self, i: int) -> DetectionSample:
+        """Sample `i` as decoded, before mosaic and transform."""
+        image = tv_tensors.Image(self.pixels(i))
+        return image, self.target(i, (image.shape[-2], image.shape[-1]))
+
+    def _random_sample(self) -> DetectionSample:
+        return self.sample(int(torch.randint(len(self), ())))
+
+    def __getitem__(self, i: int) -> DetectionSample:
+        image, target = self.sample(i)
+        if self.mosaic is not None:
+            image, target = self.mosaic((image, target), self._random_sample)
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image, target
+
+
+def channel_statistics(dataset: ImageDataset, limit: int = 2000) -> tuple[list[float], list[float]]:
     """Per-channel mean and std over (up to `limit` evenly spaced) images, before any transform."""
     step = max(1, len(dataset) // limit)
     total = torch.zeros(dataset.channels, dtype=torch.float64)
     squares = torch.zeros_like(total)
     count = 0
     for i in range(0, len(dataset), step):
-        image = (dataset._cache[i] if dataset._cache is not None else dataset._decode(i)).double()
+        image = dataset.pixels(i).double()
         total += image.sum(dim=(1, 2))
         squares += (image**2).sum(dim=(1, 2))
         count += image.shape[1] * image.shape[2]

@@ -34,8 +34,9 @@ def stratified_split(
     wanted = 1 + (val > 0) + (test > 0)
     for label, members in sorted(by_class.items()):
         if len(members) < wanted:
+            what = "the data" if label < 0 else f"class {classes[label]!r}"
             raise UserError(
-                f"{'the data' if label < 0 else f'class {classes[label]!r}'} has {len(members)} image(s) but a train/val/test split needs at least "
+                f"{what} has {len(members)} image(s) but a train/val/test split needs at least "
                 f"{wanted}; add images to it or give separate split folders"
             )
         rng.shuffle(members)

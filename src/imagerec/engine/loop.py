@@ -109,11 +109,13 @@ def evaluate(fabric: Fabric, task: Task, model: nn.Module, loader: DataLoader) -
     for batch in loader:
         with fabric.autocast():
             out = task.step(model, batch)
-        size = task.batch_size(batch)
-        loss_sum += float(out["loss"]) * size
-        seen += size
         metrics.update(out["outputs"], out["targets"])
-    return {"loss": round(loss_sum / max(seen, 1), 6), **metrics.compute()}
+        if "loss" in out:  # detectors compute no loss in evaluation mode
+            size = task.batch_size(batch)
+            loss_sum += float(out["loss"]) * size
+            seen += size
+    loss = {"loss": round(loss_sum / seen, 6)} if seen else {}
+    return {**loss, **metrics.compute()}
 
 
 def _improved(score: float, best: float | None, mode: str) -> bool:
@@ -136,6 +138,7 @@ class FitLoop:
     accumulate: int = 1
     clip_grad: float | None = None
     seed: int = 0
+    eval_every: int = 1  # validate every N epochs and after the last one
     eval_model: nn.Module | None = None  # e.g. the EMA copy; defaults to the trained model
     on_step: Callable[[], None] | None = None
     save: Callable[[FitState, bool], None] | None = None  # called after every finished epoch
@@ -143,7 +146,7 @@ class FitLoop:
 
 def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitState, console: Console) -> FitState:
     """Train from `state.epoch + 1` to `loop.epochs`, evaluating, checkpointing and stopping early."""
-    key, mode = loop.monitor
+    key = loop.monitor[0]
     progress = _progress(console, fabric.is_global_zero)
     with progress:
         for epoch in range(state.epoch + 1, loop.epochs + 1):
@@ -154,23 +157,12 @@ def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitS
                 accumulate=loop.accumulate, clip_grad=loop.clip_grad, on_step=loop.on_step, progress=progress,
                 description=f"epoch {epoch}/{loop.epochs}",
             )  # fmt: skip
-            if loop.val_loader is not None:
+            validated = loop.val_loader is not None and (epoch % loop.eval_every == 0 or epoch == loop.epochs)
+            if validated:
                 val = evaluate(fabric, task, loop.eval_model or model, loop.val_loader)
                 row |= {f"val_{k}": v for k, v in val.items() if isinstance(v, int | float)}
-            if key not in row:  # a misspelt monitor would silently never save a best checkpoint
-                measured = ", ".join(k for k in row if k != "epoch")
-                raise UserError(f"monitor {key!r} is not a measured metric; use one of: {measured}")
-            score = float(row[key])
-            loss = float(row.get("val_loss", math.nan))
-            # Small validation sets tie often on accuracy-like metrics; the lower loss wins a tie.
-            best = _improved(score, state.best, mode) or (
-                score == state.best and _improved(loss, state.best_loss, "min") and not key.endswith("loss")
-            )
             state.epoch, state.history = epoch, [*state.history, row]
-            if best:
-                state.best, state.best_loss, state.best_epoch, state.bad_epochs = score, loss, epoch, 0
-            else:
-                state.bad_epochs += 1
+            best = _judge(state, row, loop.monitor) if validated or loop.val_loader is None else False
             state.stopped_early = bool(loop.patience) and state.bad_epochs >= loop.patience
             if loop.save:
                 loop.save(state, best)
@@ -182,6 +174,25 @@ def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitS
             if state.stopped_early:
                 break
     return state
+
+
+def _judge(state: FitState, row: dict[str, Any], monitor: tuple[str, str]) -> bool:
+    """Whether this epoch is the best so far by the monitored metric; updates the state's best and patience."""
+    key, mode = monitor
+    if key not in row:  # a misspelt monitor would silently never save a best checkpoint
+        measured = ", ".join(k for k in row if k != "epoch")
+        raise UserError(f"monitor {key!r} is not a measured metric; use one of: {measured}")
+    score = float(row[key])
+    loss = float(row.get("val_loss", math.nan))
+    # Small validation sets tie often on accuracy-like metrics; the lower loss wins a tie.
+    best = _improved(score, state.best, mode) or (
+        score == state.best and _improved(loss, state.best_loss, "min") and not key.endswith("loss")
+    )
+    if best:
+        state.best, state.best_loss, state.best_epoch, state.bad_epochs = score, loss, row["epoch"], 0
+    else:
+        state.bad_epochs += 1
+    return best
 
 
 def _set_epoch(loader: DataLoader, seed: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from imagerec.errors import UserError
 from imagerec.models.classification import CLASSIFIERS, create_classifier, list_classifiers
 
 __all__ = ["CLASSIFIERS", "create_classifier", "create_model", "list_classifiers", "list_models"]
@@ -20,4 +21,10 @@ def create_model(
 
 def list_models(task: str = "classify") -> list[dict[str, str]]:
     """Names `--model` accepts for `task`, with where each comes from."""
+    if task == "detect":
+        from imagerec.models.detection import list_detectors
+
+        return list_detectors()
+    if task != "classify":
+        raise UserError(f"unknown task {task!r}: use classify or detect")
     return list_classifiers()

@@ -11,13 +11,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from imagerec.config import ModelConfig
 from imagerec.data.images import _pil_to_array, _to_unit_float, is_image_file, read_image, to_channels
 from imagerec.engine.checkpoint import load_weights
 from imagerec.errors import UserError
-from imagerec.outputs.results import Classification
+from imagerec.outputs.results import Classification, Detections
 from imagerec.runs import RunDir, open_run
 from imagerec.tasks.classification import ClassificationTask
-from imagerec.transforms.classification import eval_transform
+from imagerec.tasks.detection import DetectionTask
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 
@@ -81,63 +82,89 @@ class _Decoded(Dataset):
             return name, None, str(error)
 
 
-class Predictor:
-    """A trained model with the preprocessing it was trained with, ready to predict."""
+Result = Classification | Detections
 
-    def __init__(self, run: RunDir, *, device: str = "auto", weights: str = "best") -> None:
+
+def _task_for(info: dict[str, Any]) -> ClassificationTask | DetectionTask:
+    if info["task"] == "detect":
+        return DetectionTask(info["classes"])
+    return ClassificationTask(info["classes"], multilabel=info["multilabel"], binary_head=info["binary_head"])
+
+
+class Predictor:
+    """A trained model with the preprocessing it was trained with, ready to predict.
+
+    Classification runs give `Classification` results (options: `topk`); detection runs give `Detections`
+    (options: `conf`, the minimum score, and `iou`, the non-maximum-suppression overlap).
+    """
+
+    def __init__(self, run: RunDir, *, device: str = "auto", weights: str = "best", imgsz: int | None = None) -> None:
         self.run = run
         self.info: dict[str, Any] = run.read_model_info()
+        if imgsz is not None:
+            if self.info["task"] != "detect":
+                raise UserError("--imgsz at prediction applies to detection runs; a classifier keeps its input size")
+            self.info["imgsz"] = imgsz
         self.classes: list[str] = self.info["classes"]
         self.device = pick_device(device)
-        self.task = ClassificationTask(
-            self.classes, multilabel=self.info["multilabel"], binary_head=self.info["binary_head"]
+        self.task = _task_for(self.info)
+        cfg = ModelConfig(
+            name=self.info["model"], backbone=self.info.get("backbone"), anchor_sizes=self.info.get("anchor_sizes")
         )
-        from imagerec.config import ModelConfig
-
-        self.model = self.task.build_model(
-            ModelConfig(name=self.info["model"]), channels=self.info["channels"], imgsz=self.info["imgsz"]
-        )
+        self.model = self.task.build_model(cfg, self.info)
         path = run.best if weights == "best" and run.best.exists() else run.last
         self.model.load_state_dict(load_weights(path))
         self.model.to(self.device).eval()
-        self.transform = eval_transform(imgsz=self.info["imgsz"], mean=self.info["mean"], std=self.info["std"])
+        self.transform = self.task.predict_transform(self.info)
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
-        return self.transform(to_channels(_to_tensor(image), self.info["channels"]))
+        image = to_channels(_to_tensor(image), self.info["channels"])
+        return image if self.transform is None else self.transform(image)
 
     @torch.no_grad()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N×K) for a preprocessed batch."""
+        """Class probabilities (N×K) for a preprocessed batch (classification runs)."""
         return self.task.probabilities(self.model(batch.to(self.device))).cpu()
 
     def predict_iter(
-        self, sources: Iterable[ImageLike], *, topk: int = 5, batch: int = 64, workers: int = 0
-    ) -> Iterator[Classification]:
+        self, sources: Iterable[ImageLike], *, batch: int = 64, workers: int = 0, **options: Any
+    ) -> Iterator[Result]:
         """Yield one result per image, in order; unreadable files yield a result with `error` set.
 
         `workers` > 0 decodes images in that many DataLoader processes while the model runs.
         """
+        if isinstance(self.task, DetectionTask):
+            self.model.set_thresholds(score=options.get("conf", 0.25), iou=options.get("iou"))
         items = _Decoded(expand_sources(sources), self.preprocess)
         for chunk in DataLoader(items, batch_size=batch, num_workers=workers, collate_fn=list):
             good = [(name, image) for name, image, error in chunk if error is None]
-            results = iter(self._classify(good, topk) if good else [])
+            results = iter(self._predict(good, options) if good else [])
             for name, _, error in chunk:
-                yield Classification(name, (), (), error=error) if error is not None else next(results)
+                yield self.task.failed(name, error) if error is not None else next(results)
 
-    def _classify(self, items: list[tuple[str, torch.Tensor]], topk: int) -> list[Classification]:
+    @torch.no_grad()
+    def _predict(self, items: list[tuple[str, torch.Tensor]], options: dict[str, Any]) -> list[Result]:
+        names = [name for name, _ in items]
+        if isinstance(self.task, DetectionTask):
+            images = [image.to(self.device) for _, image in items]
+            outputs = [{k: v.cpu() for k, v in o.items()} for o in self.model(images)]
+            sizes = [(image.shape[-1], image.shape[-2]) for image in images]
+            return self.task.results(outputs, names, sizes=sizes, conf=options.get("conf", 0.25))
         probs = self.probabilities(torch.stack([image for _, image in items]))
-        return self.task.results(probs, [name for name, _ in items], topk=topk)
+        return self.task.results(probs, names, topk=options.get("topk", 5))
 
     def predict(
-        self, sources: ImageLike | Sequence[ImageLike], *, topk: int = 5, batch: int = 64, workers: int = 0
-    ) -> list[Classification]:
+        self, sources: ImageLike | Sequence[ImageLike], *, batch: int = 64, workers: int = 0, **options: Any
+    ) -> list[Result]:
         """Predict files, folders, PIL images, arrays or tensors (C×H×W in [0, 1])."""
         if isinstance(sources, str | Path | Image.Image | np.ndarray | torch.Tensor):
             sources = [sources]
-        return list(self.predict_iter(sources, topk=topk, batch=batch, workers=workers))
+        return list(self.predict_iter(sources, batch=batch, workers=workers, **options))
 
 
-def load(run: str | Path | RunDir, *, device: str = "auto", weights: str = "best") -> Predictor:
-    """Load a run directory for prediction."""
-    run_dir = run if isinstance(run, RunDir) else open_run(run, task="classify")
-    return Predictor(run_dir, device=device, weights=weights)
+def load(
+    run: str | Path | RunDir, *, device: str = "auto", weights: str = "best", imgsz: int | None = None
+) -> Predictor:
+    """Load a run directory (any task) for prediction; `imgsz` overrides a detector's input size."""
+    run_dir = run if isinstance(run, RunDir) else open_run(run)
+    return Predictor(run_dir, device=device, weights=weights, imgsz=imgsz)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import PurePath
 from typing import Any
 
 
@@ -27,3 +29,55 @@ class Classification:
         data = asdict(self)
         data["labels"], data["probs"] = list(self.labels), [round(p, 6) for p in self.probs]
         return data
+
+
+@dataclass(frozen=True)
+class Detections:
+    """The objects found in one image, best score first; boxes in the image's pixels (x1, y1, x2, y2).
+
+    `error` is set (and nothing found) when the image was unreadable; `size` is the image's (width, height).
+    """
+
+    source: str
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+    labels: tuple[str, ...] = ()
+    scores: tuple[float, ...] = ()
+    size: tuple[int, int] | None = None
+    error: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def to_dict(self) -> dict[str, Any]:
+        objects = [
+            {"label": label, "score": score, "box": list(box)}
+            for box, label, score in zip(self.boxes, self.labels, self.scores, strict=True)
+        ]
+        data: dict[str, Any] = {"source": self.source, "objects": objects}
+        if self.size is not None:
+            data["width"], data["height"] = self.size
+        if self.error is not None:
+            data["error"] = self.error
+        return data
+
+
+def coco_results(
+    results: Sequence[Detections], classes: Sequence[str], category_ids: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
+    """Detections in the COCO results format (what pycocotools' `loadRes` reads): one entry per box.
+
+    `image_id` is the file name's number when it is one (COCO names images by id), else the 1-based position;
+    `category_id` is the data's own COCO id when the run was trained on COCO data, else the class position + 1.
+    """
+    ids = list(category_ids) if category_ids else list(range(1, len(classes) + 1))
+    lookup = {name: ids[i] for i, name in enumerate(classes)}
+    entries = []
+    for position, result in enumerate(results, start=1):
+        stem = PurePath(result.source).stem
+        image_id = int(stem) if stem.isdigit() else position
+        for (x1, y1, x2, y2), label, score in zip(result.boxes, result.labels, result.scores, strict=True):
+            entries.append({
+                "image_id": image_id, "file_name": PurePath(result.source).name, "category_id": lookup[label],
+                "bbox": [x1, y1, round(x2 - x1, 4), round(y2 - y1, 4)], "score": score,
+            })  # fmt: skip
+    return entries

@@ -12,6 +12,8 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from imagerec.config import ModelConfig
+from imagerec.data.datasets import ClassificationDataset
+from imagerec.data.index import Sample
 from imagerec.metrics.classification import MONITOR, ClassificationMetrics
 from imagerec.models import create_model
 from imagerec.outputs.results import Classification
@@ -28,6 +30,8 @@ class ClassificationTask:
     label_smoothing: float = 0.0
     class_weights: torch.Tensor | None = None
     name: str = "classify"
+    default_batch: int = 64
+    autotune: bool = True  # CPU precision and memory format chosen by measuring (engine.autotune)
 
     @property
     def num_classes(self) -> int:
@@ -45,9 +49,37 @@ class ClassificationTask:
     def monitor(self) -> tuple[str, str]:
         return MONITOR["multilabel" if self.multilabel else "single"]
 
-    def build_model(self, cfg: ModelConfig, *, channels: int, imgsz: int) -> nn.Module:
+    def build_model(self, cfg: ModelConfig, info: dict[str, Any]) -> nn.Module:
+        """A fresh model for the input described by `info` (model.json: channels, imgsz)."""
         return create_model(
-            self.name, cfg.name, num_outputs=self.num_outputs, in_channels=channels, imgsz=imgsz, dropout=cfg.dropout
+            self.name,
+            cfg.name,
+            num_outputs=self.num_outputs,
+            in_channels=info["channels"],
+            imgsz=info["imgsz"],
+            dropout=cfg.dropout,
+        )
+
+    def model_fields(self, cfg: ModelConfig) -> dict[str, Any]:
+        """What model.json records for this task besides classes, channels, size and statistics."""
+        return {
+            "multilabel": self.multilabel,
+            "binary_head": cfg.binary_head,
+            "num_outputs": self.num_outputs,
+            "resize": "shorter side to imgsz, centre crop imgsz, bilinear, antialias",
+        }
+
+    def dataset(
+        self, samples: Sequence[Sample], *, info: dict[str, Any], augment: str | None, cache: bool | None
+    ) -> ClassificationDataset:
+        """Images and targets of `samples`, augmented with preset `augment` (None: evaluation preprocessing)."""
+        size = {"imgsz": info["imgsz"], "mean": info["mean"], "std": info["std"]}
+        if augment is None:
+            transform = self.eval_transform(**size)
+        else:
+            transform = self.train_transform(augment, channels=info["channels"], **size)
+        return ClassificationDataset(
+            samples, channels=info["channels"], num_classes=self.num_classes, transform=transform, cache=cache
         )
 
     def train_transform(self, preset: str, *, imgsz: int, channels: int, mean: Sequence[float], std: Sequence[float]):
@@ -55,6 +87,13 @@ class ClassificationTask:
 
     def eval_transform(self, *, imgsz: int, mean: Sequence[float], std: Sequence[float]):
         return presets.eval_transform(imgsz=imgsz, mean=mean, std=std)
+
+    def predict_transform(self, info: dict[str, Any]) -> Callable:
+        return self.eval_transform(imgsz=info["imgsz"], mean=info["mean"], std=info["std"])
+
+    def failed(self, source: str, error: str) -> Classification:
+        """The result for an image that could not be read."""
+        return Classification(source, (), (), error=error)
 
     def collate(self, preset: str | None = None) -> Callable[[list], Any]:
         """default_collate, followed for the `heavy` preset by MixUp/CutMix on single-label batches."""

@@ -1,0 +1,263 @@
+"""What the detection readers share: box checks, problem collection, image lookup, class lists and split names."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from imagerec.data.images import IMAGE_EXTENSIONS, is_image_file
+from imagerec.data.index import SPLIT_ALIASES, Box, DataIndex, Objects, Sample
+from imagerec.errors import UserError
+
+# Problems that stop reading (unless a validate run collects them all) and the ones readers repair with a note.
+FATAL_KINDS = ("inverted", "unknown-category", "unknown-image")
+WARNING_KINDS = ("outside", "zero-area")
+_WARNING_NOTES = {
+    "outside": "{n} box(es) reaching outside their image were clipped to it",
+    "zero-area": "{n} box(es) with zero width or height were dropped",
+}
+
+
+@dataclass
+class Findings:
+    """Problems with boxes met while reading. Fatal ones raise UserError at once unless `collect` is set (as
+    `imagerec data validate` does, to list them all); warnings are repairs (clipping, dropping) the reader made."""
+
+    collect: bool = False
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+    def fatal(self, kind: str, message: str, files: Sequence[Path | str] = ()) -> None:
+        if not self.collect:
+            raise UserError(message)
+        self.problems.append({"kind": kind, "files": [str(f) for f in files], "message": message})
+
+    def warn(self, kind: str, message: str, files: Sequence[Path | str] = ()) -> None:
+        self.warnings.append({"kind": kind, "files": [str(f) for f in files], "message": message})
+
+    def notes(self) -> list[str]:
+        """One line per kind of repair, for `DataIndex.notes` (validate lists every box)."""
+        first: dict[str, str] = {}
+        for warning in self.warnings:
+            first.setdefault(warning["kind"], warning["message"])
+        counts = Counter(w["kind"] for w in self.warnings)
+        return [
+            f"{_WARNING_NOTES[kind].format(n=n)} (first: {first[kind]}); imagerec data validate lists them all"
+            for kind, n in counts.items()
+        ]
+
+
+def _fmt(box: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in box) + "]"
+
+
+class ObjectsBuilder:
+    """Collects one image's boxes, checking each: inverted → fatal, zero-area → dropped, outside → clipped."""
+
+    def __init__(self, findings: Findings, image: Path, size: tuple[int, int] | None) -> None:
+        self.findings, self.image, self.size = findings, image, size
+        self.boxes: list[Box] = []
+        self.labels: list[int] = []
+        self.ignore: list[bool] = []
+        self.segmentation: list[Any] = []
+
+    def add(
+        self,
+        box: Sequence[float],
+        label: int,
+        *,
+        file: Path,
+        where: str = "",
+        ignore: bool = False,
+        segmentation: Any = None,
+    ) -> None:
+        """Add corners (x1, y1, x2, y2) read from `file`; `where` in it ("line 3") makes messages precise."""
+        at = f"{file}, {where}" if where else str(file)
+        x1, y1, x2, y2 = (float(v) for v in box)
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            raise UserError(f"{at}: box {_fmt(box)} has a value that is not a finite number; fix the annotation")
+        if x2 < x1 or y2 < y1:
+            self.findings.fatal(
+                "inverted",
+                f"{at}: box {_fmt(box)} of {self.image.name} is inverted (x2 < x1 or y2 < y1); swap its corners",
+                [file],
+            )
+            return
+        clipped = self._clip((x1, y1, x2, y2), at, file)
+        if clipped[2] == clipped[0] or clipped[3] == clipped[1]:
+            self.findings.warn(
+                "zero-area", f"{at}: box {_fmt(box)} of {self.image.name} has zero width or height; dropped", [file]
+            )
+            return
+        self.boxes.append(clipped)
+        self.labels.append(label)
+        self.ignore.append(bool(ignore))
+        self.segmentation.append(segmentation if segmentation is not None else [])
+
+    def _clip(self, box: Box, at: str, file: Path) -> Box:
+        if self.size is None:
+            return box
+        width, height = float(self.size[0]), float(self.size[1])
+        x1, y1, x2, y2 = box
+        clipped = (
+            min(max(x1, 0.0), width),
+            min(max(y1, 0.0), height),
+            min(max(x2, 0.0), width),
+            min(max(y2, 0.0), height),
+        )
+        if clipped != box:
+            self.findings.warn(
+                "outside",
+                f"{at}: box {_fmt(box)} reaches outside {self.image.name} ({self.size[0]}×{self.size[1]}); "
+                f"clipped to {_fmt(clipped)}",
+                [file],
+            )
+        return clipped
+
+    def build(self) -> Objects:
+        return Objects(
+            boxes=tuple(self.boxes),
+            labels=tuple(self.labels),
+            ignore=tuple(self.ignore) if any(self.ignore) else (),
+            size=self.size,
+            segmentation=tuple(self.segmentation) if any(self.segmentation) else (),
+        )
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of the image as stored (no EXIF rotation: boxes refer to the stored pixels), from its
+    header; None when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception:  # any failure means unreadable; validate reports why
+        return None
+
+
+def number(text: str | None, at: str, what: str) -> float:
+    """`text` as a float, or a UserError saying where the bad value is."""
+    try:
+        value = float((text or "").strip())
+    except ValueError:
+        raise UserError(f"{at}: {what} {text!r} is not a number; fix the annotation") from None
+    if not math.isfinite(value):
+        raise UserError(f"{at}: {what} {text!r} is not a finite number; fix the annotation")
+    return value
+
+
+class ImageFinder:
+    """Resolves image names written in annotations against a few likely folders, trying the last one that
+    worked first (so a large dataset costs about one stat per image)."""
+
+    def __init__(self, folders: Iterable[Path]) -> None:
+        self.folders = [f for f in dict.fromkeys(folders) if f.is_dir()]
+        self._last: Path | None = None
+
+    def find(self, name: str) -> Path | None:
+        written = Path(name.replace("\\", "/"))
+        if written.is_absolute():  # a path on the annotator's machine: only its name can help here
+            if written.is_file():
+                return written
+            tails = [Path(written.name)]
+        else:
+            tails = [written] if len(written.parts) == 1 else [written, Path(written.name)]
+        for folder in ([self._last] if self._last else []) + self.folders:
+            for tail in tails:
+                if (folder / tail).is_file():
+                    self._last = folder
+                    return folder / tail
+        return None
+
+    def find_stem(self, stem: str) -> Path | None:
+        """An image named `stem` with any image extension (for annotations that do not name their image)."""
+        for folder in self.folders:
+            for suffix in sorted(IMAGE_EXTENSIONS):
+                for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
+                    if candidate.is_file():
+                        return candidate
+        return None
+
+    def require(self, name: str, at: str) -> Path:
+        found = self.find(name)
+        if found is None:
+            where = ", ".join(str(f) for f in self.folders) or "nowhere (none of the usual folders exist)"
+            raise UserError(f"{at}: image {name!r} not found (looked in {where}); add the image or fix its name")
+        return found
+
+
+def images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if is_image_file(p))
+
+
+def split_of(name: str) -> str | None:
+    """The split a file or folder name stands for: `instances_val2017` → val, `train_labels` → train."""
+    for token in re.split(r"[^a-z]+", name.lower()):
+        if token in SPLIT_ALIASES:
+            return SPLIT_ALIASES[token]
+    return None
+
+
+def read_names(file: Path) -> list[str]:
+    """Class names one per line (classes.txt, labels.txt), blank lines skipped."""
+    names = [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if len(set(names)) != len(names):
+        twice = next(n for n, c in Counter(names).items() if c > 1)
+        raise UserError(f"{file}: class {twice!r} is listed twice; keep one line per class")
+    return names
+
+
+def names_file(*folders: Path) -> Path | None:
+    """The first classes.txt / labels.txt / predefined_classes.txt found in `folders`."""
+    for folder in folders:
+        for name in ("classes.txt", "labels.txt", "predefined_classes.txt"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def build_index(
+    root: Path,
+    classes: list[str],
+    splits: dict[str, list[Sample]],
+    *,
+    format: str,
+    findings: Findings,
+    category_ids: list[int] | None = None,
+    notes: Iterable[str] = (),
+) -> DataIndex:
+    """The DataIndex every detection reader returns, with the readers' repairs summarised in its notes."""
+    if not classes:
+        raise UserError(f"{root}: no classes found; name them (e.g. in classes.txt) or annotate some objects")
+    return DataIndex(
+        root=root,
+        classes=classes,
+        splits=splits,
+        origin="stratified" if set(splits) == {"all"} else format,
+        notes=[*notes, *findings.notes()],
+        format=format,
+        category_ids=category_ids,
+    )
+
+
+CATEGORIES_SIDECAR = "categories.json"
+
+
+def read_sidecar(folder: Path) -> tuple[list[str], list[int]] | None:
+    """Class names and COCO category ids from `categories.json` (`[{"id": 1, "name": "cat"}, …]`, written by
+    `imagerec data convert` where the format has no place for ids); None when there is none."""
+    file = folder / CATEGORIES_SIDECAR
+    if not file.is_file():
+        return None
+    try:
+        entries = json.loads(file.read_text(encoding="utf-8"))
+        return [str(e["name"]) for e in entries], [int(e["id"]) for e in entries]
+    except (ValueError, TypeError, KeyError):
+        raise UserError(f'{file}: expected a list of {{"id": …, "name": …}}; fix or remove it') from None

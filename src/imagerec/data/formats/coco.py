@@ -1,0 +1,205 @@
+"""COCO JSON: `images`, `annotations` (bbox [x, y, width, height]) and `categories` (any integer ids).
+
+Layouts: a .json file; or a folder holding one (`annotations.json`), split folders each with their own
+(`train/_annotations.coco.json`, Roboflow), or `annotations/instances_{train,val,test}*.json`. Images are found
+by `file_name` next to the JSON, in `images/` or `images/<split>/`, or in the split folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from imagerec.data.formats._boxes import Findings, ImageFinder, ObjectsBuilder, build_index, split_of
+from imagerec.data.index import DataIndex, Sample
+from imagerec.errors import UserError
+
+_SNIFF_BYTES = 1 << 20
+
+
+def _looks_like_coco(file: Path) -> bool:
+    """Whether a JSON file is named like COCO or its first MiB names a COCO key (cheap enough to run over every
+    JSON in a folder; the name alone lets a damaged file be read, and its error reported)."""
+    name = file.name.lower()
+    if name == "annotations.json" or name.startswith("instances") or "coco" in name:
+        return True
+    try:
+        with file.open("rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError:
+        return False
+    return b'"images"' in head or b'"annotations"' in head or b'"categories"' in head
+
+
+def _jsons(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    found = [f for f in sorted(folder.glob("*.json")) if not f.name.startswith(".") and _looks_like_coco(f)]
+    instances = [f for f in found if f.name.lower().startswith("instances")]
+    return instances or found  # COCO's own folder also holds captions_*.json and person_keypoints_*.json
+
+
+def _by_split(files: list[Path]) -> dict[str, Path]:
+    named = {}
+    for file in files:
+        split = split_of(file.stem) or "all"
+        if split in named:
+            raise UserError(f"{file}: {named[split].name} is also a COCO file for {split!r}; give the one to use")
+        named[split] = file
+    if len(named) > 1:
+        named.pop("all", None)  # a file without a split name beside split files is an extra, e.g. a merged copy
+    return named
+
+
+def coco_files(path: Path) -> dict[str, Path]:
+    """The COCO JSON file per split at `path` (`all` for unsplit data); empty when there is none."""
+    if path.is_file():
+        return {"all": path} if path.suffix.lower() == ".json" else {}
+    if not path.is_dir():
+        return {}
+    per_folder = {}
+    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+        split, found = split_of(folder.name), _jsons(folder)
+        if split and folder.name.lower() != "annotations" and len(found) == 1:
+            per_folder[split] = found[0]
+    if per_folder:
+        return per_folder
+    return _by_split(_jsons(path / "annotations") or _jsons(path))
+
+
+def _load_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_bytes())
+    except json.JSONDecodeError as error:
+        raise UserError(
+            f"{file}, line {error.lineno}, column {error.colno}: not valid JSON ({error.msg}); fix or re-export it"
+        ) from None
+    except UnicodeDecodeError:
+        raise UserError(f"{file}: not UTF-8 text; re-export the annotations as JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise UserError(f'{file}: not COCO annotations (no "images" list); export the data as COCO JSON')
+    if not isinstance(data.get("categories"), list) or not isinstance(data.get("annotations", []), list):
+        raise UserError(f'{file}: COCO annotations need "categories" and "annotations" lists; re-export the data')
+    return data
+
+
+def _categories(data: dict[str, Any], file: Path) -> dict[int, dict[str, Any]]:
+    categories: dict[int, dict[str, Any]] = {}
+    for i, category in enumerate(data["categories"]):
+        if not isinstance(category, dict) or not isinstance(category.get("id"), int) or "name" not in category:
+            raise UserError(f"{file}: categories[{i}] needs an integer id and a name; fix the file")
+        if category["id"] in categories:
+            raise UserError(f"{file}: category id {category['id']} is listed twice; keep one")
+        categories[category["id"]] = category
+    return categories
+
+
+def _classes(categories: dict[int, dict[str, Any]], files: list[dict[str, Any]], file: Path) -> list[tuple[int, str]]:
+    """(id, name) sorted by id, less Roboflow's dataset-name category: unused, and another's supercategory."""
+    used = {a.get("category_id") for data in files for a in data.get("annotations", []) if isinstance(a, dict)}
+    parents = {c.get("supercategory") for c in categories.values() if c.get("supercategory") != c["name"]}
+    kept = sorted((i, str(c["name"])) for i, c in categories.items() if i in used or c["name"] not in parents)
+    names = [name for _, name in kept]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"{file}: two categories are named {twice!r}; give each category its own name")
+    return kept
+
+
+def _image_folders(file: Path, root: Path, split: str) -> list[Path]:
+    bases = [file.parent, root]
+    if file.parent.name.lower() == "annotations":
+        bases.append(file.parent.parent)
+    folders = []
+    for base in bases:
+        for folder in (base, base / "images"):
+            folders.append(folder)
+            if split != "all" and folder.is_dir():
+                folders += [d for d in sorted(folder.iterdir()) if d.is_dir() and split_of(d.name) == split]
+    return folders
+
+
+def _images(data: dict[str, Any], file: Path, finder: ImageFinder, findings: Findings) -> dict[Any, ObjectsBuilder]:
+    builders: dict[Any, ObjectsBuilder] = {}
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
+            raise UserError(f"{file}: images[{i}] needs an id and a file_name; fix the file")
+        if image["id"] in builders:
+            raise UserError(f"{file}: image id {image['id']} is listed twice; keep one")
+        width, height = image.get("width"), image.get("height")
+        size = (int(width), int(height)) if isinstance(width, int | float) and isinstance(height, int | float) else None
+        path = finder.require(image["file_name"], f"{file}, image id {image['id']}")
+        builders[image["id"]] = ObjectsBuilder(findings, path, size if size and min(size) > 0 else None)
+    return builders
+
+
+def _bbox(annotation: dict[str, Any], file: Path, where: str) -> tuple[float, float, float, float]:
+    bbox = annotation.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, int | float) for v in bbox):
+        raise UserError(f"{file}, {where}: bbox must be [x, y, width, height] as numbers (got {bbox!r}); fix it")
+    x, y, w, h = (float(v) for v in bbox)
+    return x, y, x + w, y + h
+
+
+def _add_annotations(
+    data: dict[str, Any], file: Path, builders: dict[Any, ObjectsBuilder], labels: dict[int, int], findings: Findings
+) -> None:
+    for i, annotation in enumerate(data.get("annotations", [])):
+        if not isinstance(annotation, dict):
+            raise UserError(f"{file}: annotations[{i}] is not an object; fix the file")
+        where = f"annotation id {annotation.get('id', f'#{i}')}"
+        image_id, category_id = annotation.get("image_id"), annotation.get("category_id")
+        if image_id not in builders:
+            findings.fatal(
+                "unknown-image",
+                f'{file}, {where}: image_id {image_id!r} is not in "images"; add the image or remove the annotation',
+                [file],
+            )
+            continue
+        if category_id not in labels:
+            findings.fatal(
+                "unknown-category",
+                f'{file}, {where}: category_id {category_id!r} is not in "categories"; add it or fix the annotation',
+                [file],
+            )
+            continue
+        builders[image_id].add(
+            _bbox(annotation, file, where),
+            labels[category_id],
+            file=file,
+            where=where,
+            ignore=bool(annotation.get("iscrowd", 0)),
+            segmentation=annotation.get("segmentation"),
+        )
+
+
+def _root(path: Path) -> Path:
+    folder = path.parent if path.is_file() else path
+    return folder.parent if folder.name.lower() == "annotations" else folder
+
+
+def read_coco(path: Path, findings: Findings | None = None) -> DataIndex:
+    """Index COCO detection data: classes ordered by category id, `iscrowd` objects marked ignore."""
+    findings = findings or Findings()
+    files = coco_files(path)
+    if not files:
+        raise UserError(f"{path}: no COCO JSON found; give the .json file or the folder holding it")
+    root = _root(path)
+    loaded = {split: _load_json(file) for split, file in files.items()}
+    first = next(iter(files.values()))
+    categories = _categories(loaded[next(iter(files))], first)
+    names = {i: c["name"] for i, c in categories.items()}
+    for split, file in files.items():
+        if {i: c["name"] for i, c in _categories(loaded[split], file).items()} != names:
+            raise UserError(f"{file}: its categories differ from those in {first}; every split needs the same ones")
+    classes = _classes(categories, list(loaded.values()), first)
+    labels = {cid: i for i, (cid, _) in enumerate(classes)}
+    splits: dict[str, list[Sample]] = {}
+    for split, file in files.items():
+        builders = _images(loaded[split], file, ImageFinder(_image_folders(file, root, split)), findings)
+        _add_annotations(loaded[split], file, builders, labels, findings)
+        splits[split] = [Sample(b.image, b.build()) for b in builders.values()]
+    return build_index(
+        root, [name for _, name in classes], splits, format="coco", findings=findings, category_ids=list(labels)
+    )

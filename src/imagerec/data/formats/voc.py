@@ -1,0 +1,220 @@
+"""Pascal VOC XML, one file per image: `<filename>`, `<size>`, and `<object>`s with `<name>`, `<difficult>`,
+`<bndbox>` (xmin, ymin, xmax, ymax).
+
+Layouts: VOC's own `Annotations/` + `JPEGImages/` (+ `ImageSets/Main/{train,val,trainval,test}.txt`), LabelImg's
+XML next to the images, `annotations/` + `images/`, and any of these inside `train/`, `val/`, `test/` folders.
+The box numbers are kept as written (no 1-based shift), so conversions give back exactly what was read.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagerec.data.formats._boxes import (
+    Findings,
+    ImageFinder,
+    ObjectsBuilder,
+    build_index,
+    image_size,
+    images_in,
+    names_file,
+    number,
+    read_names,
+    read_sidecar,
+    split_of,
+)
+from imagerec.data.index import DataIndex, Sample
+from imagerec.errors import UserError
+
+_CORNERS = ("xmin", "ymin", "xmax", "ymax")
+_IMAGE_FOLDERS = ("JPEGImages", "images", "Images", "JPEGimages")
+
+
+@dataclass(frozen=True)
+class _Object:
+    name: str
+    box: tuple[float, float, float, float]
+    difficult: bool
+
+
+@dataclass(frozen=True)
+class _Record:
+    file: Path
+    image: Path
+    size: tuple[int, int] | None
+    objects: tuple[_Object, ...]
+
+
+def annotation_folder(folder: Path) -> Path | None:
+    """The folder holding the XML files: `Annotations/`, `annotations/`, or `folder` itself."""
+    for candidate in (folder / "Annotations", folder / "annotations", folder):
+        if candidate.is_dir() and any(candidate.glob("*.xml")):
+            return candidate
+    return None
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    return {
+        split: d
+        for d in sorted(root.iterdir())
+        if d.is_dir() and (split := split_of(d.name)) and annotation_folder(d) is not None
+    }
+
+
+def is_voc(folder: Path) -> bool:
+    """Whether `folder` holds VOC XML (directly, in Annotations/ or annotations/, or in split folders)."""
+    return annotation_folder(folder) is not None or bool(_split_folders(folder))
+
+
+def _image_sets(root: Path, annotations: Path) -> dict[str, list[Path]] | None:
+    """The XML files per split that `ImageSets/Main/*.txt` lists; None when there are no such lists."""
+    main = root / "ImageSets" / "Main"
+    lists = {
+        name: main / f"{name}.txt" for name in ("train", "val", "trainval", "test") if (main / f"{name}.txt").is_file()
+    }
+    if not lists:
+        return None
+    if "train" in lists or "val" in lists:
+        lists.pop("trainval", None)  # trainval is the union of the two
+    splits = {}
+    for name, file in lists.items():
+        ids = [line.split()[0] for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        for n, image_id in enumerate(ids, start=1):
+            if not (annotations / f"{image_id}.xml").is_file():
+                raise UserError(f"{file}, line {n}: no {annotations / image_id}.xml; add it or remove the line")
+        splits["train" if name == "trainval" else name] = [annotations / f"{i}.xml" for i in ids]
+    return splits
+
+
+def _xml_files(root: Path) -> dict[str, list[Path]]:
+    split_folders = _split_folders(root)
+    if split_folders:
+        return {split: sorted(annotation_folder(d).glob("*.xml")) for split, d in split_folders.items()}  # type: ignore[union-attr]
+    annotations = annotation_folder(root)
+    if annotations is None:
+        raise UserError(f"{root}: no VOC XML files found; put them in Annotations/ or next to the images")
+    return _image_sets(root, annotations) or {"all": sorted(annotations.glob("*.xml"))}
+
+
+def _parse(file: Path) -> ET.Element:
+    try:
+        root = ET.parse(file).getroot()
+    except ET.ParseError as error:
+        line, column = error.position
+        reason = str(error).split(":")[0]
+        raise UserError(
+            f"{file}, line {line}, column {column}: not valid XML ({reason}); fix or re-export it"
+        ) from None
+    if root.tag != "annotation":
+        raise UserError(f"{file}: not a Pascal VOC annotation (root <{root.tag}>, expected <annotation>)")
+    return root
+
+
+def _size(element: ET.Element, file: Path) -> tuple[int, int] | None:
+    size = element.find("size")
+    if size is None:
+        return None
+    width, height = (int(number(size.findtext(k), str(file), f"size {k}")) for k in ("width", "height"))
+    return (width, height) if width > 0 and height > 0 else None  # LabelImg writes 0 when it did not know
+
+
+def _objects(element: ET.Element, file: Path) -> tuple[_Object, ...]:
+    objects = []
+    for i, obj in enumerate(element.findall("object"), start=1):
+        name = (obj.findtext("name") or "").strip()
+        box = obj.find("bndbox")
+        if not name or box is None:
+            raise UserError(f"{file}: <object> number {i} needs a <name> and a <bndbox>; fix the annotation")
+        corners = tuple(number(box.findtext(k), f"{file}, object {i}", k) for k in _CORNERS)
+        difficult = (obj.findtext("difficult") or "0").strip().lower() in ("1", "true")
+        objects.append(_Object(name, corners, difficult))  # type: ignore[arg-type]
+    return tuple(objects)
+
+
+def _image(element: ET.Element, file: Path, finder: ImageFinder) -> Path:
+    written = (element.findtext("filename") or "").strip()
+    found = (finder.find(written) if written else None) or finder.find_stem(Path(written).stem or file.stem)
+    found = found or finder.find_stem(file.stem)
+    if found is None:
+        where = ", ".join(str(f) for f in finder.folders)
+        raise UserError(
+            f"{file}: image {written or file.stem!r} not found (looked in {where}); add it or fix <filename>"
+        )
+    return found
+
+
+def _finder(annotations: Path, root: Path) -> ImageFinder:
+    bases = (root, annotations.parent)
+    return ImageFinder([annotations, *(base / name for base in bases for name in _IMAGE_FOLDERS), root])
+
+
+def _record(file: Path, finder: ImageFinder) -> _Record:
+    element = _parse(file)
+    image = _image(element, file, finder)
+    size = _size(element, file) or image_size(image)
+    return _Record(file, image, size, _objects(element, file))
+
+
+def _classes(records: list[_Record], root: Path) -> tuple[list[str], list[int] | None]:
+    """Names in order (a sidecar's, a classes.txt's, else sorted) and COCO ids when a sidecar gives them."""
+    sidecar = read_sidecar(root)
+    if sidecar is not None:
+        return sidecar
+    listed = names_file(root, root / "Annotations", root / "annotations")
+    if listed is not None:
+        return read_names(listed), None
+    return sorted({obj.name for r in records for obj in r.objects}), None
+
+
+def _sample(record: _Record, lookup: dict[str, int], findings: Findings) -> Sample:
+    builder = ObjectsBuilder(findings, record.image, record.size)
+    for i, obj in enumerate(record.objects, start=1):
+        if obj.name not in lookup:
+            findings.fatal(
+                "unknown-category",
+                f"{record.file}, object {i}: class {obj.name!r} is not in the class list; add it or fix the name",
+                [record.file],
+            )
+            continue
+        builder.add(obj.box, lookup[obj.name], file=record.file, where=f"object {i}", ignore=obj.difficult)
+    return Sample(record.image, builder.build())
+
+
+def _unannotated(records: list[_Record]) -> list[str]:
+    """A note on images beside annotated ones that have no XML (left out: they may be unlabelled, not empty)."""
+    used = {r.image for r in records}
+    folders = {r.image.parent for r in records}
+    missing = sorted(p for folder in folders for p in images_in(folder) if p not in used and p.parent == folder)
+    if not missing:
+        return []
+    return [
+        f"{len(missing)} image(s) without an XML file were left out, e.g. {missing[0]}; "
+        "an XML without <object> makes an image a negative example"
+    ]
+
+
+def read_voc(path: Path, findings: Findings | None = None) -> DataIndex:
+    """Index Pascal VOC / LabelImg XML; `difficult` objects are marked ignore."""
+    findings = findings or Findings()
+    root = path.parent if path.is_file() else path
+    files = _xml_files(root)
+    finders: dict[Path, ImageFinder] = {}
+    records = {
+        split: [_record(f, finders.setdefault(f.parent, _finder(f.parent, root))) for f in members]
+        for split, members in files.items()
+    }
+    everything = [r for members in records.values() for r in members]
+    classes, category_ids = _classes(everything, root)
+    lookup = {name: i for i, name in enumerate(classes)}
+    splits = {split: [_sample(r, lookup, findings) for r in members] for split, members in records.items()}
+    return build_index(
+        root,
+        classes,
+        splits,
+        format="voc",
+        findings=findings,
+        category_ids=category_ids,
+        notes=_unannotated(everything),
+    )

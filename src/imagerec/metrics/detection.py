@@ -1,0 +1,219 @@
+"""COCO detection metrics: pycocotools' COCOeval (the reference) run on results gathered in memory.
+
+The key names are the JSON contract of `imagerec evaluate`; docs/detection.md explains each one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+# Main metric and whether higher is better, used for best checkpoints and early stopping.
+MONITOR = ("map", "max")
+
+# COCOeval.summarize() fills `stats` with these twelve numbers, in this order, for iouType "bbox".
+SUMMARY_KEYS = (
+    "map",
+    "map50",
+    "map75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "mar1",
+    "mar10",
+    "mar100",
+    "mar_small",
+    "mar_medium",
+    "mar_large",
+)
+
+NO_GROUND_TRUTH = "no ground-truth objects (other than ignored ones): every AP and AR is undefined"
+
+
+class DetectionMetrics:
+    """COCO mAP and mAR for boxes, equal to pycocotools' COCOeval with its default parameters.
+
+    `update` takes one dict per image. Outputs: `boxes` (N×4 pixel corners x1, y1, x2, y2 in the original
+    image), `scores` (N), `labels` (N, 0-based class index). Targets: `boxes`, `labels`, and optionally
+    `ignore` (N bool: VOC `difficult`, COCO `iscrowd`), `area` (N: e.g. the mask area COCO states; the box
+    area otherwise) and `image_id` (kept in `image_ids`, in update order).
+
+    `compute` returns `map` (AP averaged over IoU 0.50:0.05:0.95), `map50`, `map75`, `map_small/medium/large`,
+    `mar1/10/100`, `mar_small/medium/large`, `per_class` and `per_class_ap50` (class name → AP), `count`
+    (images) and `objects` (ground-truth objects not ignored). A value COCO cannot define (its -1: no small
+    objects, a class absent from the ground truth, no ground truth at all) is None, JSON null, never 0: the
+    engine and monitor must treat None as missing, not as a score. Without any ground truth every value is
+    None and a `note` says why. Without any detection, `map` is 0.0.
+
+    Ignored objects are given to COCO as `iscrowd=1`, the only ignore flag COCOeval honours (its evaluate()
+    overwrites `ignore` with `iscrowd`). The consequence is COCO's crowd rule: a detection is matched to an
+    ignored box when intersection / detection area, not IoU, reaches the threshold, and then counts neither
+    as a true nor as a false positive; an ignored box is never a missed object.
+
+    After `compute`, `coco_eval` holds the COCOeval object: `coco_eval.eval["precision"]` is [T, R, K, A, M]
+    (IoU thresholds, 101 recall points, classes in `classes` order, area ranges all/small/medium/large,
+    max detections 1/10/100) and `eval["recall"]` is [T, K, A, M]; the PR curves of the report read them.
+    """
+
+    def __init__(self, classes: list[str], *, iou_type: str = "bbox") -> None:
+        if iou_type != "bbox":
+            raise ValueError(f"iou_type must be 'bbox', not {iou_type!r}: mask AP ('segm') is not implemented yet")
+        self.classes = classes
+        self.iou_type = iou_type
+        self.coco_eval: COCOeval | None = None
+        self.image_ids: list[Any] = []
+        self._dets: list[dict[str, np.ndarray]] = []
+        self._gts: list[dict[str, np.ndarray]] = []
+
+    def reset(self) -> None:
+        self.coco_eval = None
+        self.image_ids.clear()
+        self._dets.clear()
+        self._gts.clear()
+
+    def update(self, outputs: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]]) -> None:
+        """Adds one batch: a list of output dicts and a list of target dicts, one of each per image."""
+        if len(outputs) != len(targets):
+            raise ValueError(f"{len(outputs)} outputs for {len(targets)} targets: need one of each per image")
+        first = len(self.image_ids)
+        dets, gts = _gather_outputs(outputs, first), _gather_targets(targets, first)
+        for kind, labels in (("output", dets["labels"]), ("target", gts["labels"])):
+            if labels.size and (labels.min() < 0 or labels.max() >= len(self.classes)):
+                raise ValueError(f"{kind} label outside 0..{len(self.classes) - 1}: labels are 0-based class indices")
+        self._dets.append(dets)
+        self._gts.append(gts)
+        self.image_ids.extend(t.get("image_id") for t in targets)
+
+    def compute(self) -> dict[str, Any]:
+        """Runs COCOeval over everything added since the last reset; the keys are listed in the class docstring."""
+        dets, gts = _concat(self._dets), _concat(self._gts)
+        objects = int((~gts["ignore"]).sum()) if gts else 0
+        count = len(self.image_ids)
+        if objects == 0:
+            self.coco_eval = None
+            undefined = dict.fromkeys(self.classes)
+            return {
+                **dict.fromkeys(SUMMARY_KEYS),
+                "per_class": undefined,
+                "per_class_ap50": dict(undefined),
+                "count": count,
+                "objects": 0,
+                "note": NO_GROUND_TRUTH,
+            }
+        self.coco_eval = self._evaluate(count, dets, gts)
+        result: dict[str, Any] = {key: _value(v) for key, v in zip(SUMMARY_KEYS, self.coco_eval.stats, strict=True)}
+        # Area range "all" and the largest maxDets (100), as summarize() uses for its AP numbers.
+        precision = self.coco_eval.eval["precision"][:, :, :, 0, -1]
+        result["per_class"] = {name: _mean_defined(precision[:, :, k]) for k, name in enumerate(self.classes)}
+        result["per_class_ap50"] = {name: _mean_defined(precision[0, :, k]) for k, name in enumerate(self.classes)}
+        result["count"] = count
+        result["objects"] = objects
+        return result
+
+    def _evaluate(self, count: int, dets: dict[str, np.ndarray], gts: dict[str, np.ndarray]) -> COCOeval:
+        # Ids start at 1 everywhere: COCOeval takes an id of 0 for "unmatched".
+        images = [{"id": i + 1} for i in range(count)]
+        categories = [{"id": k + 1, "name": name} for k, name in enumerate(self.classes)]
+        gt_anns = _annotations(gts, {"iscrowd": gts["ignore"].astype(int).tolist(), "area": gts["area"].tolist()})
+        dt_anns = _annotations(dets, {"score": dets["scores"].tolist()})
+        for ann in dt_anns:
+            # What COCO.loadRes sets for box results; built here so that no detections is not a special case.
+            ann["area"] = ann["bbox"][2] * ann["bbox"][3]
+            ann["iscrowd"] = 0
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress on every call
+            coco_gt = _coco(images, categories, gt_anns)
+            coco_dt = _coco(images, categories, dt_anns)
+            coco_eval = COCOeval(coco_gt, coco_dt, iouType=self.iou_type)
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+        return coco_eval
+
+
+def _gather_outputs(outputs: Sequence[dict[str, Any]], first: int) -> dict[str, np.ndarray]:
+    return {
+        "image": _image_index(outputs, first),
+        "boxes": _to_numpy([o["boxes"] for o in outputs]).reshape(-1, 4),
+        "scores": _to_numpy([o["scores"] for o in outputs]),
+        "labels": _to_numpy([o["labels"] for o in outputs], torch.int64),
+    }
+
+
+def _gather_targets(targets: Sequence[dict[str, Any]], first: int) -> dict[str, np.ndarray]:
+    labels = [torch.as_tensor(t["labels"]) for t in targets]
+    # Defaults are made on each target's own device so that one concatenation serves the whole batch;
+    # NaN marks "no area given", replaced by the box area in one vectorised step.
+    ignore = [t.get("ignore", torch.zeros_like(lab, dtype=torch.bool)) for t, lab in zip(targets, labels, strict=True)]
+    area = [
+        t.get("area", torch.full_like(lab, torch.nan, dtype=torch.float32))
+        for t, lab in zip(targets, labels, strict=True)
+    ]
+    boxes = _to_numpy([t["boxes"] for t in targets]).reshape(-1, 4)
+    areas = _to_numpy(area)
+    box_areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return {
+        "image": _image_index(targets, first),
+        "boxes": boxes,
+        "labels": _to_numpy(labels, torch.int64),
+        "ignore": _to_numpy(ignore, torch.bool),
+        "area": np.where(np.isnan(areas), box_areas, areas),
+    }
+
+
+def _to_numpy(tensors: list[Any], dtype: torch.dtype = torch.float64) -> np.ndarray:
+    """Concatenates on the tensors' device first, so that a batch costs one copy to the CPU per field."""
+    if not tensors:
+        return np.zeros(0, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    flat = torch.cat([torch.as_tensor(t).detach().reshape(-1) for t in tensors])
+    # Converted after the copy: float64 is exact for every float input but not available on every device.
+    return flat.cpu().to(dtype).numpy()
+
+
+def _image_index(items: Sequence[dict[str, Any]], first: int) -> np.ndarray:
+    counts = [len(item["labels"]) for item in items]
+    return np.repeat(np.arange(first, first + len(items)), counts)
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if not parts:
+        return {}
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def _annotations(part: dict[str, np.ndarray], extra: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """COCO annotation dicts: 1-based ids, image ids and category ids; boxes as [x, y, w, h]."""
+    xywh = part["boxes"].copy()
+    xywh[:, 2:] -= xywh[:, :2]
+    columns = {
+        "id": list(range(1, len(xywh) + 1)),
+        "image_id": (part["image"] + 1).tolist(),
+        "category_id": (part["labels"] + 1).tolist(),
+        "bbox": xywh.tolist(),
+        **extra,
+    }
+    return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+def _coco(images: list[dict[str, Any]], categories: list[dict[str, Any]], anns: list[dict[str, Any]]) -> COCO:
+    coco = COCO()
+    coco.dataset = {"images": images, "categories": categories, "annotations": anns}
+    coco.createIndex()
+    return coco
+
+
+def _value(value: float) -> float | None:
+    """COCO's -1 (undefined) becomes None; other values are rounded for JSON like the other metrics."""
+    return None if value < 0 else round(float(value), 6)
+
+
+def _mean_defined(precision: np.ndarray) -> float | None:
+    # The same mean as summarize(): over the entries COCO could define, -1 when there are none.
+    defined = precision[precision > -1]
+    return _value(float(defined.mean())) if defined.size else None

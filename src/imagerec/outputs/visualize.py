@@ -1,0 +1,57 @@
+"""Drawing predictions on images: one palette and one set of functions for predict, reports and explanations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import draw_bounding_boxes
+
+from imagerec.outputs.results import Detections
+from imagerec.runs import atomic_write
+
+# Okabe & Ito's colour-blind-safe palette (black dropped: it vanishes on dark images).
+PALETTE = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999"]
+
+
+def class_colour(index: int) -> str:
+    return PALETTE[index % len(PALETTE)]
+
+
+def to_uint8_rgb(image: torch.Tensor) -> torch.Tensor:
+    """A C×H×W float image in [0, 1] (1, 3 or more channels) as 3×H×W uint8 for drawing."""
+    image = image.detach().float().cpu()
+    image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def draw_detections(image: torch.Tensor, detections: Detections, classes: Sequence[str]) -> torch.Tensor:
+    """`image` (C×H×W in [0, 1]) with each box drawn in its class colour and labelled "class score"."""
+    canvas = to_uint8_rgb(image)
+    if not detections.boxes:
+        return canvas
+    boxes = torch.tensor(detections.boxes, dtype=torch.float32)
+    lookup = {name: i for i, name in enumerate(classes)}
+    colours = [class_colour(lookup.get(label, 0)) for label in detections.labels]
+    labels = [f"{label} {score:.2f}" for label, score in zip(detections.labels, detections.scores, strict=True)]
+    width = max(1, round(max(canvas.shape[1:]) / 200))  # legible on a 128 px scene and on a 4,000 px photo
+    font_size = max(10, round(max(canvas.shape[1:]) / 40))
+    return draw_bounding_boxes(
+        canvas, boxes, labels=labels, colors=colours, width=width, font=_font(), font_size=font_size
+    )
+
+
+def _font() -> str:
+    """DejaVu Sans, shipped with matplotlib: PIL's built-in bitmap font cannot be scaled up for large images."""
+    from matplotlib import font_manager
+
+    return font_manager.findfont("DejaVu Sans")
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """Write a 3×H×W uint8 tensor as PNG, atomically."""
+    array = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
