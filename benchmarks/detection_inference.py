@@ -4,11 +4,12 @@ Each detector is built with fresh weights (speed does not depend on training) fo
 `imagerec.train` builds it for the digit scenes, at each imgsz (default 128, the digit scenes' size, and 320).
 Input images are already at imgsz, so the figure is the model's forward alone: the resize, normalisation and
 padding inside the model, backbone, head, box decoding and NMS. Score threshold 0.25 (what `predict` uses by
-default); untrained heads give few boxes above it, so NMS costs less than on a trained model. fp32, torch's
-default threads. Per setting: warm-up calls, then the median over `--repeats` timed calls (each of at least
+default); untrained heads give few boxes above it, so NMS costs less than on a trained model. fp32, one thread by
+default: on a shared 2-core machine two OpenMP threads wait for each other whenever another process holds a core,
+and fcos_lite ran 115× slower with 2 threads than with 1 under a load of 5 (see docs/benchmarks.md). Per setting: warm-up calls, then the median over `--repeats` timed calls (each of at least
 `--min-images` images); models are measured one after another, so the machine's load is printed per row.
 
-    python benchmarks/detection_inference.py            # 13 detectors × 2 sizes × 2 batches, ~8 min on 2 cores
+    python benchmarks/detection_inference.py            # 13 detectors × 2 sizes × 2 batches, ~10 min on 2 cores
     python benchmarks/detection_inference.py --quick    # 128 px, 3 small detectors, ~40 s
 """
 
@@ -52,12 +53,14 @@ def main() -> None:
     parser.add_argument("--imgsz", nargs="+", type=int, default=None, help="default: 128 320 (quick: 128)")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per setting (default 5, quick 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--min-images", type=int, default=16, help="images per timed repeat, at least")
     args = parser.parse_args()
     quick_models = ["fcos_lite", "ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn"]
     models = args.models or (quick_models if args.quick else [d["name"] for d in list_detectors()])
     sizes = args.imgsz or ([128] if args.quick else [128, 320])
     repeats = args.repeats or (3 if args.quick else 5)
+    torch.set_num_threads(args.threads)
     print_machine("detection inference: images/s on CPU, fresh weights, fp32")
     print(f"10 classes, 1 channel, score threshold {CONF}, warm-up 2 calls, median of {repeats} repeats of "
           f"≥ {args.min_images} images; backbone heads ({', '.join(BACKBONE_HEADS)}) on resnet18\n")  # fmt: skip
