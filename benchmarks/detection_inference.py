@@ -6,10 +6,10 @@ Input images are already at imgsz, so the figure is the model's forward alone: t
 padding inside the model, backbone, head, box decoding and NMS. Score threshold 0.25 (what `predict` uses by
 default); untrained heads give few boxes above it, so NMS costs less than on a trained model. fp32, one thread by
 default: on a shared 2-core machine two OpenMP threads wait for each other whenever another process holds a core,
-and fcos_lite ran 115× slower with 2 threads than with 1 under a load of 5 (see docs/benchmarks.md). Per setting: warm-up calls, then the median over `--repeats` timed calls (each of at least
+and fcos_lite ran 115× slower with 2 threads than with 1 under a load of 5 (see docs/benchmarks.md). Per setting: a warm-up call, then the median over `--repeats` timed calls (each of at least
 `--min-images` images); models are measured one after another, so the machine's load is printed per row.
 
-    python benchmarks/detection_inference.py            # 13 detectors × 2 sizes × 2 batches, ~10 min on 2 cores
+    python benchmarks/detection_inference.py            # 12 detectors × 2 sizes × 2 batches, ~20 min on 2 cores
     python benchmarks/detection_inference.py --quick    # 128 px, 3 small detectors, ~40 s
 """
 
@@ -35,8 +35,7 @@ BACKBONE_HEADS = ("fcos", "retinanet", "fasterrcnn")  # their default backbone (
 def images_per_s(model: torch.nn.Module, imgsz: int, batch: int, *, repeats: int, min_images: int) -> float:
     images = list(torch.rand(batch, 1, imgsz, imgsz))
     calls = max(1, -(-min_images // batch))  # calls per timed repeat
-    for _ in range(2):
-        model(images)
+    model(images)  # warm-up
     speeds = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -52,17 +51,17 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=None, help="default: every registered detector")
     parser.add_argument("--imgsz", nargs="+", type=int, default=None, help="default: 128 320 (quick: 128)")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per setting (default 5, quick 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per setting (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--min-images", type=int, default=16, help="images per timed repeat, at least")
+    parser.add_argument("--min-images", type=int, default=8, help="images per timed repeat, at least")
     args = parser.parse_args()
     quick_models = ["fcos_lite", "ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn"]
     models = args.models or (quick_models if args.quick else [d["name"] for d in list_detectors()])
     sizes = args.imgsz or ([128] if args.quick else [128, 320])
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.repeats or 3
     torch.set_num_threads(args.threads)
     print_machine("detection inference: images/s on CPU, fresh weights, fp32")
-    print(f"10 classes, 1 channel, score threshold {CONF}, warm-up 2 calls, median of {repeats} repeats of "
+    print(f"10 classes, 1 channel, score threshold {CONF}, warm-up 1 call, median of {repeats} repeats of "
           f"≥ {args.min_images} images; backbone heads ({', '.join(BACKBONE_HEADS)}) on resnet18\n")  # fmt: skip
     rows = []
     for name in models:

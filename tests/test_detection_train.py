@@ -184,3 +184,13 @@ def test_task_and_data_must_agree(scenes: Path, digits_dir: Path, capsys, monkey
     assert "--task detect" in user_error(capsys, monkeypatch, "train", scenes, "--epochs", 1)
     line = user_error(capsys, monkeypatch, "train", digits_dir, "--task", "detect", "--epochs", 1)
     assert "needs boxes" in line
+
+
+def test_resume_continues_a_detection_run(detect_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(detect_run, run)
+    result = invoke("train", "--resume", run, "--epochs", EPOCHS + 1)
+    assert result.exit_code == 0, result.output
+    history = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(row["epoch"]) for row in history] == list(range(1, EPOCHS + 2))
+    assert "val_map" in history[-1]
