@@ -56,7 +56,7 @@ def measure(data: Path, work: Path, model: str, args: argparse.Namespace) -> dic
     result = {
         "model": model, "recipe": recipe, "probe_s": epoch_s, "epochs": epochs,
         "train_s": sum(r["epoch_time_s"] for r in rows), "wall_s": t.wall_s, "best_epoch": int(best["epoch"]),
-        "map": run.metrics["map"], "map50": run.metrics["map50"], "load": os.getloadavg()[0],
+        "val_map": best.get("val_map", float("nan")), "map": run.metrics["map"], "map50": run.metrics["map50"], "load": os.getloadavg()[0],
     }  # fmt: skip
     print("  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()),
           flush=True)  # fmt: skip
@@ -85,11 +85,11 @@ def main() -> None:
         results = [measure(data, work, model, args) for model in args.models]
     rows = [
         (r["model"], r["recipe"].get("lr"), r["recipe"].get("batch"), f"{r['probe_s']:.1f}", r["epochs"],
-         r["best_epoch"], f"{r['train_s']:.0f}", f"{r['wall_s']:.0f}", f"**{r['map']:.3f}**", f"{r['map50']:.3f}",
+         r["best_epoch"], f"{r['val_map']:.3f}", f"{r['train_s']:.0f}", f"{r['wall_s']:.0f}", f"**{r['map']:.3f}**", f"{r['map50']:.3f}",
          f"{r['load']:.1f}")
         for r in results
     ]  # fmt: skip
-    header = ("model", "lr", "batch", "probe s/epoch", "epochs", "best epoch", "train s", "wall s", "test map",
+    header = ("model", "lr", "batch", "probe s/epoch", "epochs", "best epoch", "val map", "train s", "wall s", "test map",
               "test map50", "load 1m")  # fmt: skip
     print()
     print(markdown_table(header, rows))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 import imagerec
 from helpers import invoke, user_error
@@ -19,7 +20,9 @@ from imagerec.config import ModelConfig
 from imagerec.data.datasets import DetectionDataset
 from imagerec.data.formats import load_index
 from imagerec.data.samples import write_digit_scenes
-from imagerec.outputs.results import Detections
+from imagerec.metrics.detection import SUMMARY_KEYS
+from imagerec.models.detection import EVAL_SCORE_THRESHOLD
+from imagerec.outputs.results import Detections, coco_results
 from imagerec.tasks.detection import DetectionTask, collate
 
 EPOCHS = 8
@@ -194,3 +197,24 @@ def test_resume_continues_a_detection_run(detect_run: Path, tmp_path: Path) -> N
     history = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(row["epoch"]) for row in history] == list(range(1, EPOCHS + 2))
     assert "val_map" in history[-1]
+
+
+def test_evaluate_equals_pycocotools_on_the_dataset_file(detect_run: Path, scenes: Path) -> None:
+    """Our `evaluate` against COCOeval run on the dataset's own JSON (areas are mask areas there, not box areas)
+    with our predictions written as COCO results: every summary number equal to 1e-4."""
+    metrics = imagerec.evaluate(detect_run, scenes, split="test")
+    predictor = imagerec.load(detect_run)
+    gt = COCO(str(scenes / "annotations" / "instances_test.json"))
+    ids = {image["file_name"]: image["id"] for image in gt.dataset["images"]}
+    results = predictor.predict([scenes / "images" / "test" / name for name in ids], conf=EVAL_SCORE_THRESHOLD)
+    entries = coco_results(results, predictor.classes, predictor.info["category_ids"])
+    for entry in entries:
+        entry["image_id"] = ids[entry.pop("file_name")]
+    reference = COCOeval(gt, gt.loadRes(entries), "bbox")
+    reference.evaluate()
+    reference.accumulate()
+    reference.summarize()
+    ours = [metrics[key] for key in SUMMARY_KEYS]
+    expected = [None if value < 0 else value for value in reference.stats]
+    assert ours == pytest.approx(expected, abs=1e-4)
+    assert metrics["map_small"] is not None

@@ -70,7 +70,9 @@ def _render(results: list[Result], fmt: str, info: dict[str, Any]) -> str:
         writer.writerow(["source", "label", "score", "x1", "y1", "x2", "y2", "error"])
         for r in results:
             rows = zip(r.labels, r.scores, r.boxes, strict=True)
-            writer.writerows([r.source, label, f"{score:.6f}", *box, ""] for label, score, box in rows)
+            writer.writerows(
+                [r.source, label, f"{score:.6f}", *(f"{v:.2f}" for v in box), ""] for label, score, box in rows
+            )
             if r.error:
                 writer.writerow([r.source, "", "", "", "", "", "", r.error])
         return buffer.getvalue()

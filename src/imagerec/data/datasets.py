@@ -107,11 +107,14 @@ class DetectionDataset(ImageDataset):
         count = len(objects.boxes)
         boxes = torch.tensor(objects.boxes, dtype=torch.float32).reshape(count, 4)
         ignore = objects.ignore or (False,) * count
-        return {
+        target = {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=canvas_size),
             "labels": torch.tensor(objects.labels, dtype=torch.int64).reshape(count),
             "ignore": torch.tensor(ignore, dtype=torch.bool).reshape(count),
         }
+        if objects.area and self.transform is None and self.mosaic is None:  # augmentation would make it stale
+            target["area"] = torch.tensor(objects.area, dtype=torch.float32)
+        return target
 
     def sample(self, i: int) -> DetectionSample:
         """Sample `i` as decoded, before mosaic and transform."""

@@ -36,6 +36,7 @@ class Objects:
     ignore: tuple[bool, ...] = ()  # empty means none ignored
     size: tuple[int, int] | None = None  # (width, height) as the annotation states it, when it does
     segmentation: tuple[Any, ...] = ()  # per object: COCO polygons (list of flat xy lists) or RLE dict
+    area: tuple[float, ...] = ()  # per object, as COCO states it (the mask's area); empty: the box areas
 
     def ignored(self, i: int) -> bool:
         return bool(self.ignore) and self.ignore[i]

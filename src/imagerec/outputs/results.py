@@ -50,7 +50,7 @@ class Detections:
 
     def to_dict(self) -> dict[str, Any]:
         objects = [
-            {"label": label, "score": score, "box": list(box)}
+            {"label": label, "score": round(score, 6), "box": [round(v, 2) for v in box]}
             for box, label, score in zip(self.boxes, self.labels, self.scores, strict=True)
         ]
         data: dict[str, Any] = {"source": self.source, "objects": objects}
@@ -78,6 +78,6 @@ def coco_results(
         for (x1, y1, x2, y2), label, score in zip(result.boxes, result.labels, result.scores, strict=True):
             entries.append({
                 "image_id": image_id, "file_name": PurePath(result.source).name, "category_id": lookup[label],
-                "bbox": [x1, y1, round(x2 - x1, 4), round(y2 - y1, 4)], "score": score,
+                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score,
             })  # fmt: skip
     return entries

@@ -127,9 +127,9 @@ class DetectionTask:
             results.append(
                 Detections(
                     source,
-                    boxes=tuple(tuple(round(float(v), 2) for v in box) for box in boxes.tolist()),
+                    boxes=tuple(tuple(box) for box in boxes.tolist()),
                     labels=tuple(self.classes[i] for i in labels.tolist()),
-                    scores=tuple(round(float(s), 6) for s in scores.tolist()),
+                    scores=tuple(scores.tolist()),
                     size=size,
                 )
             )

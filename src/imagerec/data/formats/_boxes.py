@@ -68,6 +68,7 @@ class ObjectsBuilder:
         self.labels: list[int] = []
         self.ignore: list[bool] = []
         self.segmentation: list[Any] = []
+        self.area: list[float | None] = []
 
     def add(
         self,
@@ -78,6 +79,7 @@ class ObjectsBuilder:
         where: str = "",
         ignore: bool = False,
         segmentation: Any = None,
+        area: float | None = None,
     ) -> None:
         """Add corners (x1, y1, x2, y2) read from `file`; `where` in it ("line 3") makes messages precise."""
         at = f"{file}, {where}" if where else str(file)
@@ -101,6 +103,7 @@ class ObjectsBuilder:
         self.labels.append(label)
         self.ignore.append(bool(ignore))
         self.segmentation.append(segmentation if segmentation is not None else [])
+        self.area.append(area)
 
     def _clip(self, box: Box, at: str, file: Path) -> Box:
         if self.size is None:
@@ -129,6 +132,13 @@ class ObjectsBuilder:
             ignore=tuple(self.ignore) if any(self.ignore) else (),
             size=self.size,
             segmentation=tuple(self.segmentation) if any(self.segmentation) else (),
+            # COCO sizes objects by the area it states (small < 32², ...): kept so evaluation sizes them alike.
+            area=tuple(
+                a if a is not None else (b[2] - b[0]) * (b[3] - b[1])
+                for a, b in zip(self.area, self.boxes, strict=True)
+            )
+            if any(a is not None for a in self.area)
+            else (),
         )
 
 

@@ -171,7 +171,13 @@ def _add_annotations(
             where=where,
             ignore=bool(annotation.get("iscrowd", 0)),
             segmentation=annotation.get("segmentation"),
+            area=_area(annotation),
         )
+
+
+def _area(annotation: dict[str, Any]) -> float | None:
+    area = annotation.get("area")
+    return float(area) if isinstance(area, int | float) and area > 0 else None
 
 
 def _root(path: Path) -> Path:
