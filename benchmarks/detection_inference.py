@@ -6,8 +6,9 @@ Input images are already at imgsz, so the figure is the model's forward alone: t
 padding inside the model, backbone, head, box decoding and NMS. Score threshold 0.25 (what `predict` uses by
 default); untrained heads give few boxes above it, so NMS costs less than on a trained model. fp32, one thread by
 default: on a shared 2-core machine two OpenMP threads wait for each other whenever another process holds a core,
-and fcos_lite ran 115× slower with 2 threads than with 1 under a load of 5 (see docs/benchmarks.md). Per setting: a warm-up call, then the median over `--repeats` timed calls (each of at least
-`--min-images` images); models are measured one after another, so the machine's load is printed per row.
+and fcos_lite ran 115× slower with 2 threads than with 1 under a load of 5 (see docs/benchmarks.md). Per
+setting: a warm-up call, then the median over `--repeats` timed repeats of at least `--min-images` images;
+models are measured one after another, so the machine's load is printed per row.
 
     python benchmarks/detection_inference.py            # 12 detectors × 2 sizes × 2 batches, ~20 min on 2 cores
     python benchmarks/detection_inference.py --quick    # 128 px, 3 small detectors, ~40 s

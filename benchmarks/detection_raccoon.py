@@ -77,9 +77,9 @@ def yolo(work: Path, data_yaml: Path, seconds: float, args: argparse.Namespace) 
     model = YOLO("yolov8n.yaml")
     common = {"imgsz": args.imgsz, "batch": 16, "device": "cpu", "plots": False, "verbose": False}
     with timed() as t:
-        model.train(data=str(data_yaml), epochs=args.yolo_epochs or 1000, time=None if args.yolo_epochs else seconds / 3600,
-                    pretrained=False, amp=False, workers=args.workers, seed=args.seed, project=str(work),
-                    name="yolo", exist_ok=True, **common)  # fmt: skip
+        limit = {"epochs": args.yolo_epochs} if args.yolo_epochs else {"epochs": 1000, "time": seconds / 3600}
+        model.train(data=str(data_yaml), pretrained=False, amp=False, workers=args.workers, seed=args.seed,
+                    project=str(work), name="yolo", exist_ok=True, **limit, **common)  # fmt: skip
     epochs = sum(1 for _ in (work / "yolo" / "results.csv").open()) - 1
     box = model.val(data=str(data_yaml), split="test", project=str(work), name="yolo-test", **common).box
     return {"who": "YOLOv8n (yaml, from scratch)", "epochs": epochs, "train_s": t.wall_s, "wall_s": t.wall_s,
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--model", default="fcos_lite")
     parser.add_argument("--backbone", default=None, help="for --model fcos/retinanet/fasterrcnn, e.g. resnet18")
     parser.add_argument("--imgsz", type=int, default=320)
-    parser.add_argument("--epochs", type=int, default=None, help="imagerec epochs (default 60, quick 3)")
+    parser.add_argument("--epochs", type=int, default=None, help="imagerec epochs (default 40, quick 3)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--augment", default="heavy")
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--no-yolo", action="store_true", help="imagerec's side only")
     parser.add_argument("--yolo-epochs", type=int, default=None, help="fixed YOLO epochs instead of equal time")
     args = parser.parse_args()
-    args.epochs = args.epochs or (3 if args.quick else 60)
+    args.epochs = args.epochs or (3 if args.quick else 40)
     torch.set_num_threads(args.threads)
     print_machine("raccoon, from scratch: imagerec against YOLOv8n at the same train time")
     print(f"train 160 photos (val 10 % of them), test 40; imgsz {args.imgsz}; threads {args.threads}\n")
@@ -119,8 +119,9 @@ def main() -> None:
     rows = [(r["who"], r["epochs"], f"{r['wall_s']:.0f}", f"**{r['map50']:.3f}**", f"{r['map']:.3f}") for r in results]
     print()
     print(markdown_table(("model", "epochs", "train wall s", "test map50", "test map"), rows))
-    print(f"\nimagerec recipe: {args.model}{' on ' + args.backbone if args.backbone else ''}, imgsz {args.imgsz}, "
-          f"{args.epochs} epochs, batch {args.batch}, lr {args.lr}, augment {args.augment}; load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    backbone = f" on {args.backbone}" if args.backbone else ""
+    print(f"\nimagerec recipe: {args.model}{backbone}, imgsz {args.imgsz}, {args.epochs} epochs, batch {args.batch}, "
+          f"lr {args.lr}, augment {args.augment}; load {os.getloadavg()[0]:.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":

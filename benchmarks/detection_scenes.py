@@ -36,11 +36,14 @@ RECIPES: dict[str, dict[str, float | int]] = {
 }
 
 
+def recipe(model: str, args: argparse.Namespace) -> dict[str, float | int]:
+    return {"lr": 1e-3, "batch": 8} if args.defaults else RECIPES.get(model, {})
+
+
 def train(data: Path, out: Path, model: str, epochs: int, args: argparse.Namespace) -> imagerec.Run:
-    recipe = {"lr": 1e-3, "batch": 8} if args.defaults else RECIPES.get(model, {})
     return imagerec.train(
         data, task="detect", model=model, epochs=epochs, flip=False, imgsz=args.imgsz, augment=args.augment,
-        seed=args.seed, out=out, console=quiet_console(), **recipe,
+        seed=args.seed, out=out, console=quiet_console(), **recipe(model, args),
     )  # fmt: skip
 
 
@@ -52,14 +55,20 @@ def measure(data: Path, work: Path, model: str, args: argparse.Namespace) -> dic
         run = train(data, work / model, model, epochs, args)
     rows = read_metrics(run.path)
     best = max(rows, key=lambda r: r.get("val_map", -1))
-    recipe = {"lr": 1e-3, "batch": 8} if args.defaults else RECIPES.get(model, {})
     result = {
-        "model": model, "recipe": recipe, "probe_s": epoch_s, "epochs": epochs,
-        "train_s": sum(r["epoch_time_s"] for r in rows), "wall_s": t.wall_s, "best_epoch": int(best["epoch"]),
-        "val_map": best.get("val_map", float("nan")), "map": run.metrics["map"], "map50": run.metrics["map50"], "load": os.getloadavg()[0],
-    }  # fmt: skip
-    print("  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()),
-          flush=True)  # fmt: skip
+        "model": model,
+        "recipe": recipe(model, args),
+        "probe_s": epoch_s,
+        "epochs": epochs,
+        "best_epoch": int(best["epoch"]),
+        "val_map": best.get("val_map", float("nan")),
+        "train_s": sum(r["epoch_time_s"] for r in rows),
+        "wall_s": t.wall_s,
+        "map": run.metrics["map"],
+        "map50": run.metrics["map50"],
+        "load": os.getloadavg()[0],
+    }
+    print("  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     return result
 
 
@@ -83,14 +92,14 @@ def main() -> None:
         work = Path(tmp)
         data = imagerec.write_sample("digit-scenes", work / "scenes")
         results = [measure(data, work, model, args) for model in args.models]
+    header = ("model", "lr", "batch", "probe s/epoch", "epochs", "best epoch", "val map", "train s", "wall s",
+              "test map", "test map50", "load 1m")  # fmt: skip
     rows = [
         (r["model"], r["recipe"].get("lr"), r["recipe"].get("batch"), f"{r['probe_s']:.1f}", r["epochs"],
-         r["best_epoch"], f"{r['val_map']:.3f}", f"{r['train_s']:.0f}", f"{r['wall_s']:.0f}", f"**{r['map']:.3f}**", f"{r['map50']:.3f}",
-         f"{r['load']:.1f}")
+         r["best_epoch"], f"{r['val_map']:.3f}", f"{r['train_s']:.0f}", f"{r['wall_s']:.0f}",
+         f"**{r['map']:.3f}**", f"{r['map50']:.3f}", f"{r['load']:.1f}")
         for r in results
     ]  # fmt: skip
-    header = ("model", "lr", "batch", "probe s/epoch", "epochs", "best epoch", "val map", "train s", "wall s", "test map",
-              "test map50", "load 1m")  # fmt: skip
     print()
     print(markdown_table(header, rows))
 

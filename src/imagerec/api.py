@@ -19,6 +19,7 @@ from imagerec.errors import UserError
 from imagerec.models.detection import EVAL_SCORE_THRESHOLD
 from imagerec.outputs.predict import Predictor, load
 from imagerec.runs import RunDir, open_run, write_json
+from imagerec.tasks.build import data_format
 from imagerec.tasks.detection import DetectionTask
 from imagerec.training import Run
 
@@ -91,6 +92,13 @@ def _remap(index: DataIndex, classes: list[str], data: Path) -> None:
             f"{data}: label {unknown[0]!r} is not one of the model's classes ({', '.join(classes)}); "
             "evaluate on data with the classes the model was trained on"
         )
+    if index.masks is not None:  # mask files encode classes by position: the lists must be the same
+        if index.classes != list(classes):
+            raise UserError(
+                f"{data}: the masks' classes ({', '.join(index.classes)}) differ from the model's "
+                f"({', '.join(classes)}); give a classes.yaml with the model's classes in its order"
+            )
+        return
     order = [lookup[c] for c in index.classes]
 
     def remapped(target: int | tuple[int, ...] | Objects) -> int | tuple[int, ...] | Objects:
@@ -109,7 +117,8 @@ def evaluate(
     """Metrics of the run's best weights on `split` of `data`; also written to `evaluation/<split>.json`."""
     run_dir = run if isinstance(run, RunDir) else open_run(run)
     predictor = Predictor(run_dir, device=device)
-    index = load_index(data, format=run_dir.read_config()["data"].get("format", "auto"))
+    saved = {k: v for k, v in run_dir.read_config().items() if k != "resolved"}
+    index = load_index(data, format=data_format(build_config(merge(saved, {"data": {"path": str(data)}}))))
     record = run_dir.read_split()
     if "all" in index.splits:
         same_data = Path(run_dir.read_config()["data"]["path"]).resolve() == Path(data).resolve()
@@ -123,6 +132,8 @@ def evaluate(
     task, model = predictor.task, predictor.model
     if isinstance(task, DetectionTask):
         model.set_thresholds(score=EVAL_SCORE_THRESHOLD)
+    if task.name == "segment" and not isinstance(task, DetectionTask):  # semantic: masks decode with the data's coding
+        task.coding = index.masks
     dataset = task.dataset(index.samples(split), info=predictor.info, augment=None, cache=False)
     metrics = task.metrics()
     with torch.no_grad():

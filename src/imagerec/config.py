@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from imagerec.errors import UserError
 
-Task = Literal["classify", "detect"]
+Task = Literal["classify", "detect", "segment"]
 Augment = Literal["none", "light", "medium", "heavy"]
 Precision = Literal["auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true"]
 
@@ -21,7 +21,7 @@ class _Config(BaseModel):
 
 class DataConfig(_Config):
     path: Path
-    format: Literal["auto", "imagefolder", "csv", "coco", "yolo", "voc"] = "auto"
+    format: Literal["auto", "imagefolder", "csv", "coco", "yolo", "voc", "masks"] = "auto"
     val: float = Field(0.1, ge=0, lt=1, description="fraction held out for validation when the data has no val split")
     test: float = Field(0.1, ge=0, lt=1, description="fraction held out for testing when the data is one flat folder")
     imgsz: int | None = Field(None, gt=0, description="input size; default: the data's median size, at least 32")
@@ -62,6 +62,9 @@ class TrainConfig(_Config):
     patience: int = Field(0, ge=0, description="stop after this many epochs without improvement (0: never)")
     monitor: str | None = Field(None, description="validation metric for best checkpoint and early stopping")
     eval_every: int = Field(1, gt=0, description="validate every N epochs (and after the last)")
+    loss: Literal["auto", "ce", "dice", "focal", "ce_dice"] = Field(
+        "auto", description="segmentation loss; auto: cross-entropy + Dice (BCE + Dice with one logit)"
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     devices: int = Field(1, gt=0)

@@ -9,7 +9,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning_fabric import Fabric
@@ -33,12 +33,13 @@ from imagerec.errors import UserError
 from imagerec.models.classification import check_input_size
 from imagerec.outputs.predict import Predictor, load
 from imagerec.runs import RUN_FORMAT, RunDir, new_run_dir, write_json, write_yaml
-from imagerec.tasks.classification import ClassificationTask, inverse_frequency_weights
-from imagerec.tasks.detection import DetectionTask
+from imagerec.tasks.build import build_task, check_task_data, data_format
 
-AnyTask = ClassificationTask | DetectionTask
+if TYPE_CHECKING:
+    from imagerec.tasks.build import AnyTask
+
 # Default input size: the data's median image size (shorter side for classification, longer for detection).
-AUTO_IMGSZ = {"classify": (32, 224), "detect": (64, 640)}
+AUTO_IMGSZ = {"classify": (32, 224), "detect": (64, 640), "segment": (32, 256)}  # segment: training crop size
 
 
 @dataclass
@@ -75,7 +76,7 @@ def _auto_imgsz(index: DataIndex, task: str) -> int:
 
 
 def _prepare_index(cfg: RunConfig, record: dict[str, list[str]] | None) -> DataIndex:
-    index = load_index(cfg.data.path, format=cfg.data.format)
+    index = load_index(cfg.data.path, format=data_format(cfg))
     if record is not None and "all" in index.splits:
         index = apply_split_record(index, record)
     else:
@@ -95,29 +96,6 @@ def _model_info(cfg: RunConfig, index: DataIndex, task: AnyTask) -> dict[str, An
     if index.category_ids:  # COCO ids, so predictions can be written back as COCO results
         common["category_ids"] = index.category_ids
     return {**common, "channels": channels, "imgsz": imgsz, "mean": mean, "std": std, **task.model_fields(cfg.model)}
-
-
-def _check_task(cfg: RunConfig, index: DataIndex) -> None:
-    """Detection data needs --task detect and class folders need --task classify; say so plainly."""
-    if index.objects and cfg.task != "detect":
-        raise UserError(f"{cfg.data.path}: this data holds boxes ({index.format} format); train with --task detect")
-    if cfg.task == "detect" and not index.objects:
-        raise UserError(
-            f"{cfg.data.path}: --task detect needs boxes (COCO JSON, YOLO labels, VOC XML or a CSV with xmin..ymax); "
-            f"found {index.format} classification data"
-        )
-    if cfg.task != "detect":
-        return
-    if cfg.data.balanced_sampler or cfg.train.class_weights:
-        raise UserError("balanced_sampler and class_weights apply to classification; drop them for --task detect")
-    trained = index.counts("train")
-    for split in ("val", "test"):
-        unseen = [c for c, n, t in zip(index.classes, index.counts(split), trained, strict=True) if n and not t]
-        if unseen:
-            raise UserError(
-                f"{cfg.data.path}: class {unseen[0]!r} has boxes in {split} but none in train, so the model could "
-                "never learn it; add training examples or remove it from the evaluation data"
-            )
 
 
 def make_loader(
@@ -182,8 +160,8 @@ class TrainingSession:
         else:
             index = _prepare_index(cfg, None)
             info = None
-        _check_task(cfg, index)
-        task = self._task(index)
+        check_task_data(cfg, index)
+        task = build_task(cfg, index)
         if info is None:
             info = _model_info(cfg, index, task)
         elif info["classes"] != index.classes:
@@ -192,23 +170,6 @@ class TrainingSession:
                 f"from the run's ({len(info['classes'])}); resume with the data the run started on, or start a new run"
             )
         return index, info, task
-
-    def _task(self, index: DataIndex) -> AnyTask:
-        cfg = self.cfg
-        if cfg.task == "detect":
-            return DetectionTask(index.classes, flip=cfg.data.flip)
-        if cfg.data.balanced_sampler and index.multilabel:
-            raise UserError(
-                f"{cfg.data.path}: balanced_sampler draws images by their one class, but this data is multi-label; "
-                "drop balanced_sampler"
-            )
-        return ClassificationTask(
-            index.classes,
-            multilabel=index.multilabel,
-            binary_head=cfg.model.binary_head,
-            label_smoothing=cfg.train.label_smoothing,
-            class_weights=inverse_frequency_weights(index.counts("train")) if cfg.train.class_weights else None,
-        )
 
     def _loaders(self, index: DataIndex, info: dict[str, Any], task: AnyTask) -> dict[str, DataLoader]:
         d = self.cfg.data

@@ -20,12 +20,12 @@ DataArg = Annotated[
     Path,
     typer.Argument(
         help="Image folder, CSV file or folder of train/val/test CSVs; or detection data: COCO JSON, YOLO "
-        "(data.yaml or images/ + labels/), Pascal VOC XML, or box CSVs."
+        "(data.yaml or images/ + labels/), Pascal VOC XML, or box CSVs; or segmentation data: images/ + masks/."
     ),
 ]
 JsonOpt = Annotated[bool, Opt("--json", help="Print the result as JSON.")]
 FormatOpt = Annotated[
-    str, Opt("--format", help="Data format: auto (from the layout), imagefolder, csv, coco, yolo or voc.")
+    str, Opt("--format", help="Data format: auto (from the layout), imagefolder, csv, coco, yolo, voc or masks.")
 ]
 
 
@@ -36,7 +36,8 @@ def sample(
 ) -> None:
     """Write embedded real data (shipped with scikit-learn / scikit-image) as an image folder."""
     path = write_sample(name, out)
-    count = sum(1 for _ in path.rglob("*.png"))
+    images = path / "images" if (path / "images").is_dir() else path  # digit scenes also write masks/
+    count = sum(1 for _ in images.rglob("*.png"))
     Console().print(f"wrote {count} images of {name!r} to {path}")
 
 
@@ -64,7 +65,10 @@ def _counts_table(counts: dict[str, dict[str, int]], title: str) -> Table:
 
 
 def _print_inspection(console: Console, report: dict[str, Any]) -> None:
-    console.print(_counts_table(report["counts"], f"{report['root']} ({report['origin']})"))
+    counts = _counts_table(report["counts"], f"{report['root']} ({report['origin']})")
+    if "masks" in report:
+        counts.caption = "images containing each class (of the masks read)"
+    console.print(counts)
     table = Table("property", "value", show_header=False)
     table.add_row("images", str(report["images"]))
     table.add_row("classes", str(len(report["classes"])))
@@ -77,6 +81,10 @@ def _print_inspection(console: Console, report: dict[str, Any]) -> None:
     table.add_row("modes", _tally(report["modes"]))
     table.add_row("formats", _tally(report["formats"]))
     console.print(table)
+    if "masks" in report:
+        console.print(_masks_table(report))
+        for note in report["notes"]:
+            print(f"note: {note}")
     if "boxes" in report:
         console.print(_boxes_table(report))
         if report["boxes"]["per_image"]:
@@ -88,6 +96,19 @@ def _print_inspection(console: Console, report: dict[str, Any]) -> None:
         console.print(
             f"[yellow]{len(report['unreadable'])} file(s) have an unreadable header[/]; run imagerec data validate"
         )
+
+
+def _masks_table(report: dict[str, Any]) -> Table:
+    masks = report["masks"]
+    splits = list(masks["pixel_share"])
+    table = Table("pixel share", *splits, title=f"masks ({masks['kind']}, ignore_index {masks['ignore_index']})")
+    for name in report["classes"]:
+        table.add_row(name, *(f"{masks['pixel_share'][s][name]:.2%}" for s in splits))
+    table.add_row("[dim]ignored (of all pixels)", *(f"{masks['ignored_share'][s]:.2%}" for s in splits))
+    table.add_row("[dim]masks read", *(str(masks["read"][s]) for s in splits))
+    table.add_row("[dim]width min / median / max", *([_spread(masks["width"])] + [""] * (len(splits) - 1)))
+    table.add_row("[dim]height min / median / max", *([_spread(masks["height"])] + [""] * (len(splits) - 1)))
+    return table
 
 
 def _boxes_table(report: dict[str, Any]) -> Table:
@@ -105,7 +126,8 @@ def _boxes_table(report: dict[str, Any]) -> Table:
 @app.command("inspect")
 def inspect(data: DataArg, as_json: JsonOpt = False, format: FormatOpt = "auto") -> None:
     """Classes, counts per split and class, image sizes, channels, bit depths, formats and class imbalance;
-    for detection data also boxes per split, their sizes, images without boxes and boxes per image."""
+    for detection data also boxes per split, their sizes, images without boxes and boxes per image; for mask
+    data each class's pixel share per split and mask sizes."""
     from imagerec.data.checks import inspect_data
 
     report = inspect_data(data, format=format)
@@ -121,6 +143,7 @@ def _print_validation(report: dict[str, Any], data: Path) -> None:
         print(f"{problem['kind']}: {problem['message']}")
     kinds = ", ".join(f"{n} {kind}" for kind, n in report["summary"].items())
     checked = f"checked {report['images']} images" + (f", {report['boxes']} boxes" if "boxes" in report else "")
+    checked += f", {report['masks']} masks" if "masks" in report else ""
     line = f"{checked} in {data}: " + (f"{len(problems)} problem(s) ({kinds})" if problems else "no problems")
     if warnings:
         repaired = ", ".join(f"{n} {kind}" for kind, n in report["warning_summary"].items())
@@ -138,7 +161,8 @@ def validate(
     ] = False,
 ) -> None:
     """Find corrupt or empty images, duplicates (across splits: leakage) and odd channel counts; for detection
-    data also inverted, unknown-category, duplicate and outside-the-image boxes.
+    data also inverted, unknown-category, duplicate and outside-the-image boxes; for mask data images without a
+    mask, masks without an image, and masks of another size or with values that are no class.
 
     Prints one line per problem naming the file(s). Exit code 0: no problems (boxes clipped to their image or
     dropped for zero area are warnings); 1: problems found; 2: the data could not be read at all (missing path,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,11 +12,11 @@ from rich.progress import Progress
 from rich.table import Table
 
 from imagerec.errors import UserError
-from imagerec.outputs.results import Classification, Detections
+from imagerec.outputs.results import Detections, SegmentationMask
 from imagerec.runs import write_text
 
 Opt = typer.Option
-Result = Classification | Detections
+MAX_PIXELS = 4096 * 4096  # imagerec.outputs.predict.MAX_PIXELS, repeated so `--help` needs no torch import
 
 
 def print_metrics(console: Console, metrics: dict[str, Any], *, title: str) -> None:
@@ -57,35 +55,14 @@ def evaluate(
         print_metrics(Console(), metrics, title=f"{split} metrics ({metrics['count']} images)")
 
 
-def _render(results: list[Result], fmt: str, info: dict[str, Any]) -> str:
-    if fmt == "json":
-        return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
-    if fmt == "coco":
-        from imagerec.outputs.results import coco_results
-
-        return json.dumps(coco_results(results, info["classes"], info.get("category_ids")), indent=2) + "\n"
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    if results and isinstance(results[0], Detections):
-        writer.writerow(["source", "label", "score", "x1", "y1", "x2", "y2", "error"])
+def _table(results: list[Any]) -> Table:
+    if results and isinstance(results[0], SegmentationMask):
+        table = Table("source", "size", "pixels per class (largest first)")
         for r in results:
-            rows = zip(r.labels, r.scores, r.boxes, strict=True)
-            writer.writerows(
-                [r.source, label, f"{score:.6f}", *(f"{v:.2f}" for v in box), ""] for label, score, box in rows
-            )
-            if r.error:
-                writer.writerow([r.source, "", "", "", "", "", "", r.error])
-        return buffer.getvalue()
-    writer.writerow(["source", "label", "prob", "topk_labels", "topk_probs", "error"])
-    for r in results:
-        writer.writerow([
-            r.source, r.label or "", f"{r.prob:.6f}" if r.prob is not None else "", ";".join(r.labels),
-            ";".join(f"{p:.6f}" for p in r.probs), r.error or "",
-        ])  # fmt: skip
-    return buffer.getvalue()
-
-
-def _table(results: list[Result]) -> Table:
+            areas = sorted((r.areas or {}).items(), key=lambda kv: -kv[1])
+            size = "[red]unreadable[/]" if r.error else f"{r.size[0]}×{r.size[1]}"
+            table.add_row(r.source, size, r.error or ", ".join(f"{name} {n}" for name, n in areas if n))
+        return table
     if results and isinstance(results[0], Detections):
         table = Table("source", "objects", "found (best first)")
         for r in results:
@@ -105,63 +82,53 @@ def _table(results: list[Result]) -> Table:
 def predict(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     sources: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
-    fmt: Annotated[str, Opt("--format", help="table | json | csv | coco (detection: COCO results JSON)")] = "table",
+    fmt: Annotated[str, Opt("--format", help="table | json | csv | coco (boxes as COCO results JSON)")] = "table",
     topk: Annotated[int, Opt(help="Classification: labels per image.")] = 5,
     conf: Annotated[float, Opt(help="Detection: minimum score of a box.")] = 0.25,
     iou: Annotated[float | None, Opt(help="Detection: IoU above which overlapping boxes are merged (NMS).")] = None,
     imgsz: Annotated[int | None, Opt(help="Detection: input size (longest side) instead of the trained one.")] = None,
-    save_images: Annotated[Path | None, Opt(help="Detection: write each image with its boxes drawn here.")] = None,
+    tile: Annotated[int | None, Opt(help="Segmentation: predict in tiles of this size (large images).")] = None,
+    overlap: Annotated[int, Opt(help="Segmentation: pixels shared by neighbouring tiles, blended.")] = 64,
+    max_pixels: Annotated[int, Opt(help="Segmentation: largest image predicted whole (else --tile).")] = MAX_PIXELS,
+    save_images: Annotated[Path | None, Opt(help="Write each image with its boxes or masks drawn here.")] = None,
+    save_masks: Annotated[Path | None, Opt(help="Segmentation: write each class map as an index PNG here.")] = None,
     out: Annotated[Path | None, Opt(help="Write the results to this file instead of the screen.")] = None,
     batch: Annotated[int, Opt(help="Images per batch.")] = 16,
     workers: Annotated[int, Opt(help="Processes decoding images in parallel.")] = 0,
 ) -> None:
     """Predict images; unreadable files are reported in the output and skipped."""
     from imagerec.outputs.predict import expand_sources, load
+    from imagerec.outputs.writers import check_format, render, save_outputs
 
-    _check_options(fmt, topk, conf, iou)
     predictor = load(run, imgsz=imgsz)
-    detect = predictor.info["task"] == "detect"
-    if (fmt == "coco" or save_images is not None) and not detect:
-        raise UserError("--format coco and --save-images apply to detection runs")
+    task = predictor.info["task"]
+    check_format(fmt, predictor.info)
+    options = {"topk": topk, "conf": conf, "iou": iou, "tile": tile, "overlap": overlap, "max_pixels": max_pixels}
+    if save_masks is not None and not (task == "segment" and not predictor.info.get("instance")):
+        raise UserError("--save-masks applies to semantic segmentation runs")
+    if save_images is not None and task == "classify":
+        raise UserError("--save-images draws boxes and masks: it applies to detection and segmentation runs")
     files = expand_sources(sources)
     console = Console(stderr=True)
-    options = {"conf": conf, "iou": iou} if detect else {"topk": topk}
-    results: list[Result] = []
+    results: list[Any] = []
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("predict", total=len(files))
         for result in predictor.predict_iter(files, batch=batch, workers=workers, **options):
             results.append(result)
-            if save_images is not None and result.error is None:
-                _save_drawn(result, predictor.classes, save_images)
+            save_outputs(result, predictor.info, images=save_images, masks=save_masks)
             progress.advance(bar)
     failed = sum(r.error is not None for r in results)
     if fmt == "table" and out is None:
         Console().print(_table(results))
     else:
-        text = _render(results, "csv" if fmt == "table" else fmt, predictor.info)
+        text = render(results, "csv" if fmt == "table" else fmt, predictor.info)
         if out is None:
             print(text, end="")
         else:
             write_text(out, text)
             console.print(f"{len(results)} results written to {out}")
-    if save_images is not None:
-        console.print(f"images with boxes drawn written to {save_images}")
+    for folder, what in ((save_images, "drawn images"), (save_masks, "index-mask PNGs")):
+        if folder is not None:
+            console.print(f"{what} written to {folder}")
     if failed:
         console.print(f"[yellow]{failed} file(s) could not be read and were skipped[/]")
-
-
-def _check_options(fmt: str, topk: int, conf: float, iou: float | None) -> None:
-    if fmt not in ("table", "json", "csv", "coco"):
-        raise UserError(f"--format {fmt!r}: use table, json, csv or coco")
-    if topk < 1:
-        raise UserError(f"--topk {topk}: must be at least 1")
-    if not 0 <= conf <= 1 or (iou is not None and not 0 < iou <= 1):
-        raise UserError("--conf must be in [0, 1] and --iou in (0, 1]")
-
-
-def _save_drawn(result: Detections, classes: list[str], folder: Path) -> None:
-    from imagerec.data.images import read_image
-    from imagerec.outputs.visualize import draw_detections, save_png
-
-    source = Path(result.source)
-    save_png(draw_detections(read_image(source), result, classes), folder / f"{source.stem}.png")

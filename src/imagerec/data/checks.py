@@ -18,7 +18,7 @@ from PIL import Image
 from imagerec.data.convert import Placer, check_out, free_name, staged_output
 from imagerec.data.formats import DETECTION_FORMATS, load_index, load_index_with_findings
 from imagerec.data.images import read_image
-from imagerec.data.index import DataIndex, Objects, Sample
+from imagerec.data.index import DataIndex, MaskFile, Objects, Sample
 from imagerec.data.split import stratified_split
 from imagerec.errors import UserError
 
@@ -29,10 +29,10 @@ _R = TypeVar("_R")
 
 _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "all": 3}
 # Most harmful first. Detection adds: boxes the reader could not place, annotated sizes that are not the image's,
-# and the same object boxed twice.
+# and the same object boxed twice; segmentation: unpaired files, masks that cannot be read or used, polygons.
 _KIND_ORDER = (
-    "leak", "corrupt", "empty", "inverted", "unknown-category", "unknown-image", "size", "orientation",
-    "duplicate", "duplicate-box", "channels",
+    "leak", "corrupt", "empty", "mask-corrupt", "no-mask", "no-image", "mask-size", "mask-values", "inverted",
+    "unknown-category", "unknown-image", "polygon", "size", "orientation", "duplicate", "duplicate-box", "channels",
 )  # fmt: skip
 _SMALL, _MEDIUM = 32**2, 96**2  # COCO's area ranges
 _DUPLICATE_IOU = 0.95
@@ -145,9 +145,17 @@ def inspect_data(path: Path | str, *, format: str = "auto") -> dict[str, Any]:
     modes, file formats, the imbalance ratio (largest class / smallest class over all splits), whether the data
     is multi-label, and the files whose header could not be read (run `validate_data` for the reason). For
     detection data, counts are objects per class and `boxes` adds boxes per split, their sizes as COCO defines
-    them (small < 32², medium < 96², large, by box area in pixels), images without boxes and boxes per image.
+    them (small < 32², medium < 96², large, by box area in pixels), images without boxes and boxes per image; a
+    polygon of fewer than 3 points raises UserError. For mask data (segmentation), counts are images containing
+    each class and the imbalance ratio is by pixels, over up to 200 masks per split, and `masks` adds each class's
+    pixel share per split, the ignored share and mask sizes; a mask whose size is not its image's, or whose
+    values are no class, raises UserError.
     """
+    from imagerec.data._mask_checks import check_polygons, mask_inspection  # it imports this module
+
     index = load_index(path, format=format)
+    if _is_detection(index):
+        check_polygons(index)
     paths = _unique_paths(index)
     headers = dict(zip(paths, _parallel(_header, paths), strict=True))
     readable = [h for h in headers.values() if h is not None]
@@ -174,6 +182,10 @@ def inspect_data(path: Path | str, *, format: str = "auto") -> dict[str, Any]:
     }
     if _is_detection(index):
         report |= {"format": index.format, "boxes": _box_summary(index, splits), "notes": list(index.notes)}
+    if index.masks is not None:
+        found = mask_inspection(index, headers, splits)
+        report["unreadable"] += found.pop("unreadable_masks")
+        report |= {"format": index.format, **found, "notes": list(index.notes)}
     return report
 
 
@@ -214,6 +226,17 @@ def _problem(kind: str, files: list[Path], message: str) -> dict[str, Any]:
     return {"kind": kind, "files": [str(f) for f in files], "message": message}
 
 
+def _label(target: Any) -> str:
+    """What a sample is labelled, comparable across samples: a mask by its bytes (its path differs anyway),
+    anything else by repr (Objects may hold unhashable segmentations)."""
+    if isinstance(target, MaskFile):
+        try:
+            return hashlib.sha1(target.path.read_bytes(), usedforsecurity=False).hexdigest()
+        except OSError:
+            return str(target.path)
+    return repr(target)
+
+
 def _duplicate_problems(index: DataIndex, scans: dict[Path, _Scan]) -> list[dict[str, Any]]:
     groups: dict[str, list[tuple[str, Sample]]] = defaultdict(list)
     for split, sample in _entries(index):
@@ -226,7 +249,7 @@ def _duplicate_problems(index: DataIndex, scans: dict[Path, _Scan]) -> list[dict
             continue
         splits = list(dict.fromkeys(split for split, _ in members))
         listed = ", ".join(f"{s.path} ({split})" for split, s in members)
-        labels = {repr(s.target) for _, s in members}  # repr: Objects may hold unhashable segmentations
+        labels = {_label(s.target) for _, s in members}
         conflict = "; they are labelled differently" if len(labels) > 1 else ""
         files = [s.path for _, s in members]
         if len(splits) > 1:
@@ -327,22 +350,39 @@ def validate_data(
     Detection data adds the problems `inverted` (x2 < x1 or y2 < y1), `unknown-category` (a category id, class
     index or name not in the class list), `unknown-image` (a COCO annotation for an image id not listed), `size`
     (the annotated image size is not the image's), `orientation` (an EXIF rotation the boxes may not follow) and
-    `duplicate-box` (same class, IoU > 0.95 in one image), and
-    `warnings`: boxes the reader repaired, `outside` (clipped to the image) and `zero-area` (dropped).
+    `duplicate-box` (same class, IoU > 0.95 in one image), `polygon` (a segmentation polygon of fewer than 3
+    points), and `warnings`: boxes the reader repaired, `outside` (clipped to the image) and `zero-area` (dropped).
+
+    Mask data adds, every mask decoded once: `no-mask` (an image without its mask), `no-image` (a mask without
+    its image), `mask-corrupt` (unreadable), `mask-size` (not its image's size) and `mask-values` (values, or
+    colours, that are no class).
     """
+    from imagerec.data._mask_checks import mask_problems, polygon_problems  # it imports this module
+
     index, findings = load_index_with_findings(path, format=format)
     paths = _unique_paths(index)
-    scans: dict[Path, _Scan] = {}
-    for done, scan in enumerate(_parallel(_scan, paths), start=1):
-        scans[scan.path] = scan
+    masks = index.masks is not None
+    total = len(paths) + (len(index.all_samples()) if masks else 0)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
         if progress is not None:
-            progress(done, len(paths))
+            progress(done, total)
+
+    scans: dict[Path, _Scan] = {}
+    for scan in _parallel(_scan, paths):
+        scans[scan.path] = scan
+        tick()
     problems = [_problem(s.kind or "corrupt", [s.path], s.error) for s in scans.values() if s.error is not None]
     problems += _duplicate_problems(index, scans)
     problems += _channel_problems(scans)
     detection = _is_detection(index)
     if detection:
-        problems += findings.problems + _box_problems(index, scans)
+        problems += findings.problems + _box_problems(index, scans) + polygon_problems(index)
+    if masks:
+        problems += findings.problems + mask_problems(index, {p: s.size for p, s in scans.items()}, tick)
     problems.sort(key=lambda p: _KIND_ORDER.index(p["kind"]))
     report = {
         "root": str(index.root),
@@ -356,6 +396,8 @@ def validate_data(
             "warnings": findings.warnings,
             "warning_summary": dict(Counter(w["kind"] for w in findings.warnings)),
         }
+    if masks:
+        report["masks"] = len(index.all_samples())
     return report
 
 
@@ -393,6 +435,8 @@ def split_dataset(
         raise UserError(f"{data}: multi-label data cannot be written as one folder per class; add a split column")
     if index.objects:
         raise UserError(f"{data}: detection data has no class per image to write folders for; train splits it itself")
+    if index.masks is not None:
+        raise UserError(f"{data}: segmentation data has no class per image to write folders for; train splits it")
     _check_class_names(index.classes, data)
     check_out(out, data)
     pooled = sorted(index.splits, key=lambda n: _SPLIT_ORDER.get(n, 9))

@@ -1,15 +1,20 @@
-"""Datasets: decode indexed images into tv_tensors and apply a transform (classification and detection)."""
+"""Datasets: decode indexed images into tv_tensors and apply a transform (classification, detection and
+segmentation)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from imagerec.data.formats._boxes import image_size
 from imagerec.data.images import read_image, to_channels
-from imagerec.data.index import Objects, Sample
+from imagerec.data.index import MaskFile, Objects, Sample
+from imagerec.data.masks import MaskCoding, check_segmentations, instance_masks, size_mismatch
+from imagerec.errors import UserError
 
 # Decode everything once when the decoded pixels stay under this many floats (~1 GiB).
 CACHE_LIMIT_VALUES = 256 * 1024 * 1024
@@ -83,7 +88,9 @@ class DetectionDataset(ImageDataset):
 
     `mosaic` (see `imagerec.transforms.detection.mosaic_transform`) combines the sample with others drawn at random
     through torch's RNG, so worker seeding makes it reproducible; `transform` is then called as
-    `transform(image, target)`.
+    `transform(image, target)`. With `masks` (instance segmentation) the target also has `"masks"`, a
+    `tv_tensors.Mask` N×H×W uint8 drawn from each object's COCO polygons or RLE; every object must have one, which
+    is checked here, before training starts. Mosaic and MixUp combine boxes only: leave `mosaic` out with masks.
     """
 
     def __init__(
@@ -94,9 +101,13 @@ class DetectionDataset(ImageDataset):
         transform: Callable[[tv_tensors.Image, DetectionTarget], DetectionSample] | None = None,
         mosaic: MultiSampleTransform | None = None,
         cache: bool | None = None,
+        masks: bool = False,
     ) -> None:
         self.transform = transform
         self.mosaic = mosaic
+        self.masks = masks
+        if masks:
+            check_segmentations(samples)
         super().__init__(samples, channels=channels, cache=cache)
 
     def target(self, i: int, canvas_size: tuple[int, int]) -> DetectionTarget:
@@ -114,6 +125,9 @@ class DetectionDataset(ImageDataset):
         }
         if objects.area and self.transform is None and self.mosaic is None:  # augmentation would make it stale
             target["area"] = torch.tensor(objects.area, dtype=torch.float32)
+        if self.masks:
+            pixels = instance_masks(objects, canvas_size[0], canvas_size[1], self.samples[i].path)
+            target["masks"] = tv_tensors.Mask(torch.from_numpy(pixels))
         return target
 
     def sample(self, i: int) -> DetectionSample:
@@ -131,6 +145,67 @@ class DetectionDataset(ImageDataset):
         if self.transform is not None:
             image, target = self.transform(image, target)
         return image, target
+
+
+class SegmentationDataset(ImageDataset):
+    """(image, mask) pairs for semantic segmentation: a float `tv_tensors.Image` in [0, 1] and a
+    `tv_tensors.Mask` H×W int64 of class indices (or `coding.ignore_index`), read through `coding`.
+
+    The mask must have its image's size (a UserError names both files otherwise). When the images are cached, the
+    masks are too, as 8-bit where the classes fit. `transform` is called as `transform(image, mask)`.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        *,
+        channels: int,
+        coding: MaskCoding,
+        transform: Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[tv_tensors.Image, tv_tensors.Mask]]
+        | None = None,
+        cache: bool | None = None,
+    ) -> None:
+        self.coding = coding
+        self.transform = transform
+        self.samples = list(samples)
+        self._check_sizes()
+        super().__init__(samples, channels=channels, cache=cache)
+        self._masks: list[torch.Tensor] | None = None
+        if self._cache is not None:
+            small = max(coding.num_classes - 1, coding.ignore_index) < 256 and coding.ignore_index >= 0
+            self._masks = [self._read_mask(i).to(torch.uint8 if small else torch.int32) for i in range(len(self))]
+
+    def mask_path(self, i: int) -> Path:
+        target = self.samples[i].target
+        if not isinstance(target, MaskFile):
+            raise TypeError(f"{self.samples[i].path}: expected a MaskFile as the target, got {type(target).__name__}")
+        return target.path
+
+    def _check_sizes(self) -> None:
+        """Compare sizes from the file headers now, so that a mismatch stops before training rather than in it
+        (decoding checks again: EXIF rotation can turn an image and not its mask)."""
+        for i, sample in enumerate(self.samples):
+            image, mask = image_size(sample.path), image_size(self.mask_path(i))
+            if image and mask and image != mask:
+                raise UserError(size_mismatch(self.mask_path(i), mask, sample.path, image))
+
+    def _read_mask(self, i: int) -> torch.Tensor:
+        path = self.mask_path(i)
+        mask, image = self.coding.read(path), self.pixels(i)
+        if tuple(mask.shape) != tuple(image.shape[-2:]):
+            sizes = (mask.shape[1], mask.shape[0]), (image.shape[-1], image.shape[-2])
+            raise UserError(size_mismatch(path, sizes[0], self.samples[i].path, sizes[1]))
+        return mask
+
+    def mask(self, i: int) -> torch.Tensor:
+        """Mask `i` as H×W int64 class indices, before any transform."""
+        return self._masks[i].long() if self._masks is not None else self._read_mask(i)
+
+    def __getitem__(self, i: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        image, mask = tv_tensors.Image(self.pixels(i)), tv_tensors.Mask(self.mask(i))
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return image, mask
 
 
 def channel_statistics(dataset: ImageDataset, limit: int = 2000) -> tuple[list[float], list[float]]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imagerec.data.masks import MaskCoding
 
 SPLIT_NAMES = ("train", "val", "test")
 # Folder names people use for the validation split, mapped to ours.
@@ -43,11 +46,19 @@ class Objects:
 
 
 @dataclass(frozen=True)
-class Sample:
-    """One image and its target: a class index, a tuple of class indices (multi-label), or its Objects."""
+class MaskFile:
+    """The mask of one image, for semantic segmentation: what its pixel values mean is `DataIndex.masks`."""
 
     path: Path
-    target: int | tuple[int, ...] | Objects
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its target: a class index, a tuple of class indices (multi-label), its Objects, or its
+    MaskFile."""
+
+    path: Path
+    target: int | tuple[int, ...] | Objects | MaskFile
 
 
 @dataclass
@@ -62,6 +73,7 @@ class DataIndex:
     notes: list[str] = field(default_factory=list)
     format: str = "imagefolder"  # the reader that produced it: imagefolder, csv, coco, yolo, voc, csvboxes
     category_ids: list[int] | None = None  # COCO category id of each class, kept so a round trip keeps them
+    masks: MaskCoding | None = None  # how the mask files of semantic segmentation data encode classes
 
     @property
     def objects(self) -> bool:
@@ -75,10 +87,16 @@ class DataIndex:
         return [s for samples in self.splits.values() for s in samples]
 
     def counts(self, split: str) -> list[int]:
-        """Images per class in `split` (multi-label images count once per label; detection: objects per class)."""
+        """Images per class in `split` (multi-label images count once per label; detection: objects per class).
+
+        Segmentation masks are not read here (that costs a decode per mask): their counts are zeros, and
+        `imagerec data inspect` reports pixel shares per class instead.
+        """
         counts = [0] * len(self.classes)
         for sample in self.samples(split):
             target = sample.target
+            if isinstance(target, MaskFile):
+                continue
             labels = target.labels if isinstance(target, Objects) else target
             for t in labels if isinstance(labels, tuple) else (labels,):
                 counts[t] += 1
@@ -96,8 +114,15 @@ class DataIndex:
         for split in sorted(self.splits):
             for s in sorted(self.splits[split], key=lambda s: str(s.path)):
                 size = s.path.stat().st_size if s.path.exists() else -1
-                digest.update(f"{split}|{self.relative(s.path)}|{size}|{s.target}\n".encode())
+                digest.update(f"{split}|{self.relative(s.path)}|{size}|{self._target_key(s.target)}\n".encode())
         return digest.hexdigest()[:16]
+
+    def _target_key(self, target: object) -> str:
+        # A mask by its relative path and size, so that moving the data folder keeps the fingerprint.
+        if isinstance(target, MaskFile):
+            size = target.path.stat().st_size if target.path.exists() else -1
+            return f"mask:{self.relative(target.path)}|{size}"
+        return str(target)
 
     def split_record(self) -> dict[str, list[str]]:
         """Relative paths per split, saved in the run so evaluation reuses exactly the same split."""

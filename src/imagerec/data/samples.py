@@ -1,4 +1,4 @@
-"""Embedded real data shipped with our dependencies, written out as image folders or COCO datasets."""
+"""Embedded real data shipped with our dependencies, written out as image folders, COCO datasets and masks."""
 
 from __future__ import annotations
 
@@ -132,17 +132,42 @@ def _rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+def _semantic(placed: list[tuple[int, np.ndarray]], targets: np.ndarray, size: int) -> np.ndarray:
+    """The scene's class map: 0 background, digit d → d + 1; where glyphs overlap, the one placed later wins (its
+    strokes are the ones drawn last, though max() compositing keeps the earlier glyph's brighter pixels visible)."""
+    classes = np.zeros((size, size), dtype=np.uint8)
+    for source, mask in placed:
+        classes[mask] = int(targets[source]) + 1
+    return classes
+
+
+def _write_classes_yaml(out: Path) -> None:
+    from imagerec.data.masks import voc_colours
+
+    names = ["background", *(str(d) for d in range(10))]
+    lines = [
+        "# digit scenes: mask value 0 = background, d + 1 = digit d (8-bit index PNGs in masks/)",
+        "names: [" + ", ".join(f'"{n}"' for n in names) + "]",
+        "colours: [" + ", ".join(f"[{r}, {g}, {b}]" for r, g, b in voc_colours(len(names))) + "]",
+        "ignore_index: 255",
+        "kind: index",
+    ]
+    (out / "classes.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def _write_split(
     out: Path, split: str, count: int, rng: np.random.Generator, pool: np.ndarray, size: int, digits: Any
 ) -> None:
     """Write `count` scenes of `split` drawn from `pool` (indices into scikit-learn's `digits` bunch)."""
-    folder = out / "images" / split
+    folder, masks = out / "images" / split, out / "masks" / split
     folder.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in range(count):
         canvas, placed = _scene(rng, digits.images, pool, size)
         name = f"scene_{i:04d}.png"
         Image.fromarray(canvas, mode="L").save(folder / name)
+        Image.fromarray(_semantic(placed, digits.target, size), mode="L").save(masks / name)
         image_id = i + 1
         sources = [source for source, _ in placed]
         images.append({"id": image_id, "file_name": name, "width": size, "height": size, "source_digits": sources})
@@ -182,6 +207,10 @@ def write_digit_scenes(
     have holes, which COCO polygons cannot express). Extra keys: `images[i]["source_digits"]` and
     `annotations[j]["source_digit"]` give the scikit-learn indices used. The 1,797 scans are partitioned 70/15/15
     into per-split pools first, so no scanned digit appears in two splits. Deterministic by `seed`.
+
+    For semantic segmentation it also writes `out/masks/{split}/scene_NNNN.png` (8-bit index PNGs: 0 background,
+    digit d → d + 1; where two glyphs overlap, the later one wins) and `out/classes.yaml` (names background,
+    "0".."9", VOC colours, ignore_index 255). Read them with `load_index(out, format="masks")`: auto reads COCO.
     """
     if size < 8:
         raise ValueError(f"size must be at least 8 pixels, got {size}")
@@ -196,6 +225,7 @@ def write_digit_scenes(
     counts = {"train": n_train, "val": n_val, "test": n_test}
     for split, pool, split_seed in zip(_SCENE_SPLITS, np.split(order, cuts), split_seeds, strict=True):
         _write_split(out, split, counts[split], np.random.default_rng(split_seed), np.sort(pool), size, digits)
+    _write_classes_yaml(out)
     return out
 
 

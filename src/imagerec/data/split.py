@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from imagerec.data.index import DataIndex, Objects, Sample
+from imagerec.data.index import DataIndex, Sample
 from imagerec.errors import UserError
 
 
 def _stratify_key(sample: Sample) -> int:
-    # Images with several objects have no one class to stratify by: detection data is split at random.
-    if isinstance(sample.target, Objects):
+    # Images with several objects or a mask have no one class to stratify by: they are split at random.
+    if not isinstance(sample.target, int | tuple):
         return -1
     return sample.target[0] if isinstance(sample.target, tuple) else sample.target
 
@@ -53,7 +53,8 @@ def ensure_splits(index: DataIndex, *, val: float, test: float, seed: int) -> Da
     """Give `index` train and val splits: split a flat set, or carve val out of train when it is missing."""
     if "all" in index.splits:
         index.splits = stratified_split(index.splits.pop("all"), index.classes, val=val, test=test, seed=seed)
-        how = "at random" if index.objects else "stratified by class"
+        stratified = all(isinstance(s.target, int | tuple) for s in index.all_samples())
+        how = "stratified by class" if stratified else "at random"
         index.notes.append(f"split {how} with seed {seed}: val {val}, test {test}")
     elif "train" in index.splits and "val" not in index.splits and val > 0:
         parts = stratified_split(index.splits["train"], index.classes, val=val, test=0.0, seed=seed)

@@ -15,9 +15,10 @@ from imagerec.config import ModelConfig
 from imagerec.data.images import _pil_to_array, _to_unit_float, is_image_file, read_image, to_channels
 from imagerec.engine.checkpoint import load_weights
 from imagerec.errors import UserError
-from imagerec.outputs.results import Classification, Detections
+from imagerec.outputs.results import Classification, Detections, SegmentationMask
+from imagerec.outputs.tiling import predict_tiled
 from imagerec.runs import RunDir, open_run
-from imagerec.tasks.classification import ClassificationTask
+from imagerec.tasks.build import task_from_info
 from imagerec.tasks.detection import DetectionTask
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
@@ -82,20 +83,18 @@ class _Decoded(Dataset):
             return name, None, str(error)
 
 
-Result = Classification | Detections
-
-
-def _task_for(info: dict[str, Any]) -> ClassificationTask | DetectionTask:
-    if info["task"] == "detect":
-        return DetectionTask(info["classes"])
-    return ClassificationTask(info["classes"], multilabel=info["multilabel"], binary_head=info["binary_head"])
+Result = Classification | Detections | SegmentationMask
+# Whole-image segmentation above this many pixels needs --tile (a 4096×4096 image).
+MAX_PIXELS = 4096 * 4096
 
 
 class Predictor:
     """A trained model with the preprocessing it was trained with, ready to predict.
 
     Classification runs give `Classification` results (options: `topk`); detection runs give `Detections`
-    (options: `conf`, the minimum score, and `iou`, the non-maximum-suppression overlap).
+    (options: `conf`, the minimum score, and `iou`, the non-maximum-suppression overlap), instance segmentation
+    `InstanceMasks` (same options); semantic segmentation gives `SegmentationMask` (options: `tile` and `overlap`
+    for sliding-window inference, `max_pixels` above which an image needs a tile size).
     """
 
     def __init__(self, run: RunDir, *, device: str = "auto", weights: str = "best", imgsz: int | None = None) -> None:
@@ -107,7 +106,7 @@ class Predictor:
             self.info["imgsz"] = imgsz
         self.classes: list[str] = self.info["classes"]
         self.device = pick_device(device)
-        self.task = _task_for(self.info)
+        self.task = task_from_info(self.info)
         cfg = ModelConfig(
             name=self.info["model"], backbone=self.info.get("backbone"), anchor_sizes=self.info.get("anchor_sizes")
         )
@@ -133,6 +132,7 @@ class Predictor:
 
         `workers` > 0 decodes images in that many DataLoader processes while the model runs.
         """
+        _check_options(options)
         if isinstance(self.task, DetectionTask):
             self.model.set_thresholds(score=options.get("conf", 0.25), iou=options.get("iou"))
         items = _Decoded(expand_sources(sources), self.preprocess)
@@ -145,6 +145,9 @@ class Predictor:
     @torch.no_grad()
     def _predict(self, items: list[tuple[str, torch.Tensor]], options: dict[str, Any]) -> list[Result]:
         names = [name for name, _ in items]
+        if self.task.name == "segment" and not isinstance(self.task, DetectionTask):  # semantic
+            maps = [self._segment(name, image, options) for name, image in items]
+            return self.task.results(maps, names)
         if isinstance(self.task, DetectionTask):
             images = [image.to(self.device) for _, image in items]
             outputs = [{k: v.cpu() for k, v in o.items()} for o in self.model(images)]
@@ -153,6 +156,22 @@ class Predictor:
         probs = self.probabilities(torch.stack([image for _, image in items]))
         return self.task.results(probs, names, topk=options.get("topk", 5))
 
+    def _segment(self, name: str, image: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
+        """H×W class map of one image, whole or tile by tile."""
+        tile, overlap = options.get("tile"), options.get("overlap", 64)
+        height, width = image.shape[-2:]
+        if tile is None:
+            limit = options.get("max_pixels", MAX_PIXELS)
+            if height * width > limit:
+                raise UserError(
+                    f"{name}: {width}×{height} pixels is above the {limit:,}-pixel limit for whole-image inference; "
+                    "pass --tile 1024 (tiles with blended overlaps) or raise --max-pixels"
+                )
+            logits = self.model(image[None].to(self.device))[0]
+        else:
+            logits = predict_tiled(lambda x: self.model(x.to(self.device)), image, tile=tile, overlap=overlap)
+        return self.task.class_map(logits[None].float()).cpu()[0]
+
     def predict(
         self, sources: ImageLike | Sequence[ImageLike], *, batch: int = 64, workers: int = 0, **options: Any
     ) -> list[Result]:
@@ -160,6 +179,17 @@ class Predictor:
         if isinstance(sources, str | Path | Image.Image | np.ndarray | torch.Tensor):
             sources = [sources]
         return list(self.predict_iter(sources, batch=batch, workers=workers, **options))
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    topk, conf, iou = options.get("topk", 5), options.get("conf", 0.25), options.get("iou")
+    tile, overlap = options.get("tile"), options.get("overlap", 64)
+    if topk < 1:
+        raise UserError(f"--topk {topk}: must be at least 1")
+    if not 0 <= conf <= 1 or (iou is not None and not 0 < iou <= 1):
+        raise UserError("--conf must be in [0, 1] and --iou in (0, 1]")
+    if tile is not None and not 0 <= overlap < tile:
+        raise UserError(f"--tile {tile} --overlap {overlap}: the overlap must be at least 0 and below the tile size")
 
 
 def load(

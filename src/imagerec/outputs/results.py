@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import PurePath
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Classification:
@@ -81,3 +83,51 @@ def coco_results(
                 "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score,
             })  # fmt: skip
     return entries
+
+
+def rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO's compressed run-length encoding of a boolean H×W mask (what pycocotools' `mask.decode` reads)."""
+    from pycocotools import mask as coco_mask
+
+    encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentationMask:
+    """One image's class per pixel: `mask` is H×W class indices at the image's own size; `areas` counts pixels
+    per class. `error` is set (and the mask None) when the image was unreadable."""
+
+    source: str
+    mask: np.ndarray | None = None
+    areas: dict[str, int] | None = None
+    error: str | None = None
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        return None if self.mask is None else (int(self.mask.shape[1]), int(self.mask.shape[0]))
+
+    def to_dict(self, *, masks: bool = True) -> dict[str, Any]:
+        """JSON-ready: areas per class, and (with `masks`) each present class's pixels as COCO RLE."""
+        data: dict[str, Any] = {"source": self.source}
+        if self.error is not None:
+            return {**data, "error": self.error}
+        data["width"], data["height"] = self.size
+        data["areas"] = dict(self.areas or {})
+        if masks:
+            names = list(self.areas or {})
+            data["masks"] = {names[c]: rle(self.mask == c) for c in np.unique(self.mask).tolist()}
+        return data
+
+
+@dataclass(frozen=True)
+class InstanceMasks(Detections):
+    """Detections with each object's pixels: `masks` holds one COCO RLE per box, in the same order."""
+
+    masks: tuple[dict[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        for entry, mask in zip(data["objects"], self.masks, strict=True):
+            entry["mask"] = mask
+        return data

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import draw_bounding_boxes
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from imagerec.outputs.results import Detections
+from imagerec.outputs.results import Detections, InstanceMasks, SegmentationMask
 from imagerec.runs import atomic_write
 
 # Okabe & Ito's colour-blind-safe palette (black dropped: it vanishes on dark images).
@@ -51,7 +51,40 @@ def _font() -> str:
     return font_manager.findfont("DejaVu Sans")
 
 
+def draw_class_map(
+    image: torch.Tensor, result: SegmentationMask, colours: Sequence[Sequence[int]] | None = None, alpha: float = 0.5
+) -> torch.Tensor:
+    """`image` with each non-background class's pixels tinted in its colour (class 0, the background, left clear)."""
+    canvas = to_uint8_rgb(image)
+    class_map = torch.from_numpy(result.mask.astype(np.int64))
+    present = [c for c in torch.unique(class_map).tolist() if c != 0]
+    if not present:
+        return canvas
+    masks = torch.stack([class_map == c for c in present])
+    tints = [tuple(colours[c]) if colours else class_colour(c - 1) for c in present]
+    return draw_segmentation_masks(canvas, masks, alpha=alpha, colors=tints)
+
+
+def draw_instances(image: torch.Tensor, result: InstanceMasks, classes: Sequence[str]) -> torch.Tensor:
+    """`image` with each object's pixels tinted in its class colour, then its box and label drawn."""
+    from pycocotools import mask as coco_mask
+
+    canvas = to_uint8_rgb(image)
+    if result.masks:
+        masks = torch.stack([torch.from_numpy(coco_mask.decode(m).astype(bool)) for m in result.masks])
+        lookup = {name: i for i, name in enumerate(classes)}
+        colours = [class_colour(lookup.get(label, 0)) for label in result.labels]
+        canvas = draw_segmentation_masks(canvas, masks, alpha=0.45, colors=colours)
+    return draw_detections(canvas.float() / 255, result, classes)
+
+
 def save_png(image: torch.Tensor, path: Path) -> None:
     """Write a 3×H×W uint8 tensor as PNG, atomically."""
     array = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def save_class_map(result: SegmentationMask, path: Path) -> None:
+    """Write the class map as an 8-bit (16-bit above 256 classes) index PNG the size of the input, atomically."""
+    mask = result.mask.astype(np.uint8 if int(result.mask.max(initial=0)) < 256 else np.uint16)
+    atomic_write(path, lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))

@@ -14,7 +14,7 @@ from imagerec.data.datasets import DetectionDataset
 from imagerec.data.index import Sample
 from imagerec.metrics.detection import DetectionMetrics
 from imagerec.models.detection import Detector, DetectorSpec, create_detector
-from imagerec.outputs.results import Detections
+from imagerec.outputs.results import Detections, InstanceMasks, rle
 from imagerec.transforms import detection as presets
 
 Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
@@ -34,15 +34,20 @@ def _training_targets(targets: list[dict[str, torch.Tensor]]) -> list[dict[str, 
     kept = []
     for t in targets:
         keep = ~t["ignore"] if "ignore" in t else torch.ones_like(t["labels"], dtype=torch.bool)
-        kept.append({"boxes": t["boxes"][keep], "labels": t["labels"][keep]})
+        kept.append({k: t[k][keep] for k in ("boxes", "labels", "masks") if k in t})
     return kept
 
 
 @dataclass
 class DetectionTask:
-    """Loss, post-processing and metrics for detection over `classes` (0-based: no background class)."""
+    """Loss, post-processing and metrics for detection over `classes` (0-based: no background class).
+
+    With `masks` it is instance segmentation (Mask R-CNN): targets carry each object's mask, mAP is measured on
+    masks, and results are InstanceMasks.
+    """
 
     classes: list[str]
+    masks: bool = False
     name: str = "detect"
     monitor: tuple[str, str] = MONITOR
     autotune: bool = False  # detection ops (RoIAlign, NMS) gain little from bf16 on CPU; stay in fp32 there
@@ -68,6 +73,7 @@ class DetectionTask:
     def model_fields(self, cfg: ModelConfig) -> dict[str, Any]:
         """What model.json records for detection besides classes, channels, size and statistics."""
         return {
+            "instance": self.masks,
             "backbone": cfg.backbone,
             "anchor_sizes": list(cfg.anchor_sizes) if cfg.anchor_sizes else None,
             "resize": "longest side to imgsz, aspect kept, padded to a multiple of 32, inside the model; "
@@ -81,8 +87,11 @@ class DetectionTask:
         transform = mosaic = None
         if augment is not None:
             transform = presets.train_transform(augment, imgsz=info["imgsz"], flip=self.flip)
-            mosaic = presets.mosaic_transform(augment, imgsz=info["imgsz"])
-        return DetectionDataset(samples, channels=info["channels"], transform=transform, mosaic=mosaic, cache=cache)
+            # Mosaic and mixup combine boxes only; with instance masks they stay off.
+            mosaic = None if self.masks else presets.mosaic_transform(augment, imgsz=info["imgsz"])
+        return DetectionDataset(
+            samples, channels=info["channels"], transform=transform, mosaic=mosaic, cache=cache, masks=self.masks
+        )
 
     def predict_transform(self, info: dict[str, Any]) -> None:
         """None: detectors resize and normalise inside the model, and map boxes back to the image."""
@@ -90,7 +99,7 @@ class DetectionTask:
 
     def failed(self, source: str, error: str) -> Detections:
         """The result for an image that could not be read."""
-        return Detections(source, error=error)
+        return InstanceMasks(source, error=error) if self.masks else Detections(source, error=error)
 
     def collate(self, preset: str | None = None) -> Callable[[list], Batch]:
         return collate
@@ -105,7 +114,7 @@ class DetectionTask:
         return {"outputs": model(images), "targets": targets}
 
     def metrics(self) -> DetectionMetrics:
-        return DetectionMetrics(self.classes)
+        return DetectionMetrics(self.classes, iou_type="segm" if self.masks else "bbox")
 
     def batch_size(self, batch: Batch) -> int:
         return len(batch[0])
@@ -124,13 +133,15 @@ class DetectionTask:
             keep = out["scores"] >= conf
             scores, order = out["scores"][keep].sort(descending=True)
             boxes, labels = out["boxes"][keep][order], out["labels"][keep][order]
-            results.append(
-                Detections(
-                    source,
-                    boxes=tuple(tuple(box) for box in boxes.tolist()),
-                    labels=tuple(self.classes[i] for i in labels.tolist()),
-                    scores=tuple(scores.tolist()),
-                    size=size,
-                )
-            )
+            found = {
+                "boxes": tuple(tuple(box) for box in boxes.tolist()),
+                "labels": tuple(self.classes[i] for i in labels.tolist()),
+                "scores": tuple(scores.tolist()),
+                "size": size,
+            }
+            if self.masks:  # torchvision gives N×1×H×W probabilities; an object's pixels are those above 0.5
+                pixels = out["masks"][keep][order][:, 0] > 0.5
+                results.append(InstanceMasks(source, **found, masks=tuple(rle(m.numpy()) for m in pixels)))
+            else:
+                results.append(Detections(source, **found))
         return results

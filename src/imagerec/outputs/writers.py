@@ -1,0 +1,92 @@
+"""Writing predictions: as JSON, CSV or COCO results text, and as drawn images and index-mask PNGs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from imagerec.errors import UserError
+from imagerec.outputs.results import Classification, Detections, InstanceMasks, SegmentationMask, coco_results
+
+Result = Classification | Detections | SegmentationMask
+FORMATS = ("table", "json", "csv", "coco")
+
+
+def check_format(fmt: str, info: dict[str, Any]) -> None:
+    """Refuse an output format the run's task cannot give."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: use {', '.join(FORMATS)}")
+    boxes = info["task"] == "detect" or info.get("instance")
+    if fmt == "coco" and not boxes:
+        raise UserError("--format coco writes boxes: it applies to detection and instance segmentation runs")
+
+
+def render(results: Sequence[Result], fmt: str, info: dict[str, Any]) -> str:
+    """`results` as JSON, CSV or (boxes) COCO results JSON text."""
+    if fmt == "json":
+        return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
+    if fmt == "coco":
+        return json.dumps(coco_results(results, info["classes"], info.get("category_ids")), indent=2) + "\n"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for row in _csv_rows(results):
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def _csv_rows(results: Sequence[Result]) -> list[list[Any]]:
+    if not results:
+        return []
+    if isinstance(results[0], SegmentationMask):  # one row per class present: its pixels and share of the image
+        rows = [["source", "class", "pixels", "share", "error"]]
+        for r in results:
+            total = sum((r.areas or {}).values()) or 1
+            rows += [[r.source, name, n, f"{n / total:.6f}", ""] for name, n in (r.areas or {}).items() if n]
+            rows += [[r.source, "", "", "", r.error]] if r.error else []
+        return rows
+    if isinstance(results[0], Detections):  # one row per box
+        rows = [["source", "label", "score", "x1", "y1", "x2", "y2", "error"]]
+        for r in results:
+            found = zip(r.labels, r.scores, r.boxes, strict=True)
+            rows += [[r.source, label, f"{score:.6f}", *(f"{v:.2f}" for v in box), ""] for label, score, box in found]
+            rows += [[r.source, "", "", "", "", "", "", r.error]] if r.error else []
+        return rows
+    rows = [["source", "label", "prob", "topk_labels", "topk_probs", "error"]]
+    for r in results:
+        prob = f"{r.prob:.6f}" if r.prob is not None else ""
+        rows.append([r.source, r.label or "", prob, ";".join(r.labels), ";".join(f"{p:.6f}" for p in r.probs),
+                     r.error or ""])  # fmt: skip
+    return rows
+
+
+def save_outputs(result: Result, info: dict[str, Any], *, images: Path | None, masks: Path | None) -> None:
+    """Write `result`'s drawn image to `images` and its index mask to `masks` (each when given), named after
+    the source file's stem."""
+    if result.error is not None or (images is None and masks is None):
+        return
+    from imagerec.data.images import read_image
+    from imagerec.outputs.visualize import (
+        draw_class_map,
+        draw_detections,
+        draw_instances,
+        save_class_map,
+        save_png,
+    )  # fmt: skip
+
+    stem = Path(result.source).stem
+    if masks is not None and isinstance(result, SegmentationMask):
+        save_class_map(result, masks / f"{stem}.png")
+    if images is None:
+        return
+    image = read_image(Path(result.source))
+    if isinstance(result, SegmentationMask):
+        drawn = draw_class_map(image, result, info.get("colours"))
+    elif isinstance(result, InstanceMasks):
+        drawn = draw_instances(image, result, info["classes"])
+    else:
+        drawn = draw_detections(image, result, info["classes"])
+    save_png(drawn, images / f"{stem}.png")

@@ -1,0 +1,114 @@
+"""Choosing and building the task object: from a run config and its data (training), or from model.json (predict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imagerec.config import RunConfig
+from imagerec.data.index import DataIndex, MaskFile, Objects
+from imagerec.errors import UserError
+from imagerec.tasks.classification import ClassificationTask, inverse_frequency_weights
+from imagerec.tasks.detection import DetectionTask
+
+if TYPE_CHECKING:  # segmentation models and metrics load only for segmentation runs
+    from imagerec.tasks.segmentation import SegmentationTask
+
+    AnyTask = ClassificationTask | DetectionTask | SegmentationTask
+TARGETS = {"classify": "class labels", "detect": "boxes", "segment": "masks"}
+
+
+def is_instance_model(name: str) -> bool:
+    """Whether `name` is an instance-segmentation model (Mask R-CNN): it trains on COCO objects, not mask files."""
+    from imagerec.models.segmentation import INSTANCE_SEGMENTERS
+
+    return name in INSTANCE_SEGMENTERS
+
+
+def data_format(cfg: RunConfig) -> str:
+    """The reader to use: as configured, except that semantic segmentation prefers mask folders where a folder
+    holds both (digit scenes have COCO JSON and masks/)."""
+    if cfg.task != "segment" or cfg.data.format != "auto" or is_instance_model(cfg.model.name):
+        return cfg.data.format
+    from imagerec.data.formats.masks import is_masks
+
+    return "masks" if is_masks(Path(cfg.data.path)) else "auto"
+
+
+def _kind(index: DataIndex) -> str:
+    samples = index.all_samples()
+    if any(isinstance(s.target, MaskFile) for s in samples):
+        return "segment"
+    return "detect" if any(isinstance(s.target, Objects) for s in samples) else "classify"
+
+
+def check_task_data(cfg: RunConfig, index: DataIndex) -> None:
+    """The data must hold what the task learns from (boxes, masks, labels); say plainly when it does not."""
+    kind = _kind(index)
+    instance = cfg.task == "segment" and is_instance_model(cfg.model.name)
+    wanted = "detect" if instance else cfg.task
+    if kind != wanted:
+        needs = "COCO objects with segmentation" if instance else TARGETS[wanted]
+        raise UserError(
+            f"{cfg.data.path}: --task {cfg.task}{f' --model {cfg.model.name}' if instance else ''} needs {needs}, "
+            f"but this is {index.format} data with {TARGETS[kind]}; "
+            f"train it with --task {kind} or point to data with {needs}"
+        )
+    if cfg.task == "classify":
+        return
+    if cfg.data.balanced_sampler or cfg.train.class_weights:
+        raise UserError(f"balanced_sampler and class_weights apply to classification; drop them for --task {cfg.task}")
+    if kind == "detect":
+        _check_classes_trained(cfg, index)
+
+
+def _check_classes_trained(cfg: RunConfig, index: DataIndex) -> None:
+    trained = index.counts("train")
+    for split in ("val", "test"):
+        unseen = [c for c, n, t in zip(index.classes, index.counts(split), trained, strict=True) if n and not t]
+        if unseen:
+            raise UserError(
+                f"{cfg.data.path}: class {unseen[0]!r} has boxes in {split} but none in train, so the model could "
+                "never learn it; add training examples or remove it from the evaluation data"
+            )
+
+
+def build_task(cfg: RunConfig, index: DataIndex) -> AnyTask:
+    """The task object for training `cfg` on `index`."""
+    if cfg.task == "detect":
+        return DetectionTask(index.classes, flip=cfg.data.flip)
+    if cfg.task == "segment" and is_instance_model(cfg.model.name):
+        return DetectionTask(index.classes, flip=cfg.data.flip, masks=True, name="segment")
+    if cfg.task == "segment":
+        from imagerec.tasks.segmentation import SegmentationTask
+
+        return SegmentationTask(
+            index.classes, coding=index.masks, binary_head=cfg.model.binary_head, loss_name=cfg.train.loss,
+            flip=cfg.data.flip,
+        )  # fmt: skip
+    if cfg.data.balanced_sampler and index.multilabel:
+        raise UserError(
+            f"{cfg.data.path}: balanced_sampler draws images by their one class, but this data is multi-label; "
+            "drop balanced_sampler"
+        )
+    return ClassificationTask(
+        index.classes,
+        multilabel=index.multilabel,
+        binary_head=cfg.model.binary_head,
+        label_smoothing=cfg.train.label_smoothing,
+        class_weights=inverse_frequency_weights(index.counts("train")) if cfg.train.class_weights else None,
+    )
+
+
+def task_from_info(info: dict[str, Any]) -> AnyTask:
+    """The task object of a trained run, rebuilt from its model.json (for predict and evaluate)."""
+    classes = info["classes"]
+    if info["task"] == "detect":
+        return DetectionTask(classes)
+    if info["task"] == "segment" and info.get("instance"):
+        return DetectionTask(classes, masks=True, name="segment")
+    if info["task"] == "segment":
+        from imagerec.tasks.segmentation import SegmentationTask
+
+        return SegmentationTask(classes, binary_head=info["binary_head"], ignore_index=info["ignore_index"])
+    return ClassificationTask(classes, multilabel=info["multilabel"], binary_head=info["binary_head"])
