@@ -10,8 +10,8 @@ and fcos_lite ran 115× slower with 2 threads than with 1 under a load of 5 (see
 setting: a warm-up call, then the median over `--repeats` timed repeats of at least `--min-images` images;
 models are measured one after another, so the machine's load is printed per row.
 
-    python benchmarks/detection_inference.py            # 12 detectors × 2 sizes × 2 batches, ~20 min on 2 cores
-    python benchmarks/detection_inference.py --quick    # 128 px, 3 small detectors, ~40 s
+    python benchmarks/detection_inference.py            # 12 detectors × 2 sizes × 2 batches, ~22 min on 2 cores
+    python benchmarks/detection_inference.py --quick    # 128 px, 3 small detectors, ~15 s
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ own COCO-style map. YOLO's side runs only when `ultralytics` is importable: inst
 One torch thread on both sides (ultralytics picks one itself on 2 cores; see docs/benchmarks.md on threads);
 both use 2 data-loader workers (ultralytics' choice on 2 cores).
 
-    /tmp/ultra/bin/python benchmarks/detection_raccoon.py            # fcos_lite 320 px, then YOLOv8n, ~25 min
+    /tmp/ultra/bin/python benchmarks/detection_raccoon.py            # fcos_lite 320 px, then YOLOv8n, ~30 min
     /tmp/ultra/bin/python benchmarks/detection_raccoon.py --quick    # 3 epochs, then YOLOv8n as long, ~3 min
 """
 

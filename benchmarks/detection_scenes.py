@@ -7,11 +7,11 @@ split with the best checkpoint by validation map. Digit scenes are 600/150/150 g
 training epochs (metrics.csv `epoch_time_s`); validation after every epoch, checkpoints and the test evaluation
 come on top and are in the wall seconds. One torch thread (see docs/benchmarks.md, "Detection", on why).
 
-Per-model recipe (lr, batch): see RECIPES; each was checked against the defaults (AdamW lr 1e-3, batch 8) on the
-validation split, and the docs say what moved.
+Per-model recipe (lr, batch): see RECIPES; checked against the defaults (AdamW lr 1e-3, batch 8) at the 60 s
+budget on the validation split; docs/benchmarks.md says what moved and why.
 
-    python benchmarks/detection_scenes.py            # 300 s per model, ~20 min on 2 cores
-    python benchmarks/detection_scenes.py --quick    # 60 s per model, ~6 min
+    python benchmarks/detection_scenes.py            # 300 s per model, ~30 min on 2 cores (17 of them Faster R-CNN)
+    python benchmarks/detection_scenes.py --quick    # 60 s per model, ~6 min + ~20 for Faster R-CNN
 """
 
 from __future__ import annotations

@@ -297,4 +297,4 @@ def test_bad_input_is_a_programming_error():
     with pytest.raises(ValueError, match="0-based"):
         metrics.update([det([BOX], [0.9], labels=[5])], [gt([BOX])])
     with pytest.raises(ValueError, match="iou_type"):
-        DetectionMetrics(CLASSES, iou_type="segm")
+        DetectionMetrics(CLASSES, iou_type="keypoints")

@@ -136,7 +136,7 @@ def new_run_dir(out: Path | None, task: str, root: Path = Path("runs")) -> RunDi
     return RunDir(root / f"{task}-{n:03d}")
 
 
-TASKS = ("classify", "detect")  # the tasks whose runs this version can load
+TASKS = ("classify", "detect", "segment")  # the tasks whose runs this version can load
 
 
 def open_run(path: Path | str, *, task: str | None = None) -> RunDir:
@@ -151,7 +151,7 @@ def open_run(path: Path | str, *, task: str | None = None) -> RunDir:
             f"{RUN_FORMAT}); retrain with this version"
         )
     if info.get("task") not in TASKS:
-        raise UserError(f"{run.path}: a {info.get('task')} run, but this imagerec handles {' and '.join(TASKS)} runs")
+        raise UserError(f"{run.path}: a {info.get('task')} run, but this imagerec handles {', '.join(TASKS)} runs")
     if task is not None and info.get("task") != task:
         raise UserError(f"{run.path}: a {info.get('task')} run, but a {task} run is needed here")
     return run

@@ -32,11 +32,18 @@ def print_metrics(console: Console, metrics: dict[str, Any], *, title: str) -> N
         for name, ap in per_class.items():
             table.add_row(name, *("-" if v is None else f"{v:.4f}" for v in (ap, ap50.get(name))))
         console.print(table)
-    elif per_class:
-        table = Table("class", "precision", "recall", "f1", "support")
+    elif per_class:  # classification (precision, recall, f1, support) or segmentation (iou, dice, pixels)
+        columns = list(next(iter(per_class.values())))
+        table = Table("class", *columns)
         for name, row in per_class.items():
-            table.add_row(name, *(f"{row[k]:.4f}" for k in ("precision", "recall", "f1")), str(row["support"]))
+            table.add_row(name, *(_cell(row[k]) for k in columns))
         console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def evaluate(

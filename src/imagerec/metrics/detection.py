@@ -1,4 +1,5 @@
-"""COCO detection metrics: pycocotools' COCOeval (the reference) run on results gathered in memory.
+"""COCO detection metrics: pycocotools' COCOeval (the reference) run on results gathered in memory, for boxes
+and for instance masks.
 
 The key names are the JSON contract of `imagerec evaluate`; docs/detection.md explains each one.
 """
@@ -12,13 +13,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 # Main metric and whether higher is better, used for best checkpoints and early stopping.
 MONITOR = ("map", "max")
 
-# COCOeval.summarize() fills `stats` with these twelve numbers, in this order, for iouType "bbox".
+# COCOeval.summarize() fills `stats` with these twelve numbers, in this order, for iouType "bbox" and "segm".
 SUMMARY_KEYS = (
     "map",
     "map50",
@@ -38,12 +40,18 @@ NO_GROUND_TRUTH = "no ground-truth objects (other than ignored ones): every AP a
 
 
 class DetectionMetrics:
-    """COCO mAP and mAR for boxes, equal to pycocotools' COCOeval with its default parameters.
+    """COCO mAP and mAR for boxes (`iou_type="bbox"`) or instance masks ("segm"), equal to pycocotools' COCOeval
+    with its default parameters.
 
     `update` takes one dict per image. Outputs: `boxes` (N×4 pixel corners x1, y1, x2, y2 in the original
     image), `scores` (N), `labels` (N, 0-based class index). Targets: `boxes`, `labels`, and optionally
     `ignore` (N bool: VOC `difficult`, COCO `iscrowd`), `area` (N: e.g. the mask area COCO states; the box
     area otherwise) and `image_id` (kept in `image_ids`, in update order).
+
+    For "segm" both also carry `masks`: outputs N×1×H×W (or N×H×W) probabilities, as Mask R-CNN gives them, an
+    object's pixels being those above 0.5; targets N×H×W (0/1 or bool). IoU is then mask IoU, as COCOeval computes
+    it on run-length encodings (pycocotools'), and an object's area, which decides small/medium/large, is its mask's
+    pixel count unless the target states `area`; a detection's area is its mask's, as COCO.loadRes sets it.
 
     `compute` returns `map` (AP averaged over IoU 0.50:0.05:0.95), `map50`, `map75`, `map_small/medium/large`,
     `mar1/10/100`, `mar_small/medium/large`, `per_class` and `per_class_ap50` (class name → AP), `count`
@@ -63,8 +71,8 @@ class DetectionMetrics:
     """
 
     def __init__(self, classes: list[str], *, iou_type: str = "bbox") -> None:
-        if iou_type != "bbox":
-            raise ValueError(f"iou_type must be 'bbox', not {iou_type!r}: mask AP ('segm') is not implemented yet")
+        if iou_type not in ("bbox", "segm"):
+            raise ValueError(f"iou_type must be 'bbox' or 'segm', not {iou_type!r}")
         self.classes = classes
         self.iou_type = iou_type
         self.coco_eval: COCOeval | None = None
@@ -83,7 +91,8 @@ class DetectionMetrics:
         if len(outputs) != len(targets):
             raise ValueError(f"{len(outputs)} outputs for {len(targets)} targets: need one of each per image")
         first = len(self.image_ids)
-        dets, gts = _gather_outputs(outputs, first), _gather_targets(targets, first)
+        segm = self.iou_type == "segm"
+        dets, gts = _gather_outputs(outputs, first, segm=segm), _gather_targets(targets, first, segm=segm)
         for kind, labels in (("output", dets["labels"]), ("target", gts["labels"])):
             if labels.size and (labels.min() < 0 or labels.max() >= len(self.classes)):
                 raise ValueError(f"{kind} label outside 0..{len(self.classes) - 1}: labels are 0-based class indices")
@@ -119,14 +128,13 @@ class DetectionMetrics:
 
     def _evaluate(self, count: int, dets: dict[str, np.ndarray], gts: dict[str, np.ndarray]) -> COCOeval:
         # Ids start at 1 everywhere: COCOeval takes an id of 0 for "unmatched".
-        images = [{"id": i + 1} for i in range(count)]
         categories = [{"id": k + 1, "name": name} for k, name in enumerate(self.classes)]
         gt_anns = _annotations(gts, {"iscrowd": gts["ignore"].astype(int).tolist(), "area": gts["area"].tolist()})
-        dt_anns = _annotations(dets, {"score": dets["scores"].tolist()})
-        for ann in dt_anns:
-            # What COCO.loadRes sets for box results; built here so that no detections is not a special case.
-            ann["area"] = ann["bbox"][2] * ann["bbox"][3]
-            ann["iscrowd"] = 0
+        # The area and iscrowd COCO.loadRes sets for results; built here so that no detections is not a special case.
+        dt_anns = _annotations(
+            dets, {"score": dets["scores"].tolist(), "area": dets["area"].tolist(), "iscrowd": [0] * len(dets["area"])}
+        )
+        images = _images(count, gt_anns + dt_anns)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress on every call
             coco_gt = _coco(images, categories, gt_anns)
             coco_dt = _coco(images, categories, dt_anns)
@@ -137,34 +145,60 @@ class DetectionMetrics:
         return coco_eval
 
 
-def _gather_outputs(outputs: Sequence[dict[str, Any]], first: int) -> dict[str, np.ndarray]:
-    return {
+def _gather_outputs(outputs: Sequence[dict[str, Any]], first: int, *, segm: bool) -> dict[str, np.ndarray]:
+    part = {
         "image": _image_index(outputs, first),
         "boxes": _to_numpy([o["boxes"] for o in outputs]).reshape(-1, 4),
         "scores": _to_numpy([o["scores"] for o in outputs]),
         "labels": _to_numpy([o["labels"] for o in outputs], torch.int64),
     }
+    if segm:
+        part["segm"] = _encode([o["masks"] for o in outputs])
+    part["area"] = _shape_area(part)
+    return part
 
 
-def _gather_targets(targets: Sequence[dict[str, Any]], first: int) -> dict[str, np.ndarray]:
+def _gather_targets(targets: Sequence[dict[str, Any]], first: int, *, segm: bool) -> dict[str, np.ndarray]:
     labels = [torch.as_tensor(t["labels"]) for t in targets]
     # Defaults are made on each target's own device so that one concatenation serves the whole batch;
-    # NaN marks "no area given", replaced by the box area in one vectorised step.
+    # NaN marks "no area given", replaced by the box (or mask) area in one vectorised step.
     ignore = [t.get("ignore", torch.zeros_like(lab, dtype=torch.bool)) for t, lab in zip(targets, labels, strict=True)]
     area = [
         t.get("area", torch.full_like(lab, torch.nan, dtype=torch.float32))
         for t, lab in zip(targets, labels, strict=True)
     ]
-    boxes = _to_numpy([t["boxes"] for t in targets]).reshape(-1, 4)
-    areas = _to_numpy(area)
-    box_areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return {
+    part = {
         "image": _image_index(targets, first),
-        "boxes": boxes,
+        "boxes": _to_numpy([t["boxes"] for t in targets]).reshape(-1, 4),
         "labels": _to_numpy(labels, torch.int64),
         "ignore": _to_numpy(ignore, torch.bool),
-        "area": np.where(np.isnan(areas), box_areas, areas),
     }
+    if segm:
+        part["segm"] = _encode([t["masks"] for t in targets])
+    areas = _to_numpy(area)
+    part["area"] = np.where(np.isnan(areas), _shape_area(part), areas)
+    return part
+
+
+def _encode(masks: list[Any]) -> np.ndarray:
+    """COCO run-length encodings of every object's pixels (probability or value above 0.5), as an object array."""
+    encoded = []
+    for image_masks in masks:
+        pixels = torch.as_tensor(image_masks).detach()
+        pixels = (pixels.reshape(-1, *pixels.shape[-2:]) > 0.5).to(torch.uint8).cpu().numpy()
+        if len(pixels):  # pycocotools encodes H×W×N, Fortran order
+            encoded.extend(coco_mask.encode(np.asfortranarray(pixels.transpose(1, 2, 0))))
+    out = np.empty(len(encoded), dtype=object)
+    out[:] = encoded
+    return out
+
+
+def _shape_area(part: dict[str, np.ndarray]) -> np.ndarray:
+    """Each object's mask area where there are masks, its box area otherwise (what COCO.loadRes computes)."""
+    if "segm" in part:
+        return coco_mask.area(list(part["segm"])).astype(np.float64) if len(part["segm"]) else np.zeros(0)
+    boxes = part["boxes"]
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
 def _to_numpy(tensors: list[Any], dtype: torch.dtype = torch.float64) -> np.ndarray:
@@ -188,7 +222,7 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _annotations(part: dict[str, np.ndarray], extra: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """COCO annotation dicts: 1-based ids, image ids and category ids; boxes as [x, y, w, h]."""
+    """COCO annotation dicts: 1-based ids, image ids and category ids; boxes as [x, y, w, h]; masks as RLE."""
     xywh = part["boxes"].copy()
     xywh[:, 2:] -= xywh[:, :2]
     columns = {
@@ -196,9 +230,21 @@ def _annotations(part: dict[str, np.ndarray], extra: dict[str, list[Any]]) -> li
         "image_id": (part["image"] + 1).tolist(),
         "category_id": (part["labels"] + 1).tolist(),
         "bbox": xywh.tolist(),
+        **({"segmentation": list(part["segm"])} if "segm" in part else {}),
         **extra,
     }
     return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+def _images(count: int, anns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """COCO image records. With masks, COCO.annToRLE reads each image's height and width (compressed RLE carries
+    its own, but the lookup comes first): they are taken from the encodings."""
+    images = [{"id": i + 1} for i in range(count)]
+    for ann in anns:
+        if "segmentation" in ann:
+            height, width = ann["segmentation"]["size"]
+            images[ann["image_id"] - 1].update(height=height, width=width)
+    return images
 
 
 def _coco(images: list[dict[str, Any]], categories: list[dict[str, Any]], anns: list[dict[str, Any]]) -> COCO:

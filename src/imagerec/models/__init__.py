@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from imagerec.errors import UserError
@@ -13,10 +15,56 @@ __all__ = ["CLASSIFIERS", "create_classifier", "create_model", "list_classifiers
 def create_model(
     task: str, name: str, *, num_outputs: int, in_channels: int, imgsz: int, **kwargs: object
 ) -> nn.Module:
-    """Build the model `name` for `task` with fresh weights."""
+    """Build the model `name` for `task` with fresh weights.
+
+    For "segment", `num_outputs` is the number of logits per pixel (1 for a binary task with one logit) and
+    `encoder` picks an smp encoder; instance models (Mask R-CNN) take `num_outputs` classes, no background, and
+    optional `mean` and `std` (default: none, images are taken as they are).
+    """
     if task == "classify":
         return create_classifier(name, num_outputs=num_outputs, in_channels=in_channels, imgsz=imgsz, **kwargs)
+    if task == "segment":
+        return _create_segmenter(name, num_outputs=num_outputs, in_channels=in_channels, imgsz=imgsz, **kwargs)
     raise ValueError(f"no models for task {task!r}")
+
+
+def _create_segmenter(
+    name: str,
+    *,
+    num_outputs: int,
+    in_channels: int,
+    imgsz: int,
+    encoder: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> nn.Module:
+    from imagerec.models.detection import DetectorSpec
+    from imagerec.models.segmentation import (
+        SegmenterSpec,
+        create_instance_segmenter,
+        create_segmenter,
+        is_instance_segmenter,
+    )
+
+    if is_instance_segmenter(name):
+        spec = DetectorSpec(
+            num_classes=num_outputs,
+            in_channels=in_channels,
+            imgsz=imgsz,
+            mean=mean or [0.0] * in_channels,
+            std=std or [1.0] * in_channels,
+            backbone=encoder,
+        )
+        return create_instance_segmenter(name, spec)
+    # One logit per pixel is a two-class (background / foreground) task.
+    spec = SegmenterSpec(
+        num_classes=max(num_outputs, 2),
+        in_channels=in_channels,
+        imgsz=imgsz,
+        num_outputs=num_outputs,
+        encoder=encoder,
+    )
+    return create_segmenter(name, spec)
 
 
 def list_models(task: str = "classify") -> list[dict[str, str]]:
@@ -25,6 +73,10 @@ def list_models(task: str = "classify") -> list[dict[str, str]]:
         from imagerec.models.detection import list_detectors
 
         return list_detectors()
+    if task == "segment":
+        from imagerec.models.segmentation import list_segmenters
+
+        return list_segmenters()
     if task != "classify":
-        raise UserError(f"unknown task {task!r}: use classify or detect")
+        raise UserError(f"unknown task {task!r}: use classify, detect or segment")
     return list_classifiers()

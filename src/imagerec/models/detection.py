@@ -30,6 +30,7 @@ Builder = Callable[["DetectorSpec"], "Detector"]
 DETECTORS: Registry[Builder] = Registry("detection model")
 # torchvision's anchors are tuned for images of about 800 px; smaller inputs get proportionally smaller anchors.
 REFERENCE_SIZE = 800
+MIN_PROPOSALS, MIN_SAMPLED_REGIONS = 100, 64  # floors when proposals are scaled down for small images
 EVAL_SCORE_THRESHOLD = 0.05  # COCO practice: keep low-confidence boxes, mAP integrates over all of them
 
 
@@ -59,7 +60,11 @@ class Detector(nn.Module):
         self, images: Sequence[torch.Tensor] | torch.Tensor, targets: Sequence[dict[str, torch.Tensor]] | None = None
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         if targets is not None:
-            targets = [{"boxes": t["boxes"], "labels": t["labels"] + self.offset} for t in targets]
+            # Instance masks (N×H×W, Mask R-CNN) pass through; torchvision resizes them with the image.
+            targets = [
+                {"labels": t["labels"] + self.offset, **{k: t[k] for k in ("boxes", "masks") if k in t}}
+                for t in targets
+            ]
         out = self.model(list(images), targets)
         if self.training:
             return out
@@ -101,6 +106,19 @@ def _scale_anchors(generator: AnchorGenerator, *, imgsz: int, anchor_sizes: Sequ
     ]
 
 
+def _scale_proposals(model: FasterRCNN, *, imgsz: int) -> None:
+    """Scale the region proposals kept and sampled with the image area: torchvision's 2,000/1,000 proposals and
+    512 sampled regions per image suit 800-pixel images; at 128 px they made the box head 4× slower for nothing
+    (1,000 proposals: 774 ms per image, 100: 213 ms, fasterrcnn_resnet50_fpn on one CPU thread)."""
+    factor = min(1.0, (imgsz / REFERENCE_SIZE) ** 2)
+    rpn = model.rpn
+    for counts in (rpn._pre_nms_top_n, rpn._post_nms_top_n):
+        for mode in counts:
+            counts[mode] = max(MIN_PROPOSALS, round(counts[mode] * factor))
+    sampler = model.roi_heads.fg_bg_sampler
+    sampler.batch_size_per_image = max(MIN_SAMPLED_REGIONS, round(sampler.batch_size_per_image * factor))
+
+
 def _anchor_generator(model: nn.Module) -> AnchorGenerator | None:
     if isinstance(model, FasterRCNN):
         return model.rpn.anchor_generator
@@ -117,6 +135,8 @@ def _finish(model: nn.Module, spec: DetectorSpec, *, replace_conv: bool = True) 
     generator = _anchor_generator(model)
     if generator is not None:
         _scale_anchors(generator, imgsz=spec.imgsz, anchor_sizes=spec.anchor_sizes)
+    if isinstance(model, FasterRCNN):
+        _scale_proposals(model, imgsz=spec.imgsz)
     elif spec.anchor_sizes:
         raise UserError(f"{type(model).__name__} has no anchors to size; drop anchor_sizes")
     detector = Detector(model, background=isinstance(model, FasterRCNN | SSD))

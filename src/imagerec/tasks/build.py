@@ -20,9 +20,9 @@ TARGETS = {"classify": "class labels", "detect": "boxes", "segment": "masks"}
 
 def is_instance_model(name: str) -> bool:
     """Whether `name` is an instance-segmentation model (Mask R-CNN): it trains on COCO objects, not mask files."""
-    from imagerec.models.segmentation import INSTANCE_SEGMENTERS
+    from imagerec.models.segmentation import is_instance_segmenter
 
-    return name in INSTANCE_SEGMENTERS
+    return is_instance_segmenter(name)
 
 
 def data_format(cfg: RunConfig) -> str:

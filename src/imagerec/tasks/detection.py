@@ -68,6 +68,10 @@ class DetectionTask:
             anchor_sizes=cfg.anchor_sizes,
             backbone=cfg.backbone,
         )
+        if self.masks:
+            from imagerec.models.segmentation import create_instance_segmenter
+
+            return create_instance_segmenter(cfg.name, spec)
         return create_detector(cfg.name, spec)
 
     def model_fields(self, cfg: ModelConfig) -> dict[str, Any]:
