@@ -48,7 +48,7 @@ def write_split(root: Path) -> Path:
 
 def options(args: argparse.Namespace) -> dict:
     """Only what the command line set: everything else stays imagerec's default."""
-    names = ("imgsz", "augment", "batch", "lr", "loss", "eval_every")
+    names = ("imgsz", "augment", "batch", "lr", "loss", "binary_head", "eval_every")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--loss", default=None)
+    parser.add_argument("--binary-head", default=None, help="sigmoid (one logit, default) | softmax (two)")
     parser.add_argument("--eval-every", type=int, default=None, help="validate every N epochs (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)

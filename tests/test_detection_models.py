@@ -44,7 +44,7 @@ def test_detector_trains_and_predicts(name: str) -> None:
     channels = 1 if name in ("fcos_lite", "fasterrcnn_mobilenet_v3_large_320_fpn") else 3
     model = create_detector(name, _spec(channels))
     images, targets = _batch(channels)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)  # 3e-4 overshoots Faster R-CNN on one batch
     model.train()
     first = _loss(model, images, targets)
     assert torch.isfinite(first)

@@ -135,10 +135,10 @@ def _finish(model: nn.Module, spec: DetectorSpec, *, replace_conv: bool = True) 
     generator = _anchor_generator(model)
     if generator is not None:
         _scale_anchors(generator, imgsz=spec.imgsz, anchor_sizes=spec.anchor_sizes)
-    if isinstance(model, FasterRCNN):
-        _scale_proposals(model, imgsz=spec.imgsz)
     elif spec.anchor_sizes:
         raise UserError(f"{type(model).__name__} has no anchors to size; drop anchor_sizes")
+    if isinstance(model, FasterRCNN):
+        _scale_proposals(model, imgsz=spec.imgsz)
     detector = Detector(model, background=isinstance(model, FasterRCNN | SSD))
     detector.set_thresholds(score=EVAL_SCORE_THRESHOLD)
     return detector
