@@ -15,7 +15,7 @@ Opt = typer.Option
 
 def train(
     data: Annotated[Path | None, typer.Argument(help="Image folder or CSV (omit with --resume).")] = None,
-    task: Annotated[str, Opt(help="classify | detect")] = "classify",
+    task: Annotated[str, Opt(help="classify | detect | segment")] = "classify",
     model: Annotated[str | None, Opt(help="Model name; see `imagerec models --task TASK`.")] = None,
     backbone: Annotated[str | None, Opt(help="Detection: classifier under a fcos/retinanet/fasterrcnn head.")] = None,
     epochs: Annotated[int | None, Opt(help="Training epochs.")] = None,
@@ -39,6 +39,8 @@ def train(
     patience: Annotated[int | None, Opt(help="Early-stopping patience in epochs (0: off).")] = None,
     monitor: Annotated[str | None, Opt(help="Validation metric picking the best epoch, e.g. val_map50.")] = None,
     eval_every: Annotated[int | None, Opt(help="Validate every N epochs (and after the last).")] = None,
+    loss: Annotated[str | None, Opt(help="Segmentation: auto | ce | dice | focal | ce_dice.")] = None,
+    workers: Annotated[int | None, Opt(help="DataLoader processes decoding and augmenting images.")] = None,
 ) -> None:
     """Train a model; prints per-epoch metrics and the test metrics at the end."""
     from imagerec.api import train as train_run
@@ -47,6 +49,7 @@ def train(
         "model": model, "epochs": epochs, "imgsz": imgsz, "batch": batch, "lr": lr, "augment": augment,
         "device": device, "devices": devices, "num_nodes": num_nodes, "precision": precision, "seed": seed,
         "patience": patience, "monitor": monitor, "eval_every": eval_every, "backbone": backbone, "flip": flip,
+        "loss": loss, "workers": workers,
     }  # fmt: skip
     console = Console(soft_wrap=True)
     try:
@@ -69,7 +72,7 @@ def train(
     console.print(f"saved to [bold]{run.path}[/]")
 
 
-def models(task: Annotated[str, Opt(help="classify | detect")] = "classify") -> None:
+def models(task: Annotated[str, Opt(help="classify | detect | segment")] = "classify") -> None:
     """List what --model accepts."""
     from imagerec.models import list_models
 
