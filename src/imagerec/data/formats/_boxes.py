@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from PIL import Image
 
 from imagerec.data.images import IMAGE_EXTENSIONS, is_image_file
@@ -53,6 +54,20 @@ class Findings:
             f"{_WARNING_NOTES[kind].format(n=n)} (first: {first[kind]}); imagerec data validate lists them all"
             for kind, n in counts.items()
         ]
+
+
+def load_yaml_mapping(file: Path, *, needs: str) -> dict[str, Any]:
+    """The mapping in YAML `file`; a UserError naming the line and column of a syntax error, or saying what the
+    file `needs` when it holds something else."""
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{file}{where}: not valid YAML ({error.problem}); fix it") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{file}: expected {needs}; fix it")
+    return data
 
 
 def _fmt(box: Sequence[float]) -> str:

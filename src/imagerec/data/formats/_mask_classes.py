@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from imagerec.data.formats._boxes import load_yaml_mapping
 from imagerec.data.masks import (
     MASK_KINDS,
     VOC_CLASSES,
@@ -70,24 +70,12 @@ def _names(data: dict[str, Any], file: Path) -> list[str]:
     return names
 
 
-def _load(file: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{file}{where}: not valid YAML ({error.problem}); fix it") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{file}: expected `names:` (and optional colours, ignore_index); fix it")
-    return data
-
-
 def read_declared(root: Path) -> Declared | None:
     """classes.yaml in `root`, checked; None when there is none."""
     file = next((root / n for n in CLASSES_FILES if (root / n).is_file()), None)
     if file is None:
         return None
-    data = _load(file)
+    data = load_yaml_mapping(file, needs="`names:` (and optional colours, ignore_index)")
     names = _names(data, file)
     raw = data.get("colours", data.get("colors"))
     colours = tuple(_colour(c, file, f"colour {i}") for i, c in enumerate(raw or []))

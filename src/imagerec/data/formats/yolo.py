@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from imagerec.data.formats._boxes import (
     Findings,
     ObjectsBuilder,
     build_index,
     image_size,
     images_in,
+    load_yaml_mapping,
     names_file,
     number,
     read_names,
@@ -83,13 +82,8 @@ def label_path(image: Path) -> Path:
 
 
 def _load_yaml(file: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{file}{where}: not valid YAML ({error.problem}); fix it") from None
-    if not isinstance(data, dict) or "names" not in data:
+    data = load_yaml_mapping(file, needs="a YOLO data.yaml with `names` (a list, or a dict of index: name)")
+    if "names" not in data:
         raise UserError(f"{file}: a YOLO data.yaml needs `names` (a list, or a dict of index: name)")
     return data
 
