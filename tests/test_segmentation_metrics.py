@@ -341,3 +341,21 @@ def test_mask_ap_by_hand() -> None:
     assert result["map50"] == 1.0
     assert result["map75"] == 0.0
     assert result["map_medium"] == pytest.approx(0.3, abs=1e-12)  # area 1,600 px: medium (32² to 96²)
+
+
+def test_mask_map_takes_hundreds_of_masks_in_one_update() -> None:
+    """Mask R-CNN keeps up to 100 objects per image, so a validation batch can hold more than 255 masks: that many
+    once broke pycocotools' `mask.area` under NumPy 2 (OverflowError). Areas are the masks' pixel counts."""
+    masks = torch.zeros(300, 1, 20, 20)
+    for i in range(300):
+        masks[i, 0, : 1 + i % 20, :10] = 0.9
+    outputs = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 20.0]] * 300), "scores": torch.linspace(1, 0.1, 300),
+                "labels": torch.zeros(300, dtype=torch.int64), "masks": masks}]  # fmt: skip
+    target_mask = torch.zeros(1, 20, 20, dtype=torch.uint8)
+    target_mask[0, :, :10] = 1
+    targets = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 20.0]]), "labels": torch.tensor([0]), "masks": target_mask}]
+    metrics = DetectionMetrics(["object"], iou_type="segm")
+    metrics.update(outputs, targets)
+    # Mask i covers rows 0..i%20 of the target's 20×10 pixels: IoU (i+1)/20. The nine best-scored masks (i < 9)
+    # are false positives at IoU .50, so the true positive i = 9 (IoU 0.5) comes at precision 1/10.
+    assert metrics.compute()["map50"] == pytest.approx(0.1)

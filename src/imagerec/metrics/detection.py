@@ -153,7 +153,7 @@ def _gather_outputs(outputs: Sequence[dict[str, Any]], first: int, *, segm: bool
         "labels": _to_numpy([o["labels"] for o in outputs], torch.int64),
     }
     if segm:
-        part["segm"] = _encode([o["masks"] for o in outputs])
+        part["segm"], part["segm_area"] = _encode([o["masks"] for o in outputs])
     part["area"] = _shape_area(part)
     return part
 
@@ -174,29 +174,32 @@ def _gather_targets(targets: Sequence[dict[str, Any]], first: int, *, segm: bool
         "ignore": _to_numpy(ignore, torch.bool),
     }
     if segm:
-        part["segm"] = _encode([t["masks"] for t in targets])
+        part["segm"], part["segm_area"] = _encode([t["masks"] for t in targets])
     areas = _to_numpy(area)
     part["area"] = np.where(np.isnan(areas), _shape_area(part), areas)
     return part
 
 
-def _encode(masks: list[Any]) -> np.ndarray:
-    """COCO run-length encodings of every object's pixels (probability or value above 0.5), as an object array."""
-    encoded = []
+def _encode(masks: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """COCO run-length encodings of every object's pixels (probability or value above 0.5), as an object array,
+    and each object's pixel count (what `mask.area` gives; counted here because pycocotools 2.0.11's `area`
+    fails under NumPy 2 for more than 255 masks in one call)."""
+    encoded, areas = [], []
     for image_masks in masks:
         pixels = torch.as_tensor(image_masks).detach()
         pixels = (pixels.reshape(-1, *pixels.shape[-2:]) > 0.5).to(torch.uint8).cpu().numpy()
         if len(pixels):  # pycocotools encodes H×W×N, Fortran order
             encoded.extend(coco_mask.encode(np.asfortranarray(pixels.transpose(1, 2, 0))))
+            areas.append(pixels.sum(axis=(1, 2), dtype=np.float64))
     out = np.empty(len(encoded), dtype=object)
     out[:] = encoded
-    return out
+    return out, np.concatenate(areas) if areas else np.zeros(0)
 
 
 def _shape_area(part: dict[str, np.ndarray]) -> np.ndarray:
     """Each object's mask area where there are masks, its box area otherwise (what COCO.loadRes computes)."""
     if "segm" in part:
-        return coco_mask.area(list(part["segm"])).astype(np.float64) if len(part["segm"]) else np.zeros(0)
+        return part.pop("segm_area")
     boxes = part["boxes"]
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
