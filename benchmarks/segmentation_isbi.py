@@ -11,7 +11,7 @@ epochs = budget / probe epoch time through `imagerec.train` with the default rec
 The budget counts training epochs (metrics.csv `epoch_time_s`); validation, checkpoints and the test evaluation
 come on top and are in the wall seconds. One torch thread (see docs/benchmarks.md, "Detection", on why).
 
-    python benchmarks/segmentation_isbi.py                     # unet and lraspp, 540 s each: ~22 min on 2 cores
+    python benchmarks/segmentation_isbi.py                     # unet and lraspp, 540 s each: ~28 min on 2 cores
     python benchmarks/segmentation_isbi.py --quick             # 60 s each
     python benchmarks/segmentation_isbi.py --models unet --augment heavy --imgsz 512
 """

@@ -16,7 +16,7 @@ from imagerec.outputs.results import Detections, SegmentationMask
 from imagerec.runs import write_text
 
 Opt = typer.Option
-MAX_PIXELS = 4096 * 4096  # imagerec.outputs.predict.MAX_PIXELS, repeated so `--help` needs no torch import
+MAX_PIXELS = 2048 * 2048  # imagerec.outputs.predict.MAX_PIXELS, repeated so `--help` needs no torch import
 
 
 def print_metrics(console: Console, metrics: dict[str, Any], *, title: str) -> None:

@@ -84,8 +84,9 @@ class _Decoded(Dataset):
 
 
 Result = Classification | Detections | SegmentationMask
-# Whole-image segmentation above this many pixels needs --tile (a 4096×4096 image).
-MAX_PIXELS = 4096 * 4096
+# Whole-image segmentation above this many pixels needs --tile: a 2048×2048 image. At 4096×4096 the compact
+# U-Net alone peaked at 8.6 GiB, against 1.7 GiB in 512 px tiles (docs/benchmarks.md, tiling).
+MAX_PIXELS = 2048 * 2048
 
 
 class Predictor:
