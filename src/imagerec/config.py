@@ -24,13 +24,15 @@ class DataConfig(_Config):
     format: Literal["auto", "imagefolder", "csv", "coco", "yolo", "voc", "masks"] = "auto"
     val: float = Field(0.1, ge=0, lt=1, description="fraction held out for validation when the data has no val split")
     test: float = Field(0.1, ge=0, lt=1, description="fraction held out for testing when the data is one flat folder")
-    imgsz: int | None = Field(None, gt=0, description="input size; default: the data's median size, at least 32")
-    batch: int | None = Field(None, gt=0, description="images per batch; default 64 (classification), 8 (detection)")
+    imgsz: int | None = Field(
+        None, gt=0, description="input size (segmentation: training crop); default: from the data's median size"
+    )
+    batch: int | None = Field(None, gt=0, description="images per batch; default 64, or 8 to detect and segment")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     cache: bool | None = Field(None, description="decode all images into memory once; default: when they fit")
     augment: Augment = "light"
     balanced_sampler: bool = False
-    flip: bool = Field(True, description="detection: horizontal flips in augmentation (off for text and digits)")
+    flip: bool = Field(True, description="detect/segment: horizontal flips in augmentation (off for text, digits)")
 
 
 class ModelConfig(_Config):
@@ -39,7 +41,7 @@ class ModelConfig(_Config):
         "sigmoid", description="two classes: one logit with BCE, or two-class softmax"
     )
     dropout: float = Field(0.0, ge=0, lt=1)
-    backbone: str | None = Field(None, description="detection: classifier under a fcos/retinanet/fasterrcnn head")
+    backbone: str | None = Field(None, description="classifier under a fcos/retinanet/fasterrcnn head; smp encoder")
     anchor_sizes: tuple[float, ...] | None = Field(
         None, description="detection: smallest anchor per pyramid level (default: torchvision's, scaled by imgsz/800)"
     )
