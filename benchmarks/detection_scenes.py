@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import imagerec  # noqa: E402
-from _common import markdown_table, print_machine, quiet_console, read_metrics, timed  # noqa: E402
+from _common import markdown_table, print_machine, print_result, quiet_console, read_metrics, timed  # noqa: E402
 
 MODELS = ("fcos_lite", "ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn")
 RECIPES: dict[str, dict[str, float | int]] = {
@@ -68,7 +68,7 @@ def measure(data: Path, work: Path, model: str, args: argparse.Namespace) -> dic
         "map50": run.metrics["map50"],
         "load": os.getloadavg()[0],
     }
-    print("  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    print_result(result)
     return result
 
 

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import imagerec  # noqa: E402
-from _common import SHARED_DATASETS, markdown_table, print_machine, quiet_console, read_metrics, timed  # noqa: E402
+from _common import SHARED_DATASETS, markdown_table, print_machine, print_result, quiet_console, read_metrics, timed  # noqa: E402
 
 ISBI = SHARED_DATASETS / "isbi2012-em" / "train"
 SPLITS = {"train": range(22), "val": range(22, 25), "test": range(25, 30)}
@@ -83,7 +83,7 @@ def measure(data: Path, work: Path, model: str, args: argparse.Namespace) -> dic
         "pixel_accuracy": m["pixel_accuracy"],
         "load": os.getloadavg()[0],
     }
-    print("  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    print_result(result)
     return result
 
 

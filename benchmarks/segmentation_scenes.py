@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import imagerec  # noqa: E402
-from _common import markdown_table, print_machine, quiet_console, read_metrics, timed  # noqa: E402
+from _common import markdown_table, print_machine, print_result, quiet_console, read_metrics, timed  # noqa: E402
 
 INSTANCE = "maskrcnn_resnet50_fpn"
 TRAIN_SCENES = 600
@@ -63,7 +63,7 @@ def row(name: str, run: imagerec.Run | None, **values: float | int | str) -> dic
     m = run.metrics if run is not None else {}
     values |= {k: m.get(k, float("nan")) for k in ("miou", "dice", "pixel_accuracy", "map", "map50")}
     result = {"model": name, **values, "load": os.getloadavg()[0]}
-    print("  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    print_result(result)
     return result
 
 
