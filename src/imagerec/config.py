@@ -33,6 +33,10 @@ class DataConfig(_Config):
     augment: Augment = "light"
     balanced_sampler: bool = False
     flip: bool = Field(True, description="detect/segment: horizontal flips in augmentation (off for text, digits)")
+    mean: tuple[float, ...] | None = Field(
+        None, description="per-channel normalisation mean (default: the pretrained weights', else the data's)"
+    )
+    std: tuple[float, ...] | None = Field(None, description="per-channel normalisation std (default: as for mean)")
 
 
 class ModelConfig(_Config):
@@ -44,6 +48,14 @@ class ModelConfig(_Config):
     backbone: str | None = Field(None, description="classifier under a fcos/retinanet/fasterrcnn head; smp encoder")
     anchor_sizes: tuple[float, ...] | None = Field(
         None, description="detection: smallest anchor per pyramid level (default: torchvision's, scaled by imgsz/800)"
+    )
+    head: Literal["network", "knn", "logistic"] = Field(
+        "network",
+        description="classify: the network's own head, or scikit-learn k-NN / logistic regression on frozen embeddings",
+    )
+    weights: str | None = Field(
+        None,
+        description="start from: DEFAULT, a named weight (IMAGENET1K_V1, timm:resnet50.a1_in1k), a file or a run",
     )
 
 
@@ -67,6 +79,15 @@ class TrainConfig(_Config):
     loss: Literal["auto", "ce", "dice", "focal", "ce_dice"] = Field(
         "auto", description="segmentation loss; auto: cross-entropy + Dice (BCE + Dice with one logit)"
     )
+    finetune: Literal["full", "linear", "last-n", "gradual"] = Field(
+        "full",
+        description="which backbone stages train: all, none (head only), the last --stages, or one more per epoch",
+    )
+    stages: int = Field(1, gt=0, description="last-n: how many of the backbone's last stages train")
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="learning rate × this per stage below the head (e.g. 0.7)"
+    )
+    backbone_lr_mult: float | None = Field(None, gt=0, description="learning rate × this for the whole backbone")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     devices: int = Field(1, gt=0)

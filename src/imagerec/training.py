@@ -31,6 +31,7 @@ from imagerec.engine.loop import FitLoop, FitState, evaluate, fit
 from imagerec.engine.optim import build_optimizer, build_scheduler, ema_with_warmup
 from imagerec.errors import UserError
 from imagerec.models.classification import check_input_size
+from imagerec.models.weights import LoadReport, apply_weights, fit_channels, weights_model, weights_preprocessing
 from imagerec.outputs.predict import Predictor, load
 from imagerec.runs import RUN_FORMAT, RunDir, new_run_dir, write_json, write_yaml
 from imagerec.tasks.build import build_task, check_task_data, data_format
@@ -89,13 +90,32 @@ def _prepare_index(cfg: RunConfig, record: dict[str, list[str]] | None) -> DataI
 
 def _model_info(cfg: RunConfig, index: DataIndex, task: AnyTask) -> dict[str, Any]:
     channels = _data_channels(index)
-    imgsz = cfg.data.imgsz or _auto_imgsz(index, cfg.task)
-    stats_set = ClassificationDataset(index.samples("train"), channels=channels, num_classes=len(index.classes))
-    mean, std = channel_statistics(stats_set, limit=500)
+    pretrained = _pretrained_preprocessing(cfg)
+    same_task = pretrained is not None and pretrained.get("task") == cfg.task
+    imgsz = cfg.data.imgsz or (pretrained["imgsz"] if same_task else None) or _auto_imgsz(index, cfg.task)
+    if pretrained is not None:  # the statistics the weights learned with, fitted to the data's channels
+        mean, std = (fit_channels(pretrained[k], channels) for k in ("mean", "std"))
+    else:
+        stats_set = ClassificationDataset(index.samples("train"), channels=channels, num_classes=len(index.classes))
+        mean, std = channel_statistics(stats_set, limit=500)
+    for name, given in (("mean", cfg.data.mean), ("std", cfg.data.std)):
+        if given is not None and len(given) != channels:
+            raise UserError(f"--{name} has {len(given)} values but the images have {channels} channels")
     common = {"format": RUN_FORMAT, "task": cfg.task, "model": cfg.model.name, "classes": index.classes}
     if index.category_ids:  # COCO ids, so predictions can be written back as COCO results
         common["category_ids"] = index.category_ids
-    return {**common, "channels": channels, "imgsz": imgsz, "mean": mean, "std": std, **task.model_fields(cfg.model)}
+    return {
+        **common, "channels": channels, "imgsz": imgsz, "mean": list(cfg.data.mean or mean),
+        "std": list(cfg.data.std or std), **task.model_fields(cfg.model),
+    }  # fmt: skip
+
+
+def _pretrained_preprocessing(cfg: RunConfig) -> dict[str, Any] | None:
+    if cfg.model.weights is None:
+        return None
+    return weights_preprocessing(
+        cfg.model.weights, model_name=weights_model(cfg.task, cfg.model.name, cfg.model.backbone)
+    )
 
 
 def make_loader(
@@ -210,6 +230,7 @@ class TrainingSession:
         index, info, task = self._data()
         loaders = self._loaders(index, info, task)
         net = task.build_model(cfg.model, info)
+        loaded = self._pretrained(net) if saved is None else None
         check_input_size(net, name=cfg.model.name, in_channels=info["channels"], imgsz=info["imgsz"])
         settings = self._compute_settings(net, loaders["train"], task)
         fabric = Fabric(
@@ -223,9 +244,11 @@ class TrainingSession:
         # Rank 0 picks the run directory; the others must not race to pick their own.
         run = self.resume or RunDir(Path(fabric.broadcast(str(new_run_dir(cfg.out, cfg.task).path), src=0)))
         if fabric.is_global_zero:
-            self._write_run_files(run, index, info, settings)
+            self._write_run_files(run, index, info, settings, loaded)
             counts = " / ".join(f"{len(index.samples(s))} {s}" for s in ("train", "val", "test"))
             self.console.print(f"run directory: [bold]{run.path}[/]  ({settings.describe()}; {counts} images)")
+            if loaded is not None:
+                self.console.print(loaded.summary(), markup=False)
         if settings.channels_last:
             net = net.to(memory_format=torch.channels_last)
         parts = self._optimization(fabric, net, loaders)
@@ -264,7 +287,15 @@ class TrainingSession:
         key = self.cfg.train.monitor or (f"val_{metric}" if has_val else "train_loss")
         return key, "min" if key.endswith("loss") else mode
 
-    def _write_run_files(self, run: RunDir, index: DataIndex, info: dict[str, Any], settings: ComputeSettings) -> None:
+    def _pretrained(self, net: torch.nn.Module) -> LoadReport | None:
+        model = self.cfg.model
+        if model.weights is None:
+            return None
+        return apply_weights(net, model.weights, model_name=weights_model(self.cfg.task, model.name, model.backbone))
+
+    def _write_run_files(
+        self, run: RunDir, index: DataIndex, info: dict[str, Any], settings: ComputeSettings, loaded: LoadReport | None
+    ) -> None:
         if self.resume is not None:
             return
         saved = self.cfg.model_dump(mode="json")
@@ -276,6 +307,7 @@ class TrainingSession:
                 "format": RUN_FORMAT, "versions": _versions(), "data_fingerprint": index.fingerprint(),
                 "data_notes": index.notes, "compute": {"precision": settings.precision,
                 "channels_last": settings.channels_last, "measured_images_per_s": settings.measured},
+                "weights": loaded.to_dict() if loaded is not None else None,
             },
         })  # fmt: skip
         write_json(run.model_info, info)

@@ -41,6 +41,17 @@ def train(
     eval_every: Annotated[int | None, Opt(help="Validate every N epochs (and after the last).")] = None,
     loss: Annotated[str | None, Opt(help="Segmentation: auto | ce | dice | focal | ce_dice.")] = None,
     workers: Annotated[int | None, Opt(help="DataLoader processes decoding and augmenting images.")] = None,
+    weights: Annotated[
+        str | None, Opt(help="Start from: DEFAULT, IMAGENET1K_V2, timm:NAME.TAG, a weights file or a run directory.")
+    ] = None,
+    finetune: Annotated[str | None, Opt(help="full | linear | last-n | gradual: which backbone stages train.")] = None,
+    stages: Annotated[int | None, Opt(help="--finetune last-n: how many of the last backbone stages train.")] = None,
+    layer_decay: Annotated[float | None, Opt(help="LR × this per backbone stage below the head (e.g. 0.7).")] = None,
+    backbone_lr_mult: Annotated[float | None, Opt(help="LR × this for the whole backbone (e.g. 0.1).")] = None,
+    mean: Annotated[list[float] | None, Opt(help="Normalisation mean per channel (repeat the option).")] = None,
+    std: Annotated[
+        list[float] | None, Opt(help="Normalisation std per channel (default: the weights' or data's).")
+    ] = None,
 ) -> None:
     """Train a model; prints per-epoch metrics and the test metrics at the end."""
     from imagerec.api import train as train_run
@@ -49,7 +60,9 @@ def train(
         "model": model, "epochs": epochs, "imgsz": imgsz, "batch": batch, "lr": lr, "augment": augment,
         "device": device, "devices": devices, "num_nodes": num_nodes, "precision": precision, "seed": seed,
         "patience": patience, "monitor": monitor, "eval_every": eval_every, "backbone": backbone, "flip": flip,
-        "loss": loss, "workers": workers,
+        "loss": loss, "workers": workers, "weights": weights, "finetune": finetune, "stages": stages,
+        "layer_decay": layer_decay, "backbone_lr_mult": backbone_lr_mult, "mean": tuple(mean) if mean else None,
+        "std": tuple(std) if std else None,
     }  # fmt: skip
     console = Console(soft_wrap=True)
     try:

@@ -32,6 +32,8 @@ DETECTORS: Registry[Builder] = Registry("detection model")
 REFERENCE_SIZE = 800
 MIN_PROPOSALS, MIN_SAMPLED_REGIONS = 100, 64  # floors when proposals are scaled down for small images
 EVAL_SCORE_THRESHOLD = 0.05  # COCO practice: keep low-confidence boxes, mAP integrates over all of them
+DEFAULT_BACKBONE = "resnet18"  # under the fcos / retinanet / fasterrcnn heads when --backbone is not given
+BACKBONE_HEADS = ("fcos", "retinanet", "fasterrcnn")
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,9 @@ def _stage_outputs(
 
 def _on_backbone(head: str, spec: DetectorSpec, *, fpn_channels: int = 256) -> Detector:
     """An FCOS, RetinaNet or Faster R-CNN head with an FPN over the stride-8/16/32 features of `spec.backbone`."""
-    body, channels, strides = _feature_body(spec.backbone or "resnet18", in_channels=spec.in_channels, imgsz=spec.imgsz)
+    body, channels, strides = _feature_body(
+        spec.backbone or DEFAULT_BACKBONE, in_channels=spec.in_channels, imgsz=spec.imgsz
+    )
     extra = LastLevelMaxPool() if head == "fasterrcnn" else LastLevelP6P7(fpn_channels, fpn_channels)
     pyramid = FeaturePyramid(body, channels, out_channels=fpn_channels, extra=extra)
     levels = [*strides, strides[-1] * 2] if head == "fasterrcnn" else [*strides, strides[-1] * 2, strides[-1] * 4]
@@ -324,11 +328,11 @@ def _backbone_builder(head: str) -> Builder:
     def build(spec: DetectorSpec) -> Detector:
         return _on_backbone(head, spec)
 
-    build.__doc__ = f"{head} head with an FPN on any classifier (--backbone NAME, default resnet18)"
+    build.__doc__ = f"{head} head with an FPN on any classifier (--backbone NAME, default {DEFAULT_BACKBONE})"
     return build
 
 
-for _head in ("fcos", "retinanet", "fasterrcnn"):
+for _head in BACKBONE_HEADS:
     DETECTORS.add(_head, _backbone_builder(_head))
 
 
