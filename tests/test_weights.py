@@ -207,3 +207,32 @@ def test_run_of_an_incompatible_model_is_refused(capsys, monkeypatch, digits_run
 def test_unknown_weight_name_lists_the_choices(capsys, monkeypatch, faces_dir):
     line = user_error(capsys, monkeypatch, "train", faces_dir, "--model", "resnet50", "--weights", "IMAGENET1K_V9")
     assert "IMAGENET1K_V1, IMAGENET1K_V2" in line
+
+
+@pytest.mark.parametrize(
+    ("task", "name", "classes", "head"),
+    [
+        ("detect", "fasterrcnn_mobilenet_v3_large_320_fpn", 91, "box_predictor"),
+        ("segment", "lraspp_mobilenet_v3_large", 21, "classifier.low_classifier"),
+    ],
+)
+def test_published_detection_and_segmentation_weights_keep_all_but_the_class_layers(
+    monkeypatch, tmp_path, task, name, classes, head
+):
+    """COCO / VOC weights (here: a freshly drawn model saved under the published file name) into 3 classes."""
+    torch.manual_seed(0)
+    state = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=classes).state_dict()
+    filename = torchvision.models.get_model_weights(name).DEFAULT.url.rsplit("/", 1)[-1]
+    torch.save(state, tmp_path / filename)
+    monkeypatch.setenv("IMAGEREC_WEIGHTS_DIR", str(tmp_path))
+    if task == "detect":
+        spec = DetectorSpec(num_classes=3, in_channels=3, imgsz=320, mean=[0.0] * 3, std=[1.0] * 3)
+        model = create_detector(name, spec)
+    else:
+        model = create_model("segment", name, num_outputs=3, in_channels=3, imgsz=64)
+    report = apply_weights(model, "DEFAULT", model_name=name)
+    loaded = model.state_dict()
+    kept = {k: v for k, v in state.items() if head not in k and "high_classifier" not in k}
+    assert all(torch.equal(loaded[f"model.{k}"], v) for k, v in kept.items())
+    assert report.fresh and all(head in k or "high_classifier" in k for k in report.fresh)
+    assert weights_preprocessing("DEFAULT", model_name=name)["mean"] == pytest.approx((0.485, 0.456, 0.406))

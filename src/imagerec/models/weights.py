@@ -36,6 +36,7 @@ DEFAULT_WEIGHTS_DIR = Path("~/.cache/imagerec/weights")
 CONNECT_TIMEOUT_S = 3.0
 # Layers whose shape depends on the class list: a mismatch there means "new head", not "other architecture".
 _HEAD_PART = re.compile(r"head|classifier|predictor|logits|^fc$|^last_linear$|^aux|^bbox_pred$")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _STATE_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "network", "weights", "params")
 
 
@@ -79,9 +80,9 @@ class _Published:
     url: str
     filename: str
     cache: Path | None  # where the owning library caches it (None: the Hugging Face cache, looked up by name)
-    mean: tuple[float, ...] | None
-    std: tuple[float, ...] | None
-    imgsz: int | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    imgsz: int | None  # the input size of classification weights
     hf: tuple[str, str] | None = None  # (repo id, file) on the Hugging Face hub
 
 
@@ -113,15 +114,18 @@ def _torchvision_weights(source: str, model: str) -> _Published:
         )
     weight = options[name]
     transform = weight.transforms()
-    mean, std, crop = (getattr(transform, k, None) for k in ("mean", "std", "crop_size"))
+    # Every torchvision weight was trained on ImageNet-normalised input; detection presets normalise inside the
+    # model (GeneralizedRCNNTransform) and so do not say it.
+    mean, std = getattr(transform, "mean", IMAGENET_MEAN), getattr(transform, "std", IMAGENET_STD)
+    crop = getattr(transform, "crop_size", None)  # classification weights only
     filename = weight.url.rsplit("/", 1)[-1]
     return _Published(
         name=str(weight),
         url=weight.url,
         filename=filename,
         cache=Path(torch.hub.get_dir()) / "checkpoints" / filename,
-        mean=tuple(mean) if mean else None,
-        std=tuple(std) if std else None,
+        mean=tuple(mean),
+        std=tuple(std),
         imgsz=int(crop[0]) if crop else None,
     )
 
@@ -393,9 +397,8 @@ def weights_preprocessing(source: str, *, model_name: str) -> dict[str, Any] | N
     if path.exists() or not is_published(source):
         return None
     published = _published(source, model_name)
-    if published.mean is None:
-        return None
-    return {"mean": published.mean, "std": published.std, "imgsz": published.imgsz, "task": "classify"}
+    task = "classify" if published.imgsz else None
+    return {"mean": published.mean, "std": published.std, "imgsz": published.imgsz, "task": task}
 
 
 def fit_channels(values: list[float] | tuple[float, ...], channels: int) -> list[float]:
