@@ -200,8 +200,12 @@ def _fetch(weights: _Published) -> Path:
         from huggingface_hub import hf_hub_download
 
         return Path(hf_hub_download(*weights.hf))
-    torch.hub.download_url_to_file(weights.url, str(weights.cache or weights_dir() / weights.filename))
-    return weights.cache or weights_dir() / weights.filename
+    target = weights.cache or weights_dir() / weights.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # torchvision's file names carry the start of their SHA-256: checked as torch.hub does for its own downloads.
+    digest = torch.hub.HASH_REGEX.search(weights.filename)
+    torch.hub.download_url_to_file(weights.url, str(target), hash_prefix=digest.group(1) if digest else None)
+    return target
 
 
 # -- reading a state dict -------------------------------------------------------------------------------------------
@@ -307,6 +311,11 @@ def match_state_dict(
             report.adapted.append(f"{name} {tensor.shape[1]}→{want.shape[1]}")
         elif _is_head(name) and tensor.shape[1:] == want.shape[1:]:
             report.ignored.append(key)  # class-dependent outputs: the head is new for this class list
+        elif "pos_emb" in key:  # a vision transformer's position table is sized for one input size
+            raise UserError(
+                f"{source}: {key} is {list(tensor.shape)} in the file but {list(want.shape)} in the model: the "
+                "weights are for another input size; train at their size (--imgsz)"
+            )
         else:
             misfits["shape"].append(f"{key} is {list(tensor.shape)} in the file but {list(want.shape)} in the model")
     report.loaded = sorted(matched)
