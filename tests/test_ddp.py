@@ -39,3 +39,18 @@ def test_two_processes_on_cpu(digits_dir, tmp_path):
     assert test["count"] == 179
     assert test["accuracy"] > 0.5
     assert not list(run.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_gradual_unfreezing_across_two_processes(digits_dir, tmp_path):
+    """Parameters join training after DDP wrapped the model (epoch 2 unfreezes the last stage): DDP must sync them."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [str(IMAGEREC), "train", str(digits_dir), "--devices", "2", "--epochs", "2", "--device", "cpu",
+         "--finetune", "gradual", "--imgsz", "8", "--batch", "32", "--seed", "0", "--out", str(tmp_path / "run")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "finetune gradual" in done.stdout
+    with (tmp_path / "run" / "metrics.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]

@@ -108,14 +108,14 @@ def test_short_runs_and_no_warmup(scheduler, epochs, steps, warmup):
 )
 def test_optimizer_no_decay_groups(name, cls):
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
-    model[0].weight.requires_grad_(False)  # frozen parameters are left out
+    model[0].weight.requires_grad_(False)  # frozen ones go in too: skipped while grad is None
     optimizer = build_optimizer(model, TrainConfig(optimizer=name, weight_decay=0.05, lr=0.01))
     assert isinstance(optimizer, cls)
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.05
     assert no_decay["weight_decay"] == 0.0
     ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
-    assert ids(decay) == {id(model[3].weight)}
+    assert ids(decay) == {id(model[0].weight), id(model[3].weight)}
     assert ids(no_decay) == {id(model[0].bias), id(model[1].weight), id(model[1].bias), id(model[3].bias)}
 
 

@@ -11,7 +11,7 @@ import torch
 import torchvision
 import yaml
 
-from helpers import user_error
+from helpers import invoke, user_error
 from imagerec.api import train
 from imagerec.engine.checkpoint import load_weights
 from imagerec.errors import UserError
@@ -236,3 +236,21 @@ def test_published_detection_and_segmentation_weights_keep_all_but_the_class_lay
     assert all(torch.equal(loaded[f"model.{k}"], v) for k, v in kept.items())
     assert report.fresh and all(head in k or "high_classifier" in k for k in report.fresh)
     assert weights_preprocessing("DEFAULT", model_name=name)["mean"] == pytest.approx((0.485, 0.456, 0.406))
+
+
+def test_linear_probe_from_a_file_keeps_every_backbone_tensor(resnet18_file, faces_dir, tmp_path):
+    """Through the CLI: a torchvision state dict, a new class count (2, one logit), `--finetune linear`: after a
+    real epoch of training every backbone tensor, batch-norm statistics included, is still the file's."""
+    path, state = resnet18_file
+    out = tmp_path / "run"
+    result = invoke(
+        "train", faces_dir, "--model", "resnet18", "--weights", path, "--finetune", "linear", "--imgsz", 32,
+        "--epochs", 1, "--precision", "32", "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "loaded 120 tensors" in result.output and "finetune linear" in result.output
+    trained = load_weights(out / "best.safetensors")
+    backbone = _backbone(state) | {"conv1.weight": state["conv1.weight"].sum(1, keepdim=True)}  # grey faces
+    differ = [k for k, v in backbone.items() if not torch.equal(trained[k], v)]
+    assert not differ
+    assert trained["fc.weight"].shape == (1, 512)

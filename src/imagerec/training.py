@@ -27,6 +27,7 @@ from imagerec.data.index import DataIndex
 from imagerec.data.split import apply_split_record, ensure_splits
 from imagerec.engine.autotune import ComputeSettings, choose_cpu_settings, default_settings
 from imagerec.engine.checkpoint import Checkpointer, load_weights, rng_state, set_rng_state
+from imagerec.engine.finetune import FineTuning, plan_finetuning
 from imagerec.engine.loop import FitLoop, FitState, evaluate, fit
 from imagerec.engine.optim import build_optimizer, build_scheduler, ema_with_warmup
 from imagerec.errors import UserError
@@ -232,13 +233,16 @@ class TrainingSession:
         net = task.build_model(cfg.model, info)
         loaded = self._pretrained(net) if saved is None else None
         check_input_size(net, name=cfg.model.name, in_channels=info["channels"], imgsz=info["imgsz"])
+        finetuning = plan_finetuning(
+            net, cfg.train, name=cfg.model.name, in_channels=info["channels"], imgsz=info["imgsz"]
+        )
         settings = self._compute_settings(net, loaders["train"], task)
         fabric = Fabric(
             accelerator=self.accelerator,
             devices=cfg.train.devices,
             num_nodes=cfg.train.num_nodes,
             precision=settings.precision,
-            strategy="ddp" if self.world > 1 else "auto",
+            strategy=self._strategy(),
         )
         fabric.launch()
         # Rank 0 picks the run directory; the others must not race to pick their own.
@@ -247,11 +251,12 @@ class TrainingSession:
             self._write_run_files(run, index, info, settings, loaded)
             counts = " / ".join(f"{len(index.samples(s))} {s}" for s in ("train", "val", "test"))
             self.console.print(f"run directory: [bold]{run.path}[/]  ({settings.describe()}; {counts} images)")
-            if loaded is not None:
-                self.console.print(loaded.summary(), markup=False)
+            for line in (loaded.summary() if loaded else "", finetuning.summary()):
+                if line:
+                    self.console.print(line, markup=False)
         if settings.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        parts = self._optimization(fabric, net, loaders)
+        parts = self._optimization(fabric, net, loaders, finetuning)
         checkpointer = Checkpointer(run, enabled=fabric.is_global_zero)
         state = self._restore(saved, net, parts) if saved is not None else FitState()
         logger = TensorBoardLogger(root_dir=run.path, name="tensorboard", version="") if fabric.is_global_zero else None
@@ -263,6 +268,7 @@ class TrainingSession:
             accumulate=cfg.train.accumulate, clip_grad=cfg.train.clip_grad, seed=cfg.train.seed,
             eval_model=parts.ema.module if parts.ema is not None else None,
             on_step=(lambda: parts.ema.update_parameters(net)) if parts.ema is not None else None,
+            on_epoch_start=finetuning.apply,
             save=_saver(checkpointer, net, parts, logger),
         )  # fmt: skip
         state = fit(fabric, task, parts.model, loop, state, self.console)
@@ -270,9 +276,20 @@ class TrainingSession:
             logger.finalize("success")
         return self._finish(fabric, task, run, parts.ema.module if parts.ema is not None else net, parts, state)
 
-    def _optimization(self, fabric: Fabric, net: torch.nn.Module, loaders: dict[str, DataLoader]) -> _Parts:
+    def _strategy(self) -> str:
+        if self.world == 1:
+            return "auto"
+        # Gradual unfreezing brings parameters into training after DDP has wrapped the model: DDP must then look
+        # for parameters without gradients on every step, or it fails at the first step after the change.
+        return "ddp_find_unused_parameters_true" if self.cfg.train.finetune == "gradual" else "ddp"
+
+    def _optimization(
+        self, fabric: Fabric, net: torch.nn.Module, loaders: dict[str, DataLoader], finetuning: FineTuning
+    ) -> _Parts:
         t = self.cfg.train
-        model, optimizer = fabric.setup(net, build_optimizer(net, t))
+        if t.finetune != "gradual":
+            finetuning.apply(1)  # before DDP wraps the model: it syncs the parameters that require grad at that time
+        model, optimizer = fabric.setup(net, build_optimizer(net, t, lr_scales=finetuning.lr_scales()))
         train_loader = fabric.setup_dataloaders(loaders["train"])
         # Every process evaluates the whole val/test set: exact metrics without gathering padded shards.
         evals = {

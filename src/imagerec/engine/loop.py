@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -60,11 +61,15 @@ def train_one_epoch(
     accumulate: int = 1,
     clip_grad: float | None = None,
     on_step: Callable[[], None] | None = None,
+    on_train: Callable[[], None] | None = None,
     progress: Progress | None = None,
     description: str = "train",
 ) -> dict[str, float]:
-    """One pass over `loader`; returns mean loss, last LR, throughput and time."""
+    """One pass over `loader`; returns mean loss, last LR, throughput and time. `on_train` runs right after
+    `model.train()`, e.g. to put frozen BatchNorms back in evaluation mode."""
     model.train()
+    if on_train:
+        on_train()
     bar = progress.add_task(description, total=len(loader), loss=math.nan, speed=0.0) if progress else None
     # Summed on the device: reading it back every step would stall a GPU on each batch.
     loss_sum, seen, start = torch.zeros((), device=fabric.device), 0, time.perf_counter()
@@ -141,6 +146,7 @@ class FitLoop:
     eval_every: int = 1  # validate every N epochs and after the last one
     eval_model: nn.Module | None = None  # e.g. the EMA copy; defaults to the trained model
     on_step: Callable[[], None] | None = None
+    on_epoch_start: Callable[[int], None] | None = None  # called with the epoch number right after model.train()
     save: Callable[[FitState, bool], None] | None = None  # called after every finished epoch
 
 
@@ -152,10 +158,11 @@ def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitS
         for epoch in range(state.epoch + 1, loop.epochs + 1):
             _set_epoch(loop.train_loader, loop.seed + epoch)
             row: dict[str, Any] = {"epoch": epoch}
+            start = partial(loop.on_epoch_start, epoch) if loop.on_epoch_start else None
             row |= train_one_epoch(
                 fabric, task, model, loop.optimizer, loop.scheduler, loop.train_loader,
-                accumulate=loop.accumulate, clip_grad=loop.clip_grad, on_step=loop.on_step, progress=progress,
-                description=f"epoch {epoch}/{loop.epochs}",
+                accumulate=loop.accumulate, clip_grad=loop.clip_grad, on_step=loop.on_step, on_train=start,
+                progress=progress, description=f"epoch {epoch}/{loop.epochs}",
             )  # fmt: skip
             validated = loop.val_loader is not None and (epoch % loop.eval_every == 0 or epoch == loop.epochs)
             if validated:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -14,13 +14,27 @@ from imagerec.config import TrainConfig
 WARMUP_START = 0.01  # warmup ramps the LR linearly from 1% of its peak
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW, Adam or SGD; biases and normalisation weights get no weight decay."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim > 1 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, *, lr_scales: Mapping[str, float] | None = None
+) -> torch.optim.Optimizer:
+    """AdamW, Adam or SGD; biases and normalisation weights get no weight decay.
+
+    `lr_scales` multiplies `cfg.lr` per parameter name (discriminative learning rates, engine/finetune.py; 1 where
+    absent): one group per scale and decay, the base learning rate's groups first. Frozen parameters go in too,
+    so unfreezing one later needs no new optimizer: a frozen parameter's .grad stays None (the loop zeroes
+    gradients with set_to_none=True), and torch's Adam, AdamW (a subclass of Adam) and SGD leave every parameter
+    whose .grad is None untouched, weight decay included (their `_init_group` keeps `if p.grad is not None`).
+    """
+    scales = lr_scales or {}
+    split: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
+    for name, param in model.named_parameters():
+        split.setdefault((scales.get(name, 1.0), param.ndim > 1), []).append(param)
+    ordered = sorted(split.items(), key=lambda item: (item[0][0] != 1.0, -item[0][0], not item[0][1]))
+    groups = [
+        {"params": params, "lr": cfg.lr * scale, "weight_decay": cfg.weight_decay if decay else 0.0}
+        for (scale, decay), params in ordered
+        if params or scale == 1.0  # the two base groups always, as a resumed optimizer state expects
+    ]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     if cfg.optimizer == "adam":
@@ -47,7 +61,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     if cfg.scheduler == "onecycle":
         # Peak at step `warmup` like the other schedules; OneCycleLR divides by both phase lengths, so keep them > 0.
         pct_start = min(max(warmup, 1) + 1, total - 0.5) / total
-        return OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=pct_start)
+        max_lr = [group["lr"] for group in optimizer.param_groups]  # per group: discriminative learning rates
+        return OneCycleLR(optimizer, max_lr=max_lr, total_steps=total, pct_start=pct_start)
     kwargs = {
         "schedule": cfg.scheduler,
         "total": total,

@@ -276,24 +276,15 @@ def _stage_outputs(
     feature extractor, which also drops the unused head."""
     from torchvision.models.feature_extraction import create_feature_extractor
 
+    from imagerec.models.stages import probe_modules  # stages.py builds on this module
+
     size = max(imgsz, 128)
     finished: dict[int, tuple[str, int]] = {}
-
-    def hook(module_name: str) -> Callable[..., None]:
-        def record(_m: nn.Module, _i: object, out: object) -> None:
-            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] > 0:
-                stride = round(size / out.shape[-1])
-                if stride in (8, 16, 32):
-                    finished[stride] = (module_name, out.shape[1])
-
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
-    try:
-        model.eval()(torch.zeros(1, in_channels, size, size))
-    finally:
-        for h in handles:
-            h.remove()
+    for call in sorted(probe_modules(model, torch.zeros(1, in_channels, size, size)).values(), key=lambda c: c.exit):
+        if call.shape is not None and len(call.shape) == 4 and call.shape[-1] > 0:
+            stride = round(size / call.shape[-1])
+            if stride in (8, 16, 32):
+                finished[stride] = (call.name, call.shape[1])
     strides = sorted(finished)
     if len(strides) < 2:
         raise UserError(f"{name} does not produce feature maps at strides 8/16/32; pick a deeper backbone")
