@@ -53,7 +53,8 @@ def test_state_dict_file_loads_into_a_new_class_count(resnet18_file):
     assert len(backbone) == len(loaded) - 2
     assert all(torch.equal(loaded[k], v) for k, v in backbone.items())
     assert loaded["fc.weight"].shape == (3, 512)  # the head is new, for three classes
-    assert report.fresh == ["fc.weight", "fc.bias"] and report.ignored == ["fc.weight", "fc.bias"]
+    assert report.fresh == ["fc.weight", "fc.bias"]
+    assert report.ignored == ["fc.weight", "fc.bias"]
 
 
 @pytest.mark.parametrize("channels", [1, 4])
@@ -62,10 +63,9 @@ def test_rgb_filters_are_summed_or_repeated_for_other_channel_counts(resnet18_fi
     model = create_model("classify", "resnet18", num_outputs=2, in_channels=channels, imgsz=32)
     report = apply_weights(model, str(path), model_name="resnet18")
     rgb, adapted = state["conv1.weight"], model.conv1.weight.detach()
-    if channels == 1:  # one band sees the sum of the colour filters: a grey image gives the RGB model's response
-        expected = rgb.sum(dim=1, keepdim=True)
-    else:  # bands take the filters in turn, scaled so the total response keeps its size
-        expected = rgb[:, [0, 1, 2, 0]] * 3 / 4
+    # One band sees the sum of the colour filters (a grey image gives the RGB model's response); more bands take
+    # the filters in turn, scaled so the total response keeps its size.
+    expected = rgb.sum(dim=1, keepdim=True) if channels == 1 else rgb[:, [0, 1, 2, 0]] * 3 / 4
     assert torch.allclose(adapted, expected)
     assert report.adapted == [f"conv1.weight 3→{channels}"]
     grey = torch.rand(1, 1, 32, 32)
@@ -87,7 +87,8 @@ def test_classifier_backbone_starts_a_detector(resnet18_file):
     backbone = _backbone(state)
     assert all(torch.equal(loaded[prefix + k], v) for k, v in backbone.items())
     assert len(report.loaded) == len(backbone)
-    assert any("fpn" in k for k in report.fresh) and any("cls_logits" in k for k in report.fresh)
+    assert any("fpn" in k for k in report.fresh)
+    assert any("cls_logits" in k for k in report.fresh)
 
 
 def test_run_directory_starts_a_run_on_other_classes(digits_run, faces_dir, tmp_path):
@@ -96,7 +97,8 @@ def test_run_directory_starts_a_run_on_other_classes(digits_run, faces_dir, tmp_
     source = json.loads((digits_run / "model.json").read_text())
     assert (info["mean"], info["std"], info["imgsz"]) == (source["mean"], source["std"], source["imgsz"])
     recorded = yaml.safe_load((new.path / "run.yaml").read_text())["resolved"]["weights"]
-    assert recorded["new"] == ["head.4.weight", "head.4.bias"] and recorded["loaded"] > 0
+    assert recorded["new"] == ["head.4.weight", "head.4.bias"]
+    assert recorded["loaded"] > 0
     # At a learning rate of 1e-9 the convolutions are still the digits run's.
     before, after = load_weights(digits_run / "best.safetensors"), load_weights(new.path / "best.safetensors")
     assert torch.allclose(before["features.0.weight"], after["features.0.weight"], atol=1e-6)
@@ -117,9 +119,11 @@ def test_published_weights_copied_in_by_hand_are_found_offline(resnet18_file, mo
     (tmp_path / "resnet18-f37072fd.pth").write_bytes(path.read_bytes())
     model = create_model("classify", "resnet18", num_outputs=2, in_channels=1, imgsz=32)
     report = apply_weights(model, "DEFAULT", model_name="resnet18")
-    assert report.source == "ResNet18_Weights.IMAGENET1K_V1" and len(report.loaded) == 120
+    assert report.source == "ResNet18_Weights.IMAGENET1K_V1"
+    assert len(report.loaded) == 120
     prep = weights_preprocessing("IMAGENET1K_V1", model_name="resnet18")
-    assert prep["imgsz"] == 224 and prep["mean"] == pytest.approx((0.485, 0.456, 0.406))
+    assert prep["imgsz"] == 224
+    assert prep["mean"] == pytest.approx((0.485, 0.456, 0.406))
 
 
 def test_offline_default_weights_say_what_to_download_within_seconds(capsys, monkeypatch, tmp_path, faces_dir):
@@ -167,7 +171,8 @@ def test_unreadable_weights_file(capsys, monkeypatch, tmp_path, faces_dir, conte
     if content is not None:
         path.write_bytes(content)
     line = user_error(capsys, monkeypatch, "train", faces_dir, "--model", "resnet18", "--weights", path)
-    assert str(path) in line and message in line
+    assert str(path) in line
+    assert message in line
 
 
 def test_pickled_whole_model_is_explained(tmp_path):
@@ -201,7 +206,8 @@ def test_safetensors_file(resnet18_file, tmp_path):
 
 def test_run_of_an_incompatible_model_is_refused(capsys, monkeypatch, digits_run, faces_dir):
     line = user_error(capsys, monkeypatch, "train", faces_dir, "--model", "resnet18", "--weights", digits_run)
-    assert "a classify run of seed_cnn" in line and "does not fit resnet18" in line
+    assert "a classify run of seed_cnn" in line
+    assert "does not fit resnet18" in line
 
 
 def test_unknown_weight_name_lists_the_choices(capsys, monkeypatch, faces_dir):
@@ -234,7 +240,8 @@ def test_published_detection_and_segmentation_weights_keep_all_but_the_class_lay
     loaded = model.state_dict()
     kept = {k: v for k, v in state.items() if head not in k and "high_classifier" not in k}
     assert all(torch.equal(loaded[f"model.{k}"], v) for k, v in kept.items())
-    assert report.fresh and all(head in k or "high_classifier" in k for k in report.fresh)
+    assert report.fresh
+    assert all(head in k or "high_classifier" in k for k in report.fresh)
     assert weights_preprocessing("DEFAULT", model_name=name)["mean"] == pytest.approx((0.485, 0.456, 0.406))
 
 
@@ -248,7 +255,8 @@ def test_linear_probe_from_a_file_keeps_every_backbone_tensor(resnet18_file, fac
         "--epochs", 1, "--precision", "32", "--out", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "loaded 120 tensors" in result.output and "finetune linear" in result.output
+    assert "loaded 120 tensors" in result.output
+    assert "finetune linear" in result.output
     trained = load_weights(out / "best.safetensors")
     backbone = _backbone(state) | {"conv1.weight": state["conv1.weight"].sum(1, keepdim=True)}  # grey faces
     differ = [k for k, v in backbone.items() if not torch.equal(trained[k], v)]
