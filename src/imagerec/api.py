@@ -70,6 +70,11 @@ def train(
     if resume is not None:
         run = open_run(resume)
         saved = {k: v for k, v in run.read_config().items() if k != "resolved"}
+        if saved.get("model", {}).get("head", "network") != "network":
+            raise UserError(
+                f"{run.path}: a --head {saved['model']['head']} run is fitted in one go, with no epochs to resume; "
+                "start a new run"
+            )
         extra = {k: v for k, v in options.items() if v is not None}
         fixed = sorted(k for k in extra if k not in TrainConfig.model_fields)
         if fixed:
@@ -80,6 +85,10 @@ def train(
         cfg = build_config(merge(saved, {"train": extra}))
         return TrainingSession(cfg, console=console, resume=run).run()
     cfg = resolve_config(data, config=config, **options)
+    if cfg.model.head != "network":  # scikit-learn on frozen embeddings: no training loop
+        from imagerec.embedding_head import train_head
+
+        return train_head(cfg, console)
     return TrainingSession(cfg, console=console).run()
 
 

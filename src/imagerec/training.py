@@ -173,7 +173,8 @@ class TrainingSession:
         seed_everything(t.seed, workers=True, verbose=False)
 
     # -- preparation -------------------------------------------------------------------------------------------
-    def _data(self) -> tuple[DataIndex, dict[str, Any], AnyTask]:
+    def prepare_data(self) -> tuple[DataIndex, dict[str, Any], AnyTask]:
+        """The split data index, the model description (model.json) and the task."""
         cfg = self.cfg
         if self.resume is not None:
             index = _prepare_index(cfg, self.resume.read_split())
@@ -228,10 +229,10 @@ class TrainingSession:
     def run(self) -> Run:
         cfg = self.cfg
         saved = self._resumable() if self.resume is not None else None
-        index, info, task = self._data()
+        index, info, task = self.prepare_data()
         loaders = self._loaders(index, info, task)
         net = task.build_model(cfg.model, info)
-        loaded = self._pretrained(net) if saved is None else None
+        loaded = self.load_pretrained(net) if saved is None else None
         check_input_size(net, name=cfg.model.name, in_channels=info["channels"], imgsz=info["imgsz"])
         finetuning = plan_finetuning(
             net, cfg.train, name=cfg.model.name, in_channels=info["channels"], imgsz=info["imgsz"]
@@ -248,7 +249,7 @@ class TrainingSession:
         # Rank 0 picks the run directory; the others must not race to pick their own.
         run = self.resume or RunDir(Path(fabric.broadcast(str(new_run_dir(cfg.out, cfg.task).path), src=0)))
         if fabric.is_global_zero:
-            self._write_run_files(run, index, info, settings, loaded)
+            self.write_run_files(run, index, info, settings, loaded)
             counts = " / ".join(f"{len(index.samples(s))} {s}" for s in ("train", "val", "test"))
             self.console.print(f"run directory: [bold]{run.path}[/]  ({settings.describe()}; {counts} images)")
             for line in (loaded.summary() if loaded else "", finetuning.summary()):
@@ -304,15 +305,17 @@ class TrainingSession:
         key = self.cfg.train.monitor or (f"val_{metric}" if has_val else "train_loss")
         return key, "min" if key.endswith("loss") else mode
 
-    def _pretrained(self, net: torch.nn.Module) -> LoadReport | None:
+    def load_pretrained(self, net: torch.nn.Module) -> LoadReport | None:
+        """Load `--weights` into `net`, if given, and say what was loaded."""
         model = self.cfg.model
         if model.weights is None:
             return None
         return apply_weights(net, model.weights, model_name=weights_model(self.cfg.task, model.name, model.backbone))
 
-    def _write_run_files(
+    def write_run_files(
         self, run: RunDir, index: DataIndex, info: dict[str, Any], settings: ComputeSettings, loaded: LoadReport | None
     ) -> None:
+        """run.yaml (config, versions, data fingerprint, numerics, weights report), model.json and split.json."""
         if self.resume is not None:
             return
         saved = self.cfg.model_dump(mode="json")

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from imagerec.cli import data, predict, train
+from imagerec.cli import data, embed, predict, train
 from imagerec.errors import UserError
 
 app = typer.Typer(
@@ -19,6 +19,8 @@ app = typer.Typer(
 app.command("train")(train.train)
 app.command("evaluate")(predict.evaluate)
 app.command("predict")(predict.predict)
+app.command("embed")(embed.embed)
+app.command("neighbors")(embed.neighbors)
 app.command("models")(train.models)
 app.command("demo")(train.demo)
 app.add_typer(data.app, name="data")

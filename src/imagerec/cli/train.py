@@ -44,6 +44,9 @@ def train(
     weights: Annotated[
         str | None, Opt(help="Start from: DEFAULT, IMAGENET1K_V2, timm:NAME.TAG, a weights file or a run directory.")
     ] = None,
+    head: Annotated[
+        str | None, Opt(help="Classify: network, or knn | logistic fitted on frozen embeddings (scikit-learn).")
+    ] = None,
     finetune: Annotated[str | None, Opt(help="full | linear | last-n | gradual: which backbone stages train.")] = None,
     stages: Annotated[int | None, Opt(help="--finetune last-n: how many of the last backbone stages train.")] = None,
     layer_decay: Annotated[float | None, Opt(help="LR × this per backbone stage below the head (e.g. 0.7).")] = None,
@@ -62,7 +65,7 @@ def train(
         "patience": patience, "monitor": monitor, "eval_every": eval_every, "backbone": backbone, "flip": flip,
         "loss": loss, "workers": workers, "weights": weights, "finetune": finetune, "stages": stages,
         "layer_decay": layer_decay, "backbone_lr_mult": backbone_lr_mult, "mean": tuple(mean) if mean else None,
-        "std": tuple(std) if std else None,
+        "std": tuple(std) if std else None, "head": head,
     }  # fmt: skip
     console = Console(soft_wrap=True)
     try:
@@ -81,7 +84,8 @@ def train(
     if run.metrics:
         from imagerec.cli.predict import print_metrics
 
-        print_metrics(console, run.metrics, title=f"{run.split} metrics (best epoch {run.best_epoch})")
+        fitted = f" (best epoch {run.best_epoch})" if run.epochs else ""  # --head knn|logistic runs have no epochs
+        print_metrics(console, run.metrics, title=f"{run.split} metrics{fitted}")
     console.print(f"saved to [bold]{run.path}[/]")
 
 

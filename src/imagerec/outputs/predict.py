@@ -49,7 +49,7 @@ def expand_sources(sources: Iterable[ImageLike]) -> list[ImageLike]:
     return expanded
 
 
-def _to_tensor(image: ImageLike) -> torch.Tensor:
+def to_tensor(image: ImageLike) -> torch.Tensor:
     if isinstance(image, str | Path):
         return read_image(Path(image))
     if isinstance(image, Image.Image):
@@ -66,7 +66,7 @@ def _name(image: ImageLike, position: int) -> str:
     return str(image) if isinstance(image, str | Path) else f"<image {position}>"
 
 
-class _Decoded(Dataset):
+class DecodedImages(Dataset):
     """Sources decoded and preprocessed one by one: (name, tensor, None), or (name, None, error) if unreadable."""
 
     def __init__(self, sources: list[ImageLike], preprocess: Callable[[ImageLike], torch.Tensor]) -> None:
@@ -118,7 +118,7 @@ class Predictor:
         self.transform = self.task.predict_transform(self.info)
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
-        image = to_channels(_to_tensor(image), self.info["channels"])
+        image = to_channels(to_tensor(image), self.info["channels"])
         return image if self.transform is None else self.transform(image)
 
     @torch.no_grad()
@@ -136,7 +136,7 @@ class Predictor:
         _check_options(options)
         if isinstance(self.task, DetectionTask):
             self.model.set_thresholds(score=options.get("conf", 0.25), iou=options.get("iou"))
-        items = _Decoded(expand_sources(sources), self.preprocess)
+        items = DecodedImages(expand_sources(sources), self.preprocess)
         for chunk in DataLoader(items, batch_size=batch, num_workers=workers, collate_fn=list):
             good = [(name, image) for name, image, error in chunk if error is None]
             results = iter(self._predict(good, options) if good else [])

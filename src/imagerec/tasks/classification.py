@@ -16,6 +16,7 @@ from imagerec.data.datasets import ClassificationDataset
 from imagerec.data.index import Sample
 from imagerec.metrics.classification import MONITOR, ClassificationMetrics
 from imagerec.models import create_model
+from imagerec.models.embedding import build_head, replace_module
 from imagerec.outputs.results import Classification
 from imagerec.transforms import classification as presets
 
@@ -50,8 +51,9 @@ class ClassificationTask:
         return MONITOR["multilabel" if self.multilabel else "single"]
 
     def build_model(self, cfg: ModelConfig, info: dict[str, Any]) -> nn.Module:
-        """A fresh model for the input described by `info` (model.json: channels, imgsz)."""
-        return create_model(
+        """A fresh model for the input described by `info` (model.json: channels, imgsz; `head` when a k-NN or
+        logistic-regression head fitted on embeddings replaces the network's classifier)."""
+        model = create_model(
             self.name,
             cfg.name,
             num_outputs=self.num_outputs,
@@ -59,6 +61,10 @@ class ClassificationTask:
             imgsz=info["imgsz"],
             dropout=cfg.dropout,
         )
+        if info.get("head"):
+            head = build_head(info["head"], num_classes=self.num_classes, num_outputs=self.num_outputs)
+            replace_module(model, info["head"]["layer"], head)
+        return model
 
     def model_fields(self, cfg: ModelConfig) -> dict[str, Any]:
         """What model.json records for this task besides classes, channels, size and statistics."""
