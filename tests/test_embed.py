@@ -93,10 +93,11 @@ def test_a_copy_is_a_duplicate_and_different_digits_are_not(index, gallery):
     pairs = duplicates(found)
     assert [(p.a, p.b) for p in pairs] == [(str(gallery / "3" / "a.png"), str(gallery / "3" / "copy.png"))]
     assert pairs[0].similarity >= 0.9999
-    unit = found.vectors / np.linalg.norm(found.vectors, axis=1, keepdims=True)
+    centred = found.vectors - found.vectors.mean(axis=0)  # as neighbors.py compares them
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
     sims = unit @ unit.T
     different = np.array([[a != b for b in found.labels] for a in found.labels])
-    assert sims[different].max() < 0.98
+    assert sims[different].max() < 0.9  # measured 0.76: far from the copy's 1.0
 
 
 def test_duplicates_and_neighbors_commands(base_run, index, gallery):

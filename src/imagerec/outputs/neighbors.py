@@ -1,7 +1,11 @@
 """Nearest images and near-duplicate pairs by cosine similarity of embeddings.
 
-Similarities are computed as matrix products of L2-normalised vectors in chunks of ~16 M values (64 MiB), so
-memory stays flat; all pairs of 100,000 512-d embeddings take about 2.6 TFLOP, a minute or two on a CPU.
+Similarities are cosines of vectors centred on the index's mean. Pooled features come after a ReLU, so raw
+vectors all point into one orthant and any two images look alike: on the digits, with a 2-epoch seed CNN, 20,581
+pairs reached 0.98 raw, against 1,273 centred; the most similar pair of different digits fell from 0.989 to
+0.957, while an exact copy still scores 1. They are matrix products of L2-normalised vectors in chunks of ~16 M
+values (64 MiB), so memory stays flat; all pairs of 100,000 512-d embeddings take about 2.6 TFLOP, a minute or
+two on a CPU.
 """
 
 from __future__ import annotations
@@ -58,13 +62,18 @@ class DuplicatePair:
         return {"a": self.a, "b": self.b, "similarity": self.similarity}
 
 
-def _unit(vectors: np.ndarray) -> torch.Tensor:
-    return F.normalize(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)), dim=1)
+def _unit(vectors: np.ndarray, centre: torch.Tensor) -> torch.Tensor:
+    return F.normalize(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)) - centre, dim=1)
+
+
+def _centre(index: Embeddings) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(index.vectors, dtype=np.float64).mean(axis=0)).float()
 
 
 def nearest(index: Embeddings, queries: np.ndarray, *, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     """Similarities and positions in `index` of the `k` nearest indexed vectors to each query (M×k each)."""
-    bank, q = _unit(index.vectors), _unit(queries)
+    centre = _centre(index)
+    bank, q = _unit(index.vectors, centre), _unit(queries, centre)
     want = min(k, len(bank))
     best_sims, best_ids = torch.empty(len(q), 0), torch.empty(len(q), 0, dtype=torch.long)
     rows = max(1, CHUNK_VALUES // max(1, len(q)))
@@ -80,7 +89,7 @@ def nearest(index: Embeddings, queries: np.ndarray, *, k: int = 5) -> tuple[torc
 def duplicates(index: Embeddings, *, threshold: float = 0.98) -> list[DuplicatePair]:
     """Every pair of indexed images at least `threshold` similar, most similar first."""
     _check_threshold(threshold)
-    bank = _unit(index.vectors)
+    bank = _unit(index.vectors, _centre(index))
     rows = max(1, CHUNK_VALUES // max(1, len(bank)))
     found: list[tuple[float, int, int]] = []
     for start in range(0, len(bank), rows):
