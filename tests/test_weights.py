@@ -262,3 +262,33 @@ def test_linear_probe_from_a_file_keeps_every_backbone_tensor(resnet18_file, fac
     differ = [k for k, v in backbone.items() if not torch.equal(trained[k], v)]
     assert not differ
     assert trained["fc.weight"].shape == (1, 512)
+
+
+@pytest.fixture(scope="module")
+def resnet18_run(digits_dir, tmp_path_factory) -> Path:
+    """A resnet18 classification run on the digits, whose backbone starts a detector and a segmenter."""
+    return train(digits_dir, model="resnet18", imgsz=32, out=tmp_path_factory.mktemp("r18") / "run", **TINY).path
+
+
+@pytest.fixture(scope="module")
+def small_scenes(tmp_path_factory) -> Path:
+    from imagerec.data.samples import write_digit_scenes
+
+    return write_digit_scenes(tmp_path_factory.mktemp("scenes") / "s", n_train=24, n_val=8, n_test=8, size=64)
+
+
+@pytest.mark.parametrize(("task", "model"), [("detect", "fcos"), ("segment", "smp_unet")])
+def test_classification_run_starts_a_frozen_backbone_for_detection_and_segmentation(
+    resnet18_run, small_scenes, tmp_path, task, model
+):
+    """`--weights RUN --finetune linear` on the other tasks: after an epoch the backbone is still the run's."""
+    new = train(
+        small_scenes, task=task, model=model, backbone="resnet18", weights=str(resnet18_run), finetune="linear",
+        imgsz=64, flip=False, out=tmp_path / "run", **{**TINY, "batch": 8},
+    )  # fmt: skip
+    source = _backbone(load_weights(resnet18_run / "best.safetensors"))
+    trained = load_weights(new.path / "best.safetensors")
+    prefix = next(k for k in trained if k.endswith("layer1.0.conv1.weight"))[: -len("layer1.0.conv1.weight")]
+    assert all(torch.equal(trained[prefix + k], v) for k, v in source.items())
+    recorded = yaml.safe_load((new.path / "run.yaml").read_text())["resolved"]["weights"]
+    assert recorded["loaded"] == len(source)
