@@ -28,7 +28,6 @@ from imagerec.outputs.predict import DecodedImages, ImageLike, expand_sources, l
 INDEX_FORMAT = 1  # bumped when the files' layout changes incompatibly
 SUFFIXES = (".parquet", ".npz")
 META_KEY = "imagerec"  # Parquet schema metadata key / NPZ entry holding what made the embeddings
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEFAULT_IMGSZ = 224  # a classifier name without weights that say otherwise
 
 
@@ -222,7 +221,7 @@ def _run_embedder(path: Path, *, layer: str | None, imgsz: int | None, device: s
 
 def _model_embedder(name: str, *, layer: str | None, weights: str | None, imgsz: int | None, device: str) -> Embedder:
     from imagerec.models import create_classifier
-    from imagerec.models.weights import apply_weights, fit_channels, weights_preprocessing
+    from imagerec.models.weights import IMAGENET_MEAN, IMAGENET_STD, apply_weights, fit_channels, weights_preprocessing
     from imagerec.transforms.classification import eval_transform
 
     known = weights_preprocessing(weights, model_name=name) if weights is not None else None
