@@ -135,7 +135,8 @@ def test_a_classifier_name_embeds_with_fresh_weights_and_says_so(gallery, tmp_pa
     result = invoke("embed", "seed_cnn", gallery, "--out", out, "--imgsz", 16)
     assert result.exit_code == 0, result.output
     assert "untrained" in result.output
-    again = embed("seed_cnn", [gallery], imgsz=16)  # fresh weights are drawn the same way every time
+    with pytest.warns(UserWarning, match="fresh random weights"):
+        again = embed("seed_cnn", [gallery], imgsz=16)  # fresh weights are drawn the same way every time
     np.testing.assert_allclose(read_embeddings(out).vectors, again.vectors, atol=1e-6)
     assert again.meta["imgsz"] == 16
 
