@@ -15,8 +15,15 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/imagerec demo
 
-test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+# The report tests open report.html in Debian's headless Chromium, installed here: no test tool downloads a browser.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver
+$(CHROMIUM):
+	$(APT_INSTALL) || ($(SUDO) apt-get update && $(APT_INSTALL))
+
+test: $(STAMP) $(CHROMIUM)
+	IMAGEREC_BROWSER=$(CHROMIUM) HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -376,6 +376,8 @@ class TrainingSession:
             metrics = evaluate(fabric, task, best, parts.eval_loaders[split])
             if fabric.is_global_zero:
                 write_json(run.evaluation(split), {"split": split, "data": str(self.cfg.data.path), **metrics})
+        if fabric.is_global_zero:
+            self._report(run, split, metrics)
         return Run(
             run.path,
             metrics=metrics,
@@ -384,6 +386,20 @@ class TrainingSession:
             split=split or "",
             primary=fabric.is_global_zero,
         )
+
+    def _report(self, run: RunDir, split: str | None, metrics: dict[str, Any]) -> None:
+        """report.html in the run directory, on the split just measured; drawing it must never cost the run."""
+        from imagerec.outputs.report import write_report
+
+        measured = {"split": split, "data": str(self.cfg.data.path), **metrics} if split is not None else None
+        try:
+            device = "cpu" if self.accelerator == "cpu" else "auto"
+            path = write_report(run, split=split or "test", evaluate=split is not None, metrics=measured, device=device)
+        except Exception as error:  # a plotting bug or odd data must not lose a finished run
+            message = f"warning: report.html not written: {type(error).__name__}: {error}"
+            self.console.print(message, style="yellow", markup=False)
+        else:
+            self.console.print(f"report: {path}", markup=False)
 
 
 @dataclass

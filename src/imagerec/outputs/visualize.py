@@ -30,18 +30,67 @@ def to_uint8_rgb(image: torch.Tensor) -> torch.Tensor:
 
 def draw_detections(image: torch.Tensor, detections: Detections, classes: Sequence[str]) -> torch.Tensor:
     """`image` (C×H×W in [0, 1]) with each box drawn in its class colour and labelled "class score"."""
-    canvas = to_uint8_rgb(image)
-    if not detections.boxes:
-        return canvas
-    boxes = torch.tensor(detections.boxes, dtype=torch.float32)
     lookup = {name: i for i, name in enumerate(classes)}
     colours = [class_colour(lookup.get(label, 0)) for label in detections.labels]
     labels = [f"{label} {score:.2f}" for label, score in zip(detections.labels, detections.scores, strict=True)]
+    return draw_boxes(image, detections.boxes, labels, colours)
+
+
+def draw_boxes(
+    image: torch.Tensor,
+    boxes: Sequence[Sequence[float]],
+    labels: Sequence[str],
+    colours: str | Sequence[str],
+    *,
+    below: bool = False,
+) -> torch.Tensor:
+    """`image` (C×H×W in [0, 1]) with `boxes` (pixel corners x1, y1, x2, y2) drawn in `colours` (one for all, or
+    one per box), each labelled inside its top-left corner, or with `below` under its bottom-left corner (so that
+    two sets of boxes drawn on one image keep their labels apart); as 3×H×W uint8."""
+    canvas = to_uint8_rgb(image)
+    if not len(boxes):
+        return canvas
+    colours = [colours] * len(boxes) if isinstance(colours, str) else list(colours)
     width = max(1, round(max(canvas.shape[1:]) / 200))  # legible on a 128 px scene and on a 4,000 px photo
     font_size = max(10, round(max(canvas.shape[1:]) / 40))
-    return draw_bounding_boxes(
-        canvas, boxes, labels=labels, colors=colours, width=width, font=_font(), font_size=font_size
+    tensor = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    canvas = draw_bounding_boxes(
+        canvas,
+        tensor,
+        labels=None if below else list(labels),
+        colors=colours,
+        width=width,
+        font=_font(),
+        font_size=font_size,
     )
+    if not below:
+        return canvas
+    from PIL import ImageDraw, ImageFont
+
+    drawn = Image.fromarray(np.ascontiguousarray(canvas.permute(1, 2, 0).numpy()))
+    draw, font = ImageDraw.Draw(drawn), ImageFont.truetype(_font(), size=font_size)
+    for (x1, _, _, y2), label, colour in zip(tensor.tolist(), labels, colours, strict=True):
+        y = min(y2 + width, drawn.height - font_size - 1)  # under the box, or just inside it at the image's edge
+        draw.text((max(0, x1), y), label, fill=colour, font=font)
+    return torch.from_numpy(np.asarray(drawn).copy()).permute(2, 0, 1)
+
+
+def draw_legend(
+    image: torch.Tensor, entries: Sequence[tuple[str, str]], *, height: int = 18, background: str = "black"
+) -> torch.Tensor:
+    """A 3×H×W uint8 `image` with a band of `height` pixels below it naming each (text, colour) entry in its
+    colour, left to right: the key to what the colours on the image mean."""
+    from PIL import ImageDraw, ImageFont
+
+    array = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+    band = Image.new("RGB", (array.shape[1], array.shape[0] + height), background)
+    band.paste(Image.fromarray(array), (0, 0))
+    draw, font = ImageDraw.Draw(band), ImageFont.truetype(_font(), size=max(8, height - 5))
+    x = 3
+    for text, colour in entries:
+        draw.text((x, array.shape[0] + 2), text, fill=colour, font=font)
+        x += round(draw.textlength(text, font=font)) + 10
+    return torch.from_numpy(np.asarray(band).copy()).permute(2, 0, 1)
 
 
 def _font() -> str:

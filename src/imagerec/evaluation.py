@@ -1,0 +1,86 @@
+"""Evaluation data as `imagerec evaluate` measures it: the run's split re-created, classes in the model's order,
+and the task's metrics over it. Shared by the `evaluate` verb and the report."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.utilities.apply_func import move_data_to_device
+from torch.utils.data import DataLoader
+
+from imagerec.config import build_config, merge
+from imagerec.data.formats import load_index
+from imagerec.data.index import DataIndex, Objects, Sample
+from imagerec.data.split import apply_split_record
+from imagerec.errors import UserError
+from imagerec.models.detection import EVAL_SCORE_THRESHOLD
+from imagerec.outputs.predict import Predictor
+from imagerec.runs import RunDir
+from imagerec.tasks.build import data_format
+from imagerec.tasks.detection import DetectionTask
+
+
+def _remap(index: DataIndex, classes: list[str], data: Path) -> None:
+    """Re-express `index` targets in the model's class order; unknown labels are an error."""
+    lookup = {name: i for i, name in enumerate(classes)}
+    unknown = [c for c in index.classes if c not in lookup]
+    if unknown:
+        raise UserError(
+            f"{data}: label {unknown[0]!r} is not one of the model's classes ({', '.join(classes)}); "
+            "evaluate on data with the classes the model was trained on"
+        )
+    if index.masks is not None:  # mask files encode classes by position: the lists must be the same
+        if index.classes != list(classes):
+            raise UserError(
+                f"{data}: the masks' classes ({', '.join(index.classes)}) differ from the model's "
+                f"({', '.join(classes)}); give a classes.yaml with the model's classes in its order"
+            )
+        return
+    order = [lookup[c] for c in index.classes]
+
+    def remapped(target: int | tuple[int, ...] | Objects) -> int | tuple[int, ...] | Objects:
+        if isinstance(target, Objects):
+            return replace(target, labels=tuple(order[t] for t in target.labels))
+        return tuple(order[t] for t in target) if isinstance(target, tuple) else order[target]
+
+    for split, samples in index.splits.items():
+        index.splits[split] = [Sample(s.path, remapped(s.target)) for s in samples]
+    index.classes = list(classes)
+
+
+def evaluation_index(run: RunDir, data: str | Path, *, split: str, classes: list[str]) -> DataIndex:
+    """`data` as `evaluate` measures it: read in the run's data format, with the run's recorded split re-created
+    when it is the data the run was trained on (other flat data is evaluated whole, as `split`), and targets in
+    the model's class order (`classes`)."""
+    saved = {k: v for k, v in run.read_config().items() if k != "resolved"}
+    index = load_index(data, format=data_format(build_config(merge(saved, {"data": {"path": str(data)}}))))
+    record = run.read_split()
+    if "all" in index.splits:
+        same_data = Path(run.read_config()["data"]["path"]).resolve() == Path(data).resolve()
+        if record and same_data:
+            apply_split_record(index, record)
+        else:
+            index.splits = {split: index.splits.pop("all")}  # a flat folder of new data is evaluated whole
+    if not index.samples(split):
+        raise UserError(f"{data}: no images in split {split!r} (found splits: {', '.join(index.splits)})")
+    _remap(index, classes, Path(data))
+    return index
+
+
+def measure(predictor: Predictor, index: DataIndex, split: str, *, batch: int | None = None) -> dict[str, Any]:
+    """The task's metrics of the predictor's model on `split` of `index` (what `evaluate` reports)."""
+    task, model = predictor.task, predictor.model
+    if isinstance(task, DetectionTask):
+        model.set_thresholds(score=EVAL_SCORE_THRESHOLD)
+    if task.name == "segment" and not isinstance(task, DetectionTask):  # semantic: masks decode with the data's coding
+        task.coding = index.masks
+    dataset = task.dataset(index.samples(split), info=predictor.info, augment=None, cache=False)
+    metrics = task.metrics()
+    with torch.no_grad():
+        for batch_ in DataLoader(dataset, batch_size=batch or task.default_batch, collate_fn=task.collate()):
+            out = task.step(model, move_data_to_device(batch_, predictor.device))
+            metrics.update(out["outputs"], out["targets"])
+    return metrics.compute()

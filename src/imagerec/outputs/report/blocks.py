@@ -1,0 +1,86 @@
+"""What a report is made of: sections of figures, tables, image galleries and text, and the evaluated data
+each task's sections are drawn from. The task modules build sections; `html.py` renders them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure as MplFigure
+
+    from imagerec.data.index import DataIndex, Sample
+    from imagerec.outputs.predict import Predictor
+    from imagerec.runs import RunDir
+
+
+@dataclass
+class Figure:
+    """A matplotlib figure, saved as `name` (a PNG file name) beside report.html and embedded in it."""
+
+    name: str
+    figure: MplFigure
+    caption: str = ""
+
+
+@dataclass
+class Table:
+    """Rows of cells under `columns`; numbers are formatted by the renderer."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    caption: str = ""
+
+
+@dataclass
+class Gallery:
+    """Images (H×W×3 uint8 RGB) with one caption each, shown as a grid of thumbnails."""
+
+    title: str
+    images: list[tuple[np.ndarray, str]]
+    caption: str = ""
+
+
+@dataclass
+class Text:
+    """A paragraph of plain text (escaped by the renderer)."""
+
+    text: str
+
+
+Block = Figure | Table | Gallery | Text
+
+
+@dataclass
+class Section:
+    """One titled part of the report; `id` is its HTML anchor (lowercase, dashes)."""
+
+    id: str
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+
+
+@dataclass
+class ReportContext:
+    """A run and, when evaluation data is given or recorded, its predictions on one split.
+
+    `samples[i]` (index targets in the model's class order), `results[i]` (the Predictor's result for the same
+    image: Classification, Detections, InstanceMasks or SegmentationMask) and `metrics` (what `imagerec evaluate`
+    measures) describe the same images. Without evaluation data, `split` is None and the three are empty.
+    """
+
+    run: RunDir
+    info: dict[str, Any]  # model.json
+    config: dict[str, Any]  # run.yaml
+    history: list[dict[str, Any]]  # metrics.csv rows, numbers parsed
+    out: Path  # the folder report.html and its PNGs are written to
+    predictor: Predictor | None = None
+    index: DataIndex | None = None
+    split: str | None = None
+    samples: list[Sample] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    probabilities: np.ndarray | None = None  # classification: N×K class probabilities, `samples` order

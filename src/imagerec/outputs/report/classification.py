@@ -1,0 +1,277 @@
+"""Classification report sections: the confusion matrix, precision, recall and F1 per class, ROC and
+precision–recall curves, a reliability diagram with the expected calibration error, and galleries of the most
+confident errors and the least confident correct predictions.
+
+Counts and per-class values are `imagerec evaluate`'s (`ctx.metrics`); curves, calibration and galleries come
+from the full probability vectors of the same images (`ctx.probabilities`). Multi-label runs get the per-label
+table and curves; the sections built on one predicted class per image are left out, and the report says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure as MplFigure
+from PIL import Image
+
+from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table, Text
+from imagerec.outputs.report.common import plain_figure
+from imagerec.outputs.visualize import class_colour, to_uint8_rgb
+
+ECE_BINS = 15
+GALLERY_SIZE = 12
+THUMBNAIL = 160  # longest side of a gallery image, in pixels; smaller images are kept as they are
+ANNOTATE_LIMIT = 12  # confusion matrices up to this many classes get their numbers written in the cells
+TABLE_LIMIT = 20  # and up to this many, a table of the counts
+LEGEND_LIMIT = 12  # beyond this many curves a legend is unreadable: the per-class table gives the areas
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def sections(ctx: ReportContext) -> list[Section]:
+    """The classification sections of the report; none without evaluation data."""
+    if ctx.split is None or not ctx.samples or ctx.probabilities is None:
+        return []
+    classes = list(ctx.info["classes"])
+    probs = np.asarray(ctx.probabilities, dtype=np.float64)
+    if ctx.info.get("multilabel"):
+        truth = multi_hot([s.target for s in ctx.samples], len(classes))
+        return [
+            per_class_section(ctx.metrics, classes, multilabel=True),
+            curves_section(probs, truth, classes, binary=False),
+            Section("omitted", "Not shown for multi-label runs", [Text(MULTILABEL_OMITTED)]),
+        ]
+    targets = np.array([s.target for s in ctx.samples], dtype=np.int64)
+    return [
+        confusion_section(ctx.metrics, classes),
+        per_class_section(ctx.metrics, classes, multilabel=False),
+        curves_section(probs, np.eye(len(classes), dtype=np.int64)[targets], classes, binary=len(classes) == 2),
+        calibration_section(probs, targets),
+        gallery_section(ctx, probs, targets, classes),
+    ]
+
+
+MULTILABEL_OMITTED = (
+    "A multi-label image has no single predicted class, so the confusion matrix, the reliability diagram (which "
+    "bins the top class's probability) and the galleries of errors are left out; every label is judged on its own "
+    "in the table and curves above, at the 0.5 threshold `imagerec evaluate` uses."
+)
+
+
+def multi_hot(targets: list[Any], k: int) -> np.ndarray:
+    hot = np.zeros((len(targets), k), dtype=np.int64)
+    for i, labels in enumerate(targets):
+        hot[i, list(labels)] = 1
+    return hot
+
+
+# -- confusion matrix ---------------------------------------------------------------------------------------------
+def confusion_section(metrics: dict[str, Any], classes: list[str]) -> Section:
+    counts = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
+    section = Section("confusion-matrix", "Confusion matrix")
+    section.blocks.append(
+        Figure(
+            "confusion_matrix.png",
+            confusion_figure(counts, classes),
+            f"Rows are the true classes, columns the predicted ones: image counts (left, {int(counts.sum())} images) "
+            "and each row divided by its total (right: the diagonal is each class's recall); blank cells are 0.",
+        )
+    )
+    if len(classes) <= TABLE_LIMIT:
+        rows = [[name, *counts[i].tolist(), int(counts[i].sum())] for i, name in enumerate(classes)]
+        rows.append(["all", *counts.sum(0).tolist(), int(counts.sum())])
+        section.blocks.append(Table(["true \\ predicted", *classes, "total"], rows, "Image counts."))
+    return section
+
+
+def confusion_figure(counts: np.ndarray, classes: list[str]) -> MplFigure:
+    k = len(classes)
+    # Up to a dozen classes the pair fits the page's width; beyond, the PNG beside the report has the detail.
+    side = min(3.6, 1.4 + 0.22 * k) if k <= ANNOTATE_LIMIT else min(9.0, 0.22 * k)
+    labels = classes if k <= 40 else [""] * k
+    longest = max((len(name) for name in labels), default=1)
+    label_room = 0.45 + 0.075 * longest  # inches, at the small font size
+    rotate = k > 6 and longest > 2  # many long names: x labels turned vertical
+    below = label_room if rotate else 0.3
+    left, panel = label_room + 0.35, 1.25 * side  # each panel: a square matrix and its colour bar
+    figure = plain_figure(
+        left + 2 * panel + left + 0.5 + 0.5, side + below + 0.35 + 0.4, columns=2, left=left, bottom=below + 0.35,
+        right=0.5, gap=left + 0.5,
+    )  # fmt: skip
+    totals = counts.sum(1, keepdims=True)
+    normalised = np.divide(counts, totals, out=np.full(counts.shape, np.nan), where=totals > 0)
+    ticks = np.arange(k)
+    for ax, values, title, form in zip(
+        figure.subplots(1, 2), (counts, normalised), ("counts", "row-normalised"), ("d", ".2f"), strict=True
+    ):
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=None if form == "d" else 1)
+        figure.colorbar(image, ax=ax, shrink=0.8)
+        ax.set(title=title, xlabel="predicted", ylabel="true", xticks=ticks, yticks=ticks)
+        ax.set_xticklabels(labels, rotation=90 if rotate else 0, fontsize="small")
+        ax.set_yticklabels(labels, fontsize="small")
+        if k <= ANNOTATE_LIMIT:
+            high = np.nanmax(values) if np.isfinite(values).any() else 1
+            for (i, j), value in np.ndenumerate(values):
+                if np.isnan(value) or value == 0:  # blank cells read faster, and text is the slow part to draw
+                    continue
+                colour = "white" if value > 0.6 * high else "black"
+                ax.text(j, i, format(value, form), ha="center", va="center", color=colour, fontsize="small")
+    return figure
+
+
+# -- per class ----------------------------------------------------------------------------------------------------
+def per_class_section(metrics: dict[str, Any], classes: list[str], *, multilabel: bool) -> Section:
+    per_class = metrics["per_class"]
+    rows = [[name, *(per_class[name][k] for k in ("precision", "recall", "f1", "support"))] for name in classes]
+    support = sum(int(per_class[name]["support"]) for name in classes)
+    if multilabel:
+        threshold = metrics.get("threshold", 0.5)
+        caption = (
+            f"Each label judged on its own at probability ≥ {threshold:g}; support counts the images carrying it. "
+            f"Over all labels: F1 macro {metrics['f1_macro']:.4f}, micro {metrics['f1_micro']:.4f}; "
+            f"all labels right on {metrics['exact_match']:.1%} of the images."
+        )
+        title, noun = "Precision, recall and F1 per label", "label"
+    else:
+        macro = [metrics[k] for k in ("precision_macro", "recall_macro", "f1_macro")]
+        rows.append(["macro average", *macro, support])
+        rows.append(["weighted F1", "", "", metrics["f1_weighted"], support])
+        caption = (
+            "One-vs-rest for each class, predicting the most probable class; support is the number of images of "
+            "the class. The macro average weighs every class equally, the weighted F1 by support."
+        )
+        title, noun = "Precision, recall and F1 per class", "class"
+    return Section("per-class", title, [Table([noun, "precision", "recall", "F1", "support"], rows, caption)])
+
+
+# -- ROC and precision–recall ---------------------------------------------------------------------------------------
+def curves_section(probs: np.ndarray, truth: np.ndarray, classes: list[str], *, binary: bool) -> Section:
+    """ROC and precision–recall curves from `probs` (N×K) against `truth` (N×K, 0/1): with `binary`, for the
+    positive class (the second) alone; otherwise one-vs-rest for each class (each label, multi-label)."""
+    from torchmetrics.functional.classification import (
+        binary_auroc,
+        binary_average_precision,
+        binary_precision_recall_curve,
+        binary_roc,
+    )
+
+    shown = [1] if binary else list(range(len(classes)))
+    figure = plain_figure(11, 4.6, columns=2)
+    roc_ax, pr_ax = figure.subplots(1, 2)
+    rows, missing = [], []
+    for k in shown:
+        y, score = truth[:, k], probs[:, k]
+        if y.min() == y.max():  # no positive (or no negative) image: neither curve is defined
+            missing.append(classes[k])
+            rows.append([classes[k], int(y.sum()), "—", "—"])
+            continue
+        y_t, score_t = torch.from_numpy(y), torch.from_numpy(score)
+        fpr, tpr, _ = (v.numpy() for v in binary_roc(score_t, y_t))
+        precision, recall, _ = (v.numpy() for v in binary_precision_recall_curve(score_t, y_t))
+        roc_auc, ap = float(binary_auroc(score_t, y_t)), float(binary_average_precision(score_t, y_t))
+        style = {"color": class_colour(k), "linestyle": LINE_STYLES[k // 8 % len(LINE_STYLES)]}
+        roc_ax.plot(fpr, tpr, label=f"{classes[k]} (AUC {roc_auc:.3f})", **style)
+        pr_ax.step(recall, precision, where="post", label=f"{classes[k]} (AP {ap:.3f})", **style)
+        rows.append([classes[k], int(y.sum()), float(roc_auc), float(ap)])
+    roc_ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1)
+    roc_ax.set(title="ROC", xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02))
+    pr_ax.set(title="precision–recall", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    for ax in (roc_ax, pr_ax):
+        ax.grid(alpha=0.3)
+        if len(shown) <= LEGEND_LIMIT:
+            ax.legend(fontsize="small", frameon=False, loc="lower right" if ax is roc_ax else "lower left")
+    what = f"for {classes[1]} as the positive class" if binary else "one-vs-rest for each class"
+    caption = (
+        f"ROC (left) and precision–recall (right) curves {what}, from the predicted probabilities; AUC is the area "
+        "under the ROC curve, AP the average precision (the step-wise area under the precision–recall curve)."
+    )
+    section = Section("roc-pr", "ROC and precision–recall curves", [Figure("roc_pr.png", figure, caption)])
+    section.blocks.append(Table(["class", "positives", "ROC AUC", "AP"], rows))
+    if missing:
+        section.blocks.append(Text(f"No curves for {', '.join(missing)}: the split has no image on one side."))
+    return section
+
+
+# -- calibration ------------------------------------------------------------------------------------------------------
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """Per bin b of (b/bins, (b+1)/bins]: the number of images whose top-class probability falls in it, their mean
+    confidence and their accuracy (NaN for an empty bin)."""
+    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    count = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(index, weights=confidence, minlength=bins) / count
+        accuracy = np.bincount(index, weights=correct.astype(np.float64), minlength=bins) / count
+    return {"count": count, "confidence": mean_conf, "accuracy": accuracy}
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE = Σ_b (n_b / N) · |accuracy_b − confidence_b| over `bins` equal-width bins of the top-class probability."""
+    binned = calibration_bins(confidence, correct, bins)
+    used = binned["count"] > 0
+    weights = binned["count"][used] / len(confidence)
+    return float(np.sum(weights * np.abs(binned["accuracy"][used] - binned["confidence"][used])))
+
+
+def calibration_section(probs: np.ndarray, targets: np.ndarray) -> Section:
+    confidence, correct = probs.max(1), probs.argmax(1) == targets
+    ece = expected_calibration_error(confidence, correct)
+    binned = calibration_bins(confidence, correct)
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    figure = plain_figure(6, 6, rows=2)
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    used = binned["count"] > 0
+    top.bar(edges[:-1][used], binned["accuracy"][used], width=1 / ECE_BINS, align="edge", color=class_colour(4),
+            edgecolor="white", label="accuracy")  # fmt: skip
+    top.plot(binned["confidence"][used], binned["accuracy"][used], "o", color=class_colour(0), label="mean confidence")
+    top.plot([0, 1], [0, 1], color="#555555", linestyle="--", linewidth=1, label="perfect calibration")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02), title=f"reliability (ECE {ece:.4f})")
+    top.legend(fontsize="small", frameon=False, loc="upper left")
+    top.grid(alpha=0.3)
+    bottom.bar(edges[:-1], binned["count"], width=1 / ECE_BINS, align="edge", color="#999999", edgecolor="white")
+    bottom.set(xlabel="top-class probability (confidence)", ylabel="images")
+    caption = (
+        f"The images binned by their top-class probability into {ECE_BINS} equal-width bins: the bars show each "
+        "bin's accuracy, the dots where its mean confidence lies; a calibrated model's bars meet the diagonal. "
+        "Below: images per bin."
+    )
+    text = Text(
+        f"Expected calibration error (ECE): {ece:.4f}, the mean gap between confidence and accuracy weighted by "
+        f"the images in each bin; accuracy {correct.mean():.4f}, mean confidence {confidence.mean():.4f}."
+    )
+    return Section("calibration", "Calibration", [Figure("calibration.png", figure, caption), text])
+
+
+# -- galleries ----------------------------------------------------------------------------------------------------
+def gallery_section(ctx: ReportContext, probs: np.ndarray, targets: np.ndarray, classes: list[str]) -> Section:
+    predicted, confidence = probs.argmax(1), probs.max(1)
+    wrong = np.flatnonzero(predicted != targets)
+    right = np.flatnonzero(predicted == targets)
+    worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:GALLERY_SIZE]
+    unsure = right[np.argsort(confidence[right], kind="stable")][:GALLERY_SIZE]
+
+    def thumbnails(indices: np.ndarray) -> list[tuple[np.ndarray, str]]:
+        return [
+            (thumbnail(ctx.samples[i].path), f"{classes[targets[i]]} → {classes[predicted[i]]} ({confidence[i]:.2f})")
+            for i in indices.tolist()
+        ]
+
+    caption = "Captions read true class → predicted class (its probability)."
+    blocks = [
+        Gallery("Most confident errors", thumbnails(worst), f"{len(wrong)} of {len(targets)} images wrong. {caption}"),
+        Gallery("Least confident correct predictions", thumbnails(unsure), caption),
+    ]
+    return Section("examples", "Examples: confident errors and uncertain successes", blocks)
+
+
+def thumbnail(path: Any) -> np.ndarray:
+    """The image as H×W×3 uint8, its longest side brought down to THUMBNAIL pixels when longer."""
+    from imagerec.data.images import read_image
+
+    array = to_uint8_rgb(read_image(path)).permute(1, 2, 0).numpy()
+    height, width = array.shape[:2]
+    if max(height, width) <= THUMBNAIL:
+        return np.ascontiguousarray(array)
+    scale = THUMBNAIL / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(array)).resize(size, Image.Resampling.LANCZOS))

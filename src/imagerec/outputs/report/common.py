@@ -1,0 +1,286 @@
+"""Report sections every task shares: a summary, the evaluated metrics, training curves, the learning-rate
+schedule, time and throughput per epoch, and the run's configuration, data fingerprint and library versions.
+
+They are drawn from the run's own files (metrics.csv, run.yaml, model.json), so they need no evaluation data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from typing import Any
+
+from matplotlib.figure import Figure as MplFigure
+
+from imagerec.outputs.report.blocks import Figure, ReportContext, Section, Table, Text
+from imagerec.outputs.visualize import class_colour
+from imagerec.runs import RunDir
+
+TRAIN_COLOUR, VAL_COLOUR = class_colour(4), class_colour(0)  # Okabe–Ito blue and orange
+DASH = "—"
+
+
+def plain_figure(
+    width: float,
+    height: float,
+    *,
+    columns: int = 1,
+    rows: int = 1,
+    left: float = 0.85,
+    bottom: float = 0.6,
+    right: float = 0.25,
+    gap: float = 0.9,
+) -> MplFigure:
+    """A figure with fixed margins and `gap` between columns (inches), for plots whose labels' sizes are known in
+    advance: saving it draws it once, where a layout engine draws it twice to measure the labels first."""
+    top = 0.4
+    figure = MplFigure(figsize=(width, height))
+    axes_width = (width - left - right - gap * (columns - 1)) / columns
+    axes_height = (height - bottom - top - 0.3 * (rows - 1)) / rows
+    figure.subplots_adjust(
+        left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+        wspace=gap / axes_width, hspace=0.3 / axes_height,
+    )  # fmt: skip
+    return figure
+
+
+def read_history(run: RunDir) -> list[dict[str, Any]]:
+    """metrics.csv as one dict per epoch, numbers parsed; a value an epoch did not measure is left out."""
+    if not run.metrics.exists():
+        return []
+    with run.metrics.open(newline="") as handle:
+        return [{k: _number(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+
+
+def _number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def monitor(ctx: ReportContext) -> tuple[str, str]:
+    """The metrics.csv column that picked the best epoch, and whether higher (max) or lower (min) is better."""
+    from imagerec.tasks.build import task_from_info
+
+    key = ctx.config.get("train", {}).get("monitor")
+    if key:
+        return key, "min" if key.endswith("loss") else task_from_info(ctx.info).monitor[1]
+    metric, mode = task_from_info(ctx.info).monitor
+    if any(f"val_{metric}" in row for row in ctx.history):
+        return f"val_{metric}", mode
+    return "train_loss", "min"
+
+
+def best_epoch(history: list[dict[str, Any]], key: str, mode: str) -> int | None:
+    """The epoch training kept as best: the best `key`, ties going to the lower validation loss, then the earlier
+    epoch (as the training loop decides)."""
+    rows = [r for r in history if isinstance(r.get(key), int | float) and not math.isnan(r[key])]
+    if not rows:
+        return None
+    sign = -1 if mode == "max" else 1
+    return min(rows, key=lambda r: (sign * r[key], r.get("val_loss", math.inf), r["epoch"]))["epoch"]
+
+
+def sections(ctx: ReportContext) -> tuple[list[Section], list[Section]]:
+    """The shared sections to put before the task's sections, and those to put after them."""
+    key, mode = monitor(ctx)
+    first = [summary_section(ctx, key, mode)]
+    if ctx.metrics:
+        first.append(metrics_section(ctx))
+    first.append(training_section(ctx, key, mode))
+    if ctx.history:
+        first += [learning_rate_section(ctx), speed_section(ctx)]
+    return first, [configuration_section(ctx)]
+
+
+def summary_section(ctx: ReportContext, key: str, mode: str) -> Section:
+    info, train = ctx.info, ctx.config.get("train", {})
+    classes = list(info.get("classes", []))
+    shown = ", ".join(classes[:12]) + (f", … ({len(classes)} in all)" if len(classes) > 12 else "")
+    model = info.get("model", "?") + (f" on {info['backbone']}" if info.get("backbone") else "")
+    best = best_epoch(ctx.history, key, mode)
+    rows: list[list[Any]] = [
+        ["run", str(ctx.run.path)],
+        ["task", info.get("task", "?") + (" (multi-label)" if info.get("multilabel") else "")],
+        ["model", model],
+        ["classes", shown],
+        ["input", f"{info.get('imgsz')} px, {info.get('channels')} channel(s)"],
+        ["epochs trained", f"{len(ctx.history)} of {train.get('epochs', '?')}"],
+        ["best epoch", DASH if best is None else f"{best} (by {key})"],
+    ]
+    if ctx.split is not None:
+        data = ctx.metrics.get("data", "?")
+        rows.append(["evaluated on", f"the {ctx.split} split of {data}: {len(ctx.samples)} images"])
+    section = Section("summary", "Summary", [Table(["", ""], rows)])
+    if ctx.split is None:
+        section.blocks.append(
+            Text(
+                "No evaluation data: this report shows how training went. Give the run's data "
+                "(imagerec report RUN --data DATA) for the sections that judge the model's predictions."
+            )
+        )
+    return section
+
+
+def metrics_section(ctx: ReportContext) -> Section:
+    """The single-number metrics `imagerec evaluate` measured on the split (per-class values are in the task's
+    sections)."""
+    rows = [[k, v] for k, v in ctx.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    title = f"Metrics on the {ctx.split} split"
+    return Section("metrics", title, [Table(["metric", "value"], rows, "As `imagerec evaluate` measures them.")])
+
+
+def training_section(ctx: ReportContext, key: str, mode: str) -> Section:
+    section = Section("training", "Training curves")
+    if not ctx.history:
+        why = (
+            "metrics.csv holds no finished epoch yet."
+            if ctx.run.metrics.exists()
+            else "This run has no metrics.csv: it was fitted in one go, without training epochs (--head knn or "
+            "logistic on frozen embeddings)."
+        )
+        section.blocks.append(Text(why))
+        return section
+    best = best_epoch(ctx.history, key, mode)
+    section.blocks.append(
+        Figure(
+            "training_curves.png",
+            _curves_figure(ctx.history, key, best),
+            f"Loss per epoch on the training images (mean over the epoch's batches, with augmentation) and on the "
+            f"validation split; right: {key}, the metric that picked the best epoch"
+            + (f" (epoch {best}, dotted line)." if best is not None else "."),
+        )
+    )
+    return section
+
+
+def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    rows = [r for r in history if isinstance(r.get(key), int | float)]
+    return [r["epoch"] for r in rows], [float(r[key]) for r in rows]
+
+
+def _curves_figure(history: list[dict[str, Any]], key: str, best: int | None) -> MplFigure:
+    figure = plain_figure(10, 3.6, columns=2)
+    loss_ax, metric_ax = figure.subplots(1, 2)
+    for column, colour, label in (("train_loss", TRAIN_COLOUR, "training"), ("val_loss", VAL_COLOUR, "validation")):
+        epochs, values = _series(history, column)
+        if epochs:
+            loss_ax.plot(epochs, values, marker="o", markersize=3, color=colour, label=label)
+    loss_ax.set(title="loss", xlabel="epoch")
+    loss_ax.legend(frameon=False)
+    epochs, values = _series(history, key)
+    metric_ax.plot(epochs, values, marker="o", markersize=3, color=VAL_COLOUR)
+    metric_ax.set(title=key, xlabel="epoch")
+    for ax in (loss_ax, metric_ax):
+        if best is not None:
+            ax.axvline(best, color="#555555", linestyle=":", linewidth=1)
+        ax.grid(alpha=0.3)
+        epoch_ticks(ax, [r["epoch"] for r in history])
+    return figure
+
+
+def epoch_ticks(ax: Any, epochs: list[int]) -> None:
+    """Whole epochs on the x axis: each one when there are few, else whole numbers the locator picks."""
+    if 0 < len(epochs) <= 12:
+        ax.set_xticks(epochs)
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+
+
+def learning_rate_section(ctx: ReportContext) -> Section:
+    train = ctx.config.get("train", {})
+    section = Section("learning-rate", "Learning-rate schedule")
+    epochs, values = _series(ctx.history, "lr")
+    describe = (
+        f"{train.get('optimizer', '?')} with peak learning rate {train.get('lr', '?')}, {train.get('scheduler', '?')} "
+        f"schedule, {train.get('warmup_epochs', 0)} warm-up epoch(s), weight decay {train.get('weight_decay', '?')}."
+    )
+    if not epochs:
+        section.blocks.append(Text(describe))
+        return section
+    figure = plain_figure(6, 3.2)
+    ax = figure.subplots()
+    ax.plot(epochs, values, marker="o", markersize=3, color=TRAIN_COLOUR)
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) > 20:
+        ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel="learning rate")
+    ax.grid(alpha=0.3)
+    epoch_ticks(ax, epochs)
+    caption = f"The learning rate of the first parameter group at the end of each epoch. {describe}"
+    section.blocks.append(Figure("learning_rate.png", figure, caption))
+    return section
+
+
+def speed_section(ctx: ReportContext) -> Section:
+    section = Section("speed", "Time and throughput")
+    epochs, seconds = _series(ctx.history, "epoch_time_s")
+    _, speeds = _series(ctx.history, "images_per_s")
+    compute = ctx.config.get("resolved", {}).get("compute", {})
+    rows: list[list[Any]] = [
+        ["training time (sum of epochs)", f"{sum(seconds):.1f} s" if seconds else DASH],
+        ["time per epoch (median)", f"{statistics.median(seconds):.2f} s" if seconds else DASH],
+        ["training images/s (median after epoch 1)", _steady(speeds)],
+        ["device", ctx.config.get("train", {}).get("device", "?")],
+        ["precision", compute.get("precision", "?")],
+        ["channels last", compute.get("channels_last", "?")],
+    ]
+    section.blocks.append(Table(["", ""], rows, "Epoch times cover the training pass only, not validation."))
+    if epochs:
+        figure = plain_figure(10, 3.2, columns=2)
+        time_ax, speed_ax = figure.subplots(1, 2)
+        time_ax.bar(epochs, seconds, color=TRAIN_COLOUR)
+        time_ax.set(title="training time per epoch", xlabel="epoch", ylabel="seconds")
+        speed_ax.plot(epochs, speeds, marker="o", markersize=3, color=TRAIN_COLOUR)
+        top = 1.1 * max(speeds, default=0) or 1
+        speed_ax.set(title="throughput", xlabel="epoch", ylabel="training images/s", ylim=(0, top))
+        for ax in (time_ax, speed_ax):
+            ax.grid(alpha=0.3)
+            epoch_ticks(ax, epochs)
+        section.blocks.append(Figure("speed.png", figure, "Seconds per training epoch, and images per second."))
+    return section
+
+
+def _steady(speeds: list[float]) -> str:
+    if not speeds:
+        return DASH
+    return f"{statistics.median(speeds[1:] or speeds):.1f}"
+
+
+def configuration_section(ctx: ReportContext) -> Section:
+    config, resolved = ctx.config, ctx.config.get("resolved", {})
+    section = Section("configuration", "Configuration and versions")
+    for part in ("data", "model", "train"):
+        values = config.get(part, {})
+        if values:
+            section.blocks.append(Table([f"{part} setting", "value"], [[k, _value(v)] for k, v in values.items()]))
+    data_rows = [["fingerprint", resolved.get("data_fingerprint", DASH)]]
+    data_rows += [["note", note] for note in resolved.get("data_notes") or []]
+    split = ctx.run.read_split()
+    if split:
+        data_rows.append(["recorded split", ", ".join(f"{len(paths)} {name}" for name, paths in split.items())])
+    about = "The fingerprint hashes every file's path, size and label: it changes with the data."
+    section.blocks.append(Table(["data", ""], data_rows, about))
+    versions = resolved.get("versions") or {}
+    section.blocks.append(Table(["library", "version"], [[k, v] for k, v in versions.items()], "Library versions."))
+    if resolved.get("weights"):
+        rows = [[k, _value(v)] for k, v in resolved["weights"].items()]
+        section.blocks.append(Table(["starting weights", ""], rows))
+    return section
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return DASH
+    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)  # settings read as written (0.05, not 0.0500)

@@ -1,0 +1,372 @@
+"""Detection report sections (boxes, and instance masks for Mask R-CNN runs): precision–recall curves, AP per
+class and object size, false positives and negatives at a score threshold, and the worst images drawn.
+
+The curves and APs come from pycocotools' COCOeval, run by `DetectionMetrics` over the report's own predictions
+(`ctx.results`), so they reach the evaluated mAP only when those were kept down to the evaluation threshold
+(`EVAL_SCORE_THRESHOLD`); a note says so when they differ from `ctx.metrics`. Counts and galleries use `conf`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure as MplFigure
+from torchvision.ops import box_iou
+from torchvision.utils import draw_segmentation_masks
+
+from imagerec.data.index import Objects
+from imagerec.metrics.detection import NO_GROUND_TRUTH, DetectionMetrics
+from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table, Text
+from imagerec.outputs.results import Detections, InstanceMasks
+from imagerec.outputs.visualize import class_colour, draw_boxes, draw_legend
+
+DEFAULT_CONF = 0.25  # `imagerec predict`'s default --conf
+MATCH_IOU = 0.5  # VOC's and COCO's AP50 rule
+THUMBNAIL = 256  # longest side of a gallery image, in pixels
+GALLERY_SIZE = 8
+TRUTH_COLOUR = "#56B4E9"  # Okabe–Ito sky blue
+PREDICTION_COLOUR = "#E69F00"  # Okabe–Ito orange: the pair stays distinct under every colour-vision deficiency
+AREAS = ("small", "medium", "large")  # COCO's object sizes: under 32², under 96², above (pixels)
+LINE_STYLES = ("-", "--", ":", "-.")
+DASH = "—"  # a value COCO cannot define (no object of that class or size)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """True positives, false positives and false negatives per class (arrays of length K) in one image."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+
+    @property
+    def f1(self) -> float:
+        """2·TP / (2·TP + FP + FN); 1.0 for an image with nothing to find and nothing found."""
+        tp, errors = int(self.tp.sum()), int(self.fp.sum() + self.fn.sum())
+        return 1.0 if tp + errors == 0 else 2 * tp / (2 * tp + errors)
+
+
+def sections(ctx: ReportContext, *, conf: float = DEFAULT_CONF) -> list[Section]:
+    """The detection sections of the report; none without evaluation data. `conf` is the score threshold of the
+    counts and galleries (the curves use every prediction)."""
+    if ctx.split is None or not ctx.samples:
+        return []
+    classes = list(ctx.info["classes"])
+    counts = [match(s.target, r, classes, conf=conf) for s, r in zip(ctx.samples, ctx.results, strict=True)]
+    metrics, values = coco_metrics(ctx)
+    return [
+        _pr_section(metrics, _consistency(ctx.metrics, values)),
+        _ap_section(ctx, metrics),
+        _errors_section(counts, classes, conf),
+        _gallery_section(ctx, counts, conf),
+    ]
+
+
+def match(
+    objects: Objects, detections: Detections, classes: Sequence[str], *, conf: float, iou: float = MATCH_IOU
+) -> Counts:
+    """Counts of one image at score ≥ `conf`: predictions, best score first, each take the unmatched object of
+    their class they overlap most, when box IoU ≥ `iou` (a true positive); one left without is a false positive,
+    unless it overlaps an ignored object (VOC difficult, COCO crowd) of its class by `iou`, when it counts neither
+    way (VOC's rule; COCOeval measures a crowd's overlap by intersection over the prediction's area). Objects left
+    unmatched (ignored ones aside) are false negatives."""
+    k = len(classes)
+    lookup = {name: i for i, name in enumerate(classes)}
+    scores = torch.tensor(detections.scores, dtype=torch.float64)
+    order = [i for i in torch.argsort(scores, descending=True, stable=True).tolist() if scores[i] >= conf]
+    labels = torch.tensor([lookup[detections.labels[i]] for i in order], dtype=torch.int64)
+    truth = torch.tensor(objects.labels, dtype=torch.int64)
+    ignore = torch.tensor([objects.ignored(i) for i in range(len(truth))], dtype=torch.bool)
+    overlap = box_iou(_boxes([detections.boxes[i] for i in order]), _boxes(objects.boxes))
+    overlap[labels[:, None] != truth[None, :]] = -1.0  # a box of another class never matches
+    taken = ignore.clone()
+    tp, fp = np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64)
+    for d, label in enumerate(labels.tolist()):
+        free = overlap[d].masked_fill(taken, -1.0)
+        best = int(free.argmax()) if len(free) else -1
+        if best >= 0 and free[best] >= iou:
+            taken[best] = True
+            tp[label] += 1
+        elif not bool((overlap[d][ignore] >= iou).any()):
+            fp[label] += 1
+    fn = np.bincount(truth[~taken].numpy(), minlength=k).astype(np.int64)
+    return Counts(tp, fp, fn)
+
+
+def _boxes(boxes: Sequence[Sequence[float]]) -> torch.Tensor:
+    return torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+
+
+def coco_metrics(ctx: ReportContext) -> tuple[DetectionMetrics, dict[str, Any]]:
+    """`DetectionMetrics` (box mAP, or mask mAP for instance runs, as `imagerec evaluate` measures) computed over
+    `ctx.samples` and `ctx.results`, and the values it computed; its `coco_eval` holds the precision arrays (None
+    without ground truth)."""
+    classes = list(ctx.info["classes"])
+    instance = bool(ctx.info.get("instance"))
+    metrics = DetectionMetrics(classes, iou_type="segm" if instance else "bbox")
+    lookup = {name: i for i, name in enumerate(classes)}
+    for sample, result in zip(ctx.samples, ctx.results, strict=True):
+        objects: Objects = sample.target
+        output = {
+            "boxes": _boxes(result.boxes),
+            "scores": torch.tensor(result.scores, dtype=torch.float64),
+            "labels": torch.tensor([lookup[label] for label in result.labels], dtype=torch.int64),
+        }
+        target = {
+            "boxes": _boxes(objects.boxes),
+            "labels": torch.tensor(objects.labels, dtype=torch.int64),
+            "ignore": torch.tensor([objects.ignored(i) for i in range(len(objects.labels))], dtype=torch.bool),
+        }
+        if objects.area:
+            target["area"] = torch.tensor(objects.area, dtype=torch.float64)
+        if instance:
+            output["masks"], target["masks"] = _instance_pixels(sample.path, objects, result)
+        metrics.update([output], [target])
+    return metrics, metrics.compute()
+
+
+def _instance_pixels(path: Path, objects: Objects, result: Detections) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and true object masks (N×H×W uint8) of one image, for mask AP."""
+    from pycocotools import mask as coco_mask
+
+    from imagerec.data.formats._boxes import image_size
+    from imagerec.data.masks import instance_masks
+
+    width, height = result.size or objects.size or image_size(path) or (0, 0)
+    masks = getattr(result, "masks", ())
+    predicted = np.stack([coco_mask.decode(m) for m in masks]) if masks else np.zeros((0, height, width), np.uint8)
+    return torch.from_numpy(predicted), torch.from_numpy(instance_masks(objects, height, width, path))
+
+
+def _consistency(measured_values: dict[str, Any], values: dict[str, Any]) -> list[Text]:
+    """A note when the report's predictions give another mAP than `imagerec evaluate` measured."""
+    measured, here = measured_values.get("map"), values.get("map")
+    if measured is None or here is None or abs(measured - here) < 0.005:
+        return []
+    return [
+        Text(
+            f"These curves are drawn from the report's predictions, whose mAP is {here:.3f}; `imagerec evaluate` "
+            f"measured {measured:.3f} on the same split (its predictions keep lower scores or another threshold)."
+        )
+    ]
+
+
+def _pr_section(metrics: DetectionMetrics, notes: list[Text]) -> Section:
+    section = Section("detection-pr", "Precision–recall curves")
+    if metrics.coco_eval is None:
+        section.blocks.append(Text(f"No curves: {NO_GROUND_TRUTH}."))
+        return section
+    kind = "mask" if metrics.iou_type == "segm" else "box"
+    section.blocks.append(
+        Figure(
+            "detection_pr.png",
+            _pr_figure(metrics),
+            f"Precision against recall per class ({kind} IoU, all object sizes, up to 100 predictions per image), "
+            "from COCOeval's 101 recall points: at IoU 0.5 (left) and averaged over IoU 0.50:0.05:0.95 (right). "
+            "The area under each curve is the class's AP; the dashed black curve is the mean over classes.",
+        )
+    )
+    section.blocks.extend(notes)
+    return section
+
+
+def _pr_figure(metrics: DetectionMetrics) -> MplFigure:
+    precision = metrics.coco_eval.eval["precision"][:, :, :, 0, -1]  # T×R×K
+    precision = np.where(precision < 0, np.nan, precision)  # -1: a class without ground truth
+    recall = np.asarray(metrics.coco_eval.params.recThrs)
+    classes = metrics.classes
+    many = len(classes) > 12  # beyond a dozen lines a legend is unreadable: thin grey lines and the mean
+    figure = MplFigure(figsize=(11, 4.6), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    for ax, curves, title in ((axes[0], precision[0], "IoU 0.5"), (axes[1], _nanmean(precision, 0), "IoU 0.50:0.95")):
+        for k, name in enumerate(classes):
+            curve = curves[:, k]
+            if np.isnan(curve).all():
+                continue
+            if many:
+                ax.plot(recall, curve, color="#999999", linewidth=0.6, alpha=0.5)
+            else:
+                style = LINE_STYLES[k // 8 % len(LINE_STYLES)]
+                ax.plot(recall, curve, color=class_colour(k), linestyle=style, label=f"{name} (AP {curve.mean():.2f})")
+        mean = _nanmean(curves, 1)
+        ax.plot(recall, mean, color="black", linestyle="--", linewidth=2, label=f"mean (mAP {np.nanmean(mean):.2f})")
+        ax.set(title=title, xlabel="recall", xlim=(0, 1), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("precision")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small", frameon=False)
+    return figure
+
+
+def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    """Mean ignoring NaN, NaN where everything is (without numpy's all-NaN warning)."""
+    defined = ~np.isnan(values)
+    total = np.where(defined, values, 0.0).sum(axis)
+    count = defined.sum(axis)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _ap_section(ctx: ReportContext, metrics: DetectionMetrics) -> Section:
+    section = Section("detection-ap", "Average precision per class and object size")
+    if metrics.coco_eval is None:
+        section.blocks.append(Text(f"No AP: {NO_GROUND_TRUTH}."))
+        return section
+    table = ap_table(ctx, metrics)
+    section.blocks.append(
+        Table(
+            ["class", "objects", "AP", "AP50", *(f"AP {a}" for a in AREAS)],
+            table,
+            "AP averaged over IoU 0.50:0.95 and at IoU 0.5 (COCO), and per object size (small < 32² pixels ≤ "
+            f"medium < 96² ≤ large); {DASH}: no object of that class or size in the split.",
+        )
+    )
+    section.blocks.append(Figure("detection_ap.png", _ap_figure(table, metrics), "AP per class and per object size."))
+    return section
+
+
+def ap_table(ctx: ReportContext, metrics: DetectionMetrics) -> list[list[Any]]:
+    """One row per class: name, objects (not ignored), AP, AP50 and AP per size (DASH where undefined), then
+    a row for all classes with the summary values."""
+    precision = metrics.coco_eval.eval["precision"][:, :, :, :, -1]  # T×R×K×A
+    objects = np.zeros(len(metrics.classes), dtype=np.int64)
+    for sample in ctx.samples:
+        for i, label in enumerate(sample.target.labels):
+            objects[label] += not sample.target.ignored(i)
+    rows = []
+    for k, name in enumerate(metrics.classes):
+        values = [_mean_defined(precision[:, :, k, 0]), _mean_defined(precision[0, :, k, 0])]
+        values += [_mean_defined(precision[:, :, k, a]) for a in (1, 2, 3)]
+        rows.append([name, int(objects[k]), *(DASH if v is None else v for v in values)])
+    stats = metrics.coco_eval.stats
+    summary = [stats[0], stats[1], stats[3], stats[4], stats[5]]
+    rows.append(["all", int(objects.sum()), *(DASH if v < 0 else round(float(v), 4) for v in summary)])
+    return rows
+
+
+def _mean_defined(values: np.ndarray) -> float | None:
+    defined = values[values > -1]
+    return round(float(defined.mean()), 4) if defined.size else None
+
+
+def _ap_figure(rows: list[list[Any]], metrics: DetectionMetrics) -> MplFigure:
+    per_class = rows[:-1]
+    height = max(3.0, 0.28 * len(per_class) + 1.2)
+    figure = MplFigure(figsize=(11, height), layout="constrained")
+    left, right = figure.subplots(1, 2, width_ratios=(2, 1))
+    y = np.arange(len(per_class))
+    for offset, column, label, colour in ((-0.2, 2, "AP", class_colour(4)), (0.2, 3, "AP50", class_colour(1))):
+        values = [r[column] if r[column] != DASH else 0.0 for r in per_class]
+        left.barh(y + offset, values, height=0.4, color=colour, label=label)
+    left.set(yticks=y, yticklabels=[r[0] for r in per_class], xlim=(0, 1), xlabel="AP", title="per class")
+    left.invert_yaxis()
+    left.legend(loc="lower right", fontsize="small")
+    sizes = [rows[-1][4 + a] for a in range(3)]
+    bars = right.bar(AREAS, [s if s != DASH else 0.0 for s in sizes], color=class_colour(4))
+    right.bar_label(bars, labels=[DASH if s == DASH else f"{s:.2f}" for s in sizes])
+    right.set(ylim=(0, 1.05), ylabel="AP (IoU 0.50:0.95)", title="per object size (all classes)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3, axis="x" if ax is left else "y")
+    return figure
+
+
+def _errors_section(counts: list[Counts], classes: list[str], conf: float) -> Section:
+    tp, fp, fn = (np.sum([getattr(c, f) for c in counts], axis=0) for f in ("tp", "fp", "fn"))
+    rows = [_count_row(name, int(tp[k]), int(fp[k]), int(fn[k])) for k, name in enumerate(classes)]
+    rows.append(_count_row("all", int(tp.sum()), int(fp.sum()), int(fn.sum())))
+    rule = (
+        f"Predictions with a score of at least {conf:g} (imagerec predict's --conf), matched best score first to "
+        f"the unmatched ground-truth object of their class they overlap most, when box IoU ≥ {MATCH_IOU:g} (the "
+        "VOC/COCO rule): a match is a true positive, a prediction left without one a false positive, an object "
+        "left without one a false negative. Predictions on ignored objects (difficult, crowd) count neither way."
+    )
+    table = Table(["class", "objects", "predicted", "TP", "FP", "FN", "precision", "recall"], rows, rule)
+    return Section("detection-errors", "False positives and false negatives", [table])
+
+
+def _count_row(name: str, tp: int, fp: int, fn: int) -> list[Any]:
+    precision = round(tp / (tp + fp), 4) if tp + fp else DASH
+    recall = round(tp / (tp + fn), 4) if tp + fn else DASH
+    return [name, tp + fn, tp + fp, tp, fp, fn, precision, recall]
+
+
+def ranking(counts: Sequence[Counts]) -> list[int]:
+    """Image positions, worst first: by F1 at IoU 0.5, then by more errors (FP + FN), then in split order."""
+    return sorted(range(len(counts)), key=lambda i: (counts[i].f1, -int(counts[i].fp.sum() + counts[i].fn.sum()), i))
+
+
+def _gallery_section(ctx: ReportContext, counts: list[Counts], conf: float) -> Section:
+    order = ranking(counts)
+    worst, rest = order[:GALLERY_SIZE], order[GALLERY_SIZE:]
+    picks = min(GALLERY_SIZE, len(rest))
+    spread = [rest[round(j * (len(rest) - 1) / max(1, picks - 1))] for j in range(picks)]
+    colours = (
+        f"Ground truth in sky blue (class under the box), predictions with a score of at least {conf:g} in orange "
+        "(class and score inside the box)"
+    )
+    section = Section("detection-gallery", "Predictions against ground truth")
+    section.blocks.append(
+        Gallery(
+            "Worst images",
+            [_thumbnail(ctx, i, counts[i], conf) for i in worst],
+            f"{colours}. The images with the lowest F1 at IoU {MATCH_IOU:g} (2·TP / (2·TP + FP + FN)), then the "
+            "most errors (FP + FN).",
+        )
+    )
+    if spread:
+        thumbnails = [_thumbnail(ctx, i, counts[i], conf) for i in dict.fromkeys(spread)]
+        caption = f"{colours}. The other images, evenly spaced from worse to better F1."
+        section.blocks.append(Gallery("Across the ranking", thumbnails, caption))
+    return section
+
+
+def _thumbnail(ctx: ReportContext, i: int, counts: Counts, conf: float) -> tuple[np.ndarray, str]:
+    """Image `i` at most THUMBNAIL pixels on its longest side, truth and predictions drawn, with its caption."""
+    from imagerec.data.images import read_image
+    from imagerec.errors import UserError
+
+    sample, result = ctx.samples[i], ctx.results[i]
+    caption = (
+        f"{Path(sample.path).name} · F1 {counts.f1:.2f} · {int(counts.tp.sum())} TP, {int(counts.fp.sum())} FP, "
+        f"{int(counts.fn.sum())} FN"
+    )
+    try:
+        image = read_image(Path(sample.path))
+    except UserError as error:  # an unreadable image is shown as its caption alone
+        return np.zeros((16, THUMBNAIL, 3), dtype=np.uint8), f"{caption} · unreadable: {error}"
+    drawn = draw_comparison(image, sample.target, result, list(ctx.info["classes"]), conf=conf)
+    return np.ascontiguousarray(drawn.permute(1, 2, 0).numpy()), caption
+
+
+def draw_comparison(
+    image: torch.Tensor, objects: Objects, detections: Detections, classes: Sequence[str], *, conf: float
+) -> torch.Tensor:
+    """3×H×W uint8: `image` scaled to THUMBNAIL pixels on its longest side, ground truth in TRUTH_COLOUR and
+    predictions scoring at least `conf` in PREDICTION_COLOUR (their masks tinted, for instance runs), and a legend
+    band below."""
+    height, width = image.shape[-2:]
+    scale = THUMBNAIL / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    small = torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[0]
+    truth = [[v * scale for v in box] for box in objects.boxes]
+    names = [classes[t] + (" (ignored)" if objects.ignored(i) else "") for i, t in enumerate(objects.labels)]
+    canvas = draw_boxes(small.clamp(0, 1), truth, names, TRUTH_COLOUR, below=True)
+    keep = [i for i, score in enumerate(detections.scores) if score >= conf]
+    if isinstance(detections, InstanceMasks) and keep:
+        canvas = _tint(canvas, [detections.masks[i] for i in keep], size)
+    boxes = [[v * scale for v in detections.boxes[i]] for i in keep]
+    labels = [f"{detections.labels[i]} {detections.scores[i]:.2f}" for i in keep]
+    canvas = draw_boxes(canvas.float() / 255, boxes, labels, PREDICTION_COLOUR)
+    return draw_legend(canvas, [("truth", TRUTH_COLOUR), (f"prediction ≥ {conf:g}", PREDICTION_COLOUR)])
+
+
+def _tint(canvas: torch.Tensor, masks: Sequence[dict[str, Any]], size: tuple[int, int]) -> torch.Tensor:
+    """`canvas` with the predicted objects' pixels (COCO RLE at the image's size) tinted in PREDICTION_COLOUR."""
+    from pycocotools import mask as coco_mask
+
+    pixels = torch.from_numpy(np.stack([coco_mask.decode(m) for m in masks])).float()
+    pixels = torch.nn.functional.interpolate(pixels[None], size=size, mode="nearest")[0] > 0.5
+    return draw_segmentation_masks(canvas, pixels, alpha=0.35, colors=PREDICTION_COLOUR)

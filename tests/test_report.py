@@ -1,0 +1,207 @@
+"""`imagerec report`: the HTML report of a real tiny run, its numbers against `imagerec evaluate`'s, the report
+written at the end of training, and the errors a user can cause."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from rich.console import Console
+
+import imagerec
+from helpers import invoke, user_error
+from imagerec.outputs.report import build_context, report_sections
+from imagerec.outputs.report.classification import expected_calibration_error
+
+TINY = {"model": "seed_cnn", "imgsz": 8, "batch": 64, "seed": 0}
+CLASSIFICATION_SECTIONS = {"confusion-matrix", "per-class", "roc-pr", "calibration", "examples"}
+COMMON_SECTIONS = {"summary", "metrics", "training", "learning-rate", "speed", "configuration"}
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=120)
+
+
+@pytest.fixture(scope="module")
+def digits_run(digits_dir, tmp_path_factory) -> imagerec.Run:
+    out = tmp_path_factory.mktemp("report") / "digits-run"
+    return imagerec.train(digits_dir, out=out, epochs=2, precision="32", console=quiet(), **TINY)
+
+
+def section_ids(page: str) -> list[str]:
+    return re.findall(r'<section id="([^"]+)">', page)
+
+
+def test_report_command_writes_every_section_with_images_embedded_and_beside(digits_run, tmp_path):
+    result = invoke("report", digits_run.path, "--out", tmp_path, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report.html").read_text()
+    assert set(section_ids(page)) == COMMON_SECTIONS | CLASSIFICATION_SECTIONS
+    assert section_ids(page)[0] == "summary"
+    assert section_ids(page)[-1] == "configuration"
+    for section in section_ids(page):  # the table of contents links every section
+        assert f'href="#{section}"' in page
+    files = re.findall(r'data-file="([^"]+\.png)"', page)
+    assert {"training_curves.png", "confusion_matrix.png", "roc_pr.png", "calibration.png"} <= set(files)
+    for name in files:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.count('src="data:image/png;base64,') >= len(files) + 2  # plus the gallery thumbnails
+    assert not re.search(r'(src|href)="(https?:|//)', page)  # nothing to fetch
+    assert "<script" not in page
+    assert "true class → predicted class" in page
+
+
+def test_report_numbers_agree_with_evaluate(digits_run, digits_dir):
+    ctx = build_context(digits_run.path, device="cpu")
+    evaluated = imagerec.evaluate(digits_run.path, digits_dir, device="cpu")
+    assert {k: v for k, v in ctx.metrics.items() if k != "data"} == {k: v for k, v in evaluated.items() if k != "data"}
+    matrix = np.array(ctx.metrics["confusion_matrix"])
+    assert matrix.sum() == evaluated["count"] == len(ctx.samples) == len(ctx.results) == 179
+    probs, targets = ctx.probabilities, np.array([s.target for s in ctx.samples])
+    assert probs.shape == (179, 10)
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    # The report's own predictions (through the Predictor) give evaluate's confusion matrix.
+    recounted = np.zeros((10, 10), dtype=int)
+    np.add.at(recounted, (targets, probs.argmax(1)), 1)
+    assert (recounted == matrix).all()
+    assert [r.label for r in ctx.results] == [ctx.info["classes"][k] for k in probs.argmax(1)]
+    assert [r.source for r in ctx.results] == [str(s.path) for s in ctx.samples]
+
+    # ECE by its definition: 15 equal-width bins (lo, hi] of the top-class probability.
+    confidence, correct = probs.max(1).astype(np.float64), probs.argmax(1) == targets
+    ece = 0.0
+    for b in range(15):
+        inside = (confidence > b / 15) & (confidence <= (b + 1) / 15)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    assert expected_calibration_error(confidence, correct) == pytest.approx(ece, abs=1e-12)
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    measured = MulticlassCalibrationError(num_classes=10, n_bins=15)(torch.from_numpy(probs), torch.from_numpy(targets))
+    assert float(measured) == pytest.approx(ece, abs=1e-5)
+
+    sections = {s.id: s for s in report_sections(ctx)}
+    calibration = " ".join(b.text for b in sections["calibration"].blocks if hasattr(b, "text"))
+    assert f"Expected calibration error (ECE): {ece:.4f}" in calibration
+    per_class = sections["per-class"].blocks[0]
+    supports = [ctx.metrics["per_class"][str(c)]["support"] for c in range(10)]
+    assert [row[4] for row in per_class.rows[:10]] == supports
+    aucs = [row[2] for row in sections["roc-pr"].blocks[1].rows]
+    assert np.mean(aucs) == pytest.approx(ctx.metrics["auc"], abs=1e-4)  # macro one-vs-rest AUC, as evaluate's
+    for block in sections["examples"].blocks:
+        assert 0 < len(block.images) <= 12
+        assert all(image.dtype == np.uint8 and image.shape == (8, 8, 3) for image, _ in block.images)
+    worst = sections["examples"].blocks[0].images[0][1]
+    assert re.fullmatch(r"\d → \d \(\d\.\d\d\)", worst)
+
+
+def test_report_written_at_the_end_of_training(digits_run):
+    page = (digits_run.path / "report.html").read_text()
+    assert set(section_ids(page)) == COMMON_SECTIONS | CLASSIFICATION_SECTIONS
+    assert f"{digits_run.metrics['accuracy']:.4f}" in page
+    assert (digits_run.path / "confusion_matrix.png").exists()
+
+
+def test_a_failing_report_does_not_lose_the_run(monkeypatch, tmp_path):
+    from imagerec import training
+    from imagerec.outputs import report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no fonts [today]")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    out = io.StringIO()
+    session = SimpleNamespace(cfg=SimpleNamespace(data=SimpleNamespace(path=tmp_path)), accelerator="cpu")
+    session.console = Console(file=out, width=200)
+    training.TrainingSession._report(session, SimpleNamespace(path=tmp_path), "test", {"accuracy": 1.0})
+    assert out.getvalue().strip() == "warning: report.html not written: RuntimeError: no fonts [today]"
+
+
+def test_binary_run_gets_roc_and_pr_for_the_positive_class(faces_dir, tmp_path):
+    run = imagerec.train(faces_dir, out=tmp_path / "run", epochs=2, console=quiet(), **{**TINY, "imgsz": 16})
+    ctx = build_context(run.path, device="cpu")
+    sections = {s.id: s for s in report_sections(ctx)}
+    assert set(sections) >= CLASSIFICATION_SECTIONS
+    table = sections["roc-pr"].blocks[1]
+    assert [row[:2] for row in table.rows] == [["non_face", 10]]  # classes[1], the sigmoid's positive class
+    assert table.rows[0][2] == pytest.approx(ctx.metrics["auc"], abs=1e-4)
+    assert "non_face as the positive class" in sections["roc-pr"].blocks[0].caption
+    assert np.array(ctx.metrics["confusion_matrix"]).sum() == 20
+
+
+def _multilabel_csv(digits_dir: Path, folder: Path) -> Path:
+    """Each digit labelled even/odd, plus `big` when ≥ 5."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "labels.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        for image in sorted(Path(digits_dir).glob("*/*.png")):
+            digit = int(image.parent.name)
+            labels = ["even" if digit % 2 == 0 else "odd"] + (["big"] if digit >= 5 else [])
+            writer.writerow([os.path.relpath(image, folder), ";".join(labels)])
+    return path
+
+
+def test_multilabel_run_gets_per_label_table_and_curves(digits_dir, tmp_path):
+    data = _multilabel_csv(digits_dir, tmp_path / "csv")
+    run = imagerec.train(data, out=tmp_path / "run", epochs=1, console=quiet(), **TINY)
+    page = (run.path / "report.html").read_text()
+    assert set(section_ids(page)) == COMMON_SECTIONS | {"per-class", "roc-pr", "omitted"}
+    ctx = build_context(run.path, device="cpu")
+    sections = {s.id: s for s in report_sections(ctx)}
+    assert [row[0] for row in sections["per-class"].blocks[0].rows] == ["big", "even", "odd"]
+    aps = [row[3] for row in sections["roc-pr"].blocks[1].rows]
+    assert np.mean(aps) == pytest.approx(ctx.metrics["map"], abs=1e-4)
+    assert "confusion matrix" in sections["omitted"].blocks[0].text
+
+
+def _moved(run: imagerec.Run, tmp_path: Path) -> Path:
+    """A copy of the run whose training data is no longer where run.yaml says."""
+    copy = tmp_path / "moved-run"
+    shutil.copytree(run.path, copy, ignore=shutil.ignore_patterns("*.png", "report.html", "tensorboard"))
+    config = yaml.safe_load((copy / "run.yaml").read_text())
+    config["data"]["path"] = str(tmp_path / "gone")
+    (copy / "run.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return copy
+
+
+def test_no_evaluation_data_is_one_clear_error(capsys, monkeypatch, digits_run, tmp_path):
+    moved = _moved(digits_run, tmp_path)
+    line = user_error(capsys, monkeypatch, "report", moved, "--device", "cpu")
+    assert "gone" in line
+    assert "--data" in line
+    assert "--no-eval" in line
+    line = user_error(capsys, monkeypatch, "report", moved, "--data", tmp_path / "nowhere")
+    assert "nowhere" in line
+
+
+def test_no_eval_writes_the_training_sections_alone(digits_run, tmp_path):
+    moved = _moved(digits_run, tmp_path)
+    result = invoke("report", moved, "--no-eval")
+    assert result.exit_code == 0, result.output
+    page = (moved / "report.html").read_text()
+    assert set(section_ids(page)) == COMMON_SECTIONS - {"metrics"}
+    assert "No evaluation data" in page
+
+
+def test_data_given_for_a_moved_run(digits_run, digits_dir, tmp_path):
+    """Other data than the run's own (here: the digits at another path) is evaluated whole, as evaluate does."""
+    moved = _moved(digits_run, tmp_path)
+    ctx = build_context(moved, data=digits_dir, device="cpu")
+    assert len(ctx.samples) == ctx.metrics["count"] == 1797
+
+
+def test_bad_split(capsys, monkeypatch, digits_run, tmp_path):
+    line = user_error(capsys, monkeypatch, "report", digits_run.path, "--split", "tset", "--out", tmp_path)
+    assert "--split tset" in line
+    assert "train, val, test" in line

@@ -1,0 +1,341 @@
+"""The detection and segmentation sections of the report, on real tiny runs over digit scenes and on hand-made
+predictions whose errors are known.
+
+The ReportContext is built here directly (the run, its Predictor over the test split, the evaluation JSON that
+training wrote), not through the report framework's `build_context`, so that these tests pin the task sections
+alone. Detection predictions are kept down to the evaluation threshold, as `imagerec evaluate` keeps them, so that
+the report's curves reproduce the evaluated mAP.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.ops import box_iou
+
+import imagerec.api as api
+from imagerec.data.formats import load_index
+from imagerec.data.images import read_image
+from imagerec.data.index import Objects
+from imagerec.data.masks import instance_masks
+from imagerec.data.samples import write_digit_scenes
+from imagerec.metrics.detection import SUMMARY_KEYS
+from imagerec.models.detection import EVAL_SCORE_THRESHOLD
+from imagerec.outputs.report import detection, segmentation
+from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table
+from imagerec.outputs.results import Detections, InstanceMasks, rle
+from imagerec.runs import open_run
+
+DETECTION_TITLES = [
+    "Precision–recall curves",
+    "Average precision per class and object size",
+    "False positives and false negatives",
+    "Predictions against ground truth",
+]
+SEGMENTATION_TITLES = ["IoU and Dice per class", "Pixel confusion matrix", "Best and worst images"]
+CLASSES = [str(d) for d in range(10)]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64-pixel digit scenes; one test mask gets an 8×8 block of ignored pixels (255)."""
+    out = write_digit_scenes(tmp_path_factory.mktemp("scenes") / "scenes", n_train=48, n_val=4, n_test=12, size=64)
+    path = sorted((out / "masks" / "test").glob("*.png"))[0]
+    mask = np.asarray(Image.open(path)).copy()
+    mask[:8, :8] = 255
+    Image.fromarray(mask).save(path)
+    return out
+
+
+def _context(run: Path, data: Path, *, fmt: str = "auto", **options: float) -> ReportContext:
+    run_dir = open_run(run)
+    predictor = api.load(run_dir)
+    index = load_index(data, format=fmt)
+    samples = index.samples("test")
+    return ReportContext(
+        run=run_dir,
+        info=predictor.info,
+        config=run_dir.read_config(),
+        history=[],
+        out=run,
+        predictor=predictor,
+        index=index,
+        split="test",
+        samples=samples,
+        results=predictor.predict([s.path for s in samples], **options),
+        metrics=json.loads(run_dir.evaluation("test").read_text()),
+    )
+
+
+@pytest.fixture(scope="module")
+def detect_ctx(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> ReportContext:
+    out = tmp_path_factory.mktemp("detect") / "run"
+    api.train(
+        scenes,
+        task="detect",
+        model="fcos_lite",
+        epochs=8,
+        imgsz=64,
+        flip=False,
+        precision="32",
+        batch=8,
+        lr=2e-3,
+        out=out,
+    )
+    return _context(out, scenes, conf=EVAL_SCORE_THRESHOLD)
+
+
+@pytest.fixture(scope="module")
+def segment_ctx(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> ReportContext:
+    out = tmp_path_factory.mktemp("segment") / "run"
+    api.train(
+        scenes, task="segment", model="unet", epochs=3, imgsz=64, flip=False, precision="32", batch=8, lr=3e-3, out=out
+    )
+    return _context(out, scenes, fmt="masks")
+
+
+def _blocks(section: Section, kind: type) -> list:
+    return [b for b in section.blocks if isinstance(b, kind)]
+
+
+def _by_id(sections: list[Section]) -> dict[str, Section]:
+    return {s.id: s for s in sections}
+
+
+# --- detection: counting errors ---------------------------------------------------------------------------------
+
+
+def _detections(boxes: list, labels: list, scores: list) -> Detections:
+    return Detections("x.png", tuple(map(tuple, boxes)), tuple(CLASSES[i] for i in labels), tuple(scores))
+
+
+TRUTH = Objects(boxes=((0, 0, 10, 10), (20, 20, 40, 40)), labels=(0, 1))
+
+
+@pytest.mark.parametrize(
+    ("boxes", "labels", "scores", "expected"),
+    [
+        ([(0, 0, 10, 10), (20, 20, 40, 40)], [0, 1], [0.9, 0.8], (2, 0, 0)),  # perfect
+        ([(6, 0, 16, 10), (20, 20, 40, 40)], [0, 1], [0.9, 0.8], (1, 1, 1)),  # shifted: IoU 4/16 < 0.5
+        ([(0, 0, 10, 10), (20, 20, 40, 40)], [1, 1], [0.9, 0.8], (1, 1, 1)),  # right place, wrong class
+        ([(0, 0, 10, 10), (20, 20, 40, 40)], [0, 1], [0.9, 0.1], (1, 0, 1)),  # below the threshold: not counted
+        ([(0, 0, 10, 10), (0, 0, 10, 11), (20, 20, 40, 40)], [0, 0, 1], [0.5, 0.9, 0.8], (2, 1, 0)),  # duplicate
+        ([], [], [], (0, 0, 2)),
+    ],
+)
+def test_match_counts_true_and_false_positives_and_negatives(boxes, labels, scores, expected) -> None:
+    counts = detection.match(TRUTH, _detections(boxes, labels, scores), CLASSES, conf=0.25)
+    assert (int(counts.tp.sum()), int(counts.fp.sum()), int(counts.fn.sum())) == expected
+    assert counts.tp.shape == (len(CLASSES),)
+
+
+def test_match_takes_the_best_score_first_and_ignores_ignored_objects() -> None:
+    # The duplicate with the better score takes the object, although the other overlaps it more.
+    counts = detection.match(
+        TRUTH, _detections([(0, 0, 10, 10), (0, 0, 10, 11)], [0, 0], [0.5, 0.9]), CLASSES, conf=0.25
+    )
+    assert (counts.tp[0], counts.fp[0], counts.fn[1]) == (1, 1, 1)
+    ignored = replace(TRUTH, ignore=(True, False))
+    on_ignored = detection.match(ignored, _detections([(0, 0, 10, 10)], [0], [0.9]), CLASSES, conf=0.25)
+    assert (int(on_ignored.tp.sum()), int(on_ignored.fp.sum()), int(on_ignored.fn.sum())) == (0, 0, 1)
+    assert detection.match(ignored, _detections([], [], []), CLASSES, conf=0.25).fn.tolist() == [0, 1] + [0] * 8
+
+
+def _hand_made(scenes: Path, *, instance: bool = False) -> ReportContext:
+    """Two test scenes: the first predicted exactly, the second with its first box moved by its own width."""
+    index = load_index(scenes)
+    samples = index.samples("test")[:2]
+    results = []
+    for position, sample in enumerate(samples):
+        objects: Objects = sample.target
+        boxes = [list(b) for b in objects.boxes]
+        if position == 1:
+            boxes[0][0] += boxes[0][2] - boxes[0][0]
+            boxes[0][2] += boxes[0][2] - boxes[0][0]
+        found = {
+            "boxes": tuple(map(tuple, boxes)),
+            "labels": tuple(CLASSES[t] for t in objects.labels),
+            "scores": tuple(0.9 - 0.1 * i for i in range(len(boxes))),
+            "size": (64, 64),
+        }
+        if instance:
+            masks = instance_masks(objects, 64, 64, sample.path)
+            results.append(InstanceMasks(str(sample.path), **found, masks=tuple(rle(m) for m in masks)))
+        else:
+            results.append(Detections(str(sample.path), **found))
+    info = {"task": "segment" if instance else "detect", "classes": CLASSES, "instance": instance}
+    return ReportContext(
+        run=None,
+        info=info,
+        config={},
+        history=[],
+        out=scenes,
+        index=index,
+        split="test",
+        samples=samples,
+        results=results,
+    )
+
+
+def test_detection_sections_count_a_known_error(scenes: Path) -> None:
+    ctx = _hand_made(scenes)
+    sections = detection.sections(ctx)
+    assert [s.title for s in sections] == DETECTION_TITLES
+    errors = _blocks(_by_id(sections)["detection-errors"], Table)[0]
+    total = dict(zip(errors.columns, errors.rows[-1], strict=True))
+    objects = sum(len(s.target.labels) for s in ctx.samples)
+    assert total["class"] == "all"
+    assert (total["objects"], total["TP"], total["FP"], total["FN"]) == (objects, objects - 1, 1, 1)
+    assert "0.25" in errors.caption
+    worst = _blocks(_by_id(sections)["detection-gallery"], Gallery)[0]
+    first_image, first_caption = worst.images[0]
+    assert first_caption.startswith(ctx.samples[1].path.name)
+    assert "1 FP, 1 FN" in first_caption
+    assert worst.images[1][1].startswith(ctx.samples[0].path.name)
+    assert "F1 1.00" in worst.images[1][1]
+    assert first_image.dtype == np.uint8
+    assert first_image.shape[2] == 3
+    assert max(first_image.shape[:2]) <= 300
+
+
+def test_comparison_draws_truth_and_predictions_in_two_colours(scenes: Path) -> None:
+    ctx = _hand_made(scenes)
+    sample, result = ctx.samples[1], ctx.results[1]
+    drawn = detection.draw_comparison(read_image(sample.path), sample.target, result, CLASSES, conf=0.25)
+    pixels = drawn.permute(1, 2, 0).reshape(-1, 3)
+
+    def share(colour: str) -> float:
+        rgb = torch.tensor([int(colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=torch.uint8)
+        return float((pixels == rgb).all(1).float().mean())
+
+    assert share(detection.TRUTH_COLOUR) > 0.005
+    assert share(detection.PREDICTION_COLOUR) > 0.005
+    assert drawn.shape[1:] == (detection.THUMBNAIL + 18, detection.THUMBNAIL)  # the image, then the legend band
+
+
+def test_instance_runs_are_measured_by_mask_ap(scenes: Path) -> None:
+    ctx = _hand_made(scenes, instance=True)
+    metrics, values = detection.coco_metrics(ctx)
+    assert metrics.iou_type == "segm"
+    assert values["map"] == 1.0  # the masks are the true ones: only the moved box is wrong, and boxes don't count
+    box_info = {**ctx.info, "instance": False}
+    assert detection.coco_metrics(replace(ctx, info=box_info))[1]["map"] < 1.0
+    sections = segmentation.sections(ctx)  # a Mask R-CNN run is a segment run: reported as detection is
+    assert [s.title for s in sections] == DETECTION_TITLES
+
+
+def test_no_evaluation_data_no_task_sections(scenes: Path) -> None:
+    ctx = replace(_hand_made(scenes), split=None, samples=[], results=[])
+    assert detection.sections(ctx) == []
+    assert segmentation.sections(replace(ctx, info={"task": "segment", "classes": ["background", "x"]})) == []
+
+
+# --- detection: a trained run ------------------------------------------------------------------------------------
+
+
+def _f1(objects: Objects, found: Detections, conf: float) -> float:
+    """Greedy matching written out again, for the test: best score first, same class, IoU ≥ 0.5, one-to-one."""
+    keep = sorted((i for i, s in enumerate(found.scores) if s >= conf), key=lambda i: -found.scores[i])
+    truth = torch.tensor(objects.boxes, dtype=torch.float64).reshape(-1, 4)
+    free = set(range(len(objects.labels)))
+    tp = 0
+    for i in keep:
+        ious = box_iou(torch.tensor([found.boxes[i]], dtype=torch.float64), truth)[0]
+        same = [j for j in free if CLASSES[objects.labels[j]] == found.labels[i] and ious[j] >= 0.5]
+        if same:
+            free.remove(max(same, key=lambda j: float(ious[j])))
+            tp += 1
+    fp, fn = len(keep) - tp, len(free)
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def test_detection_report_of_a_trained_run(detect_ctx: ReportContext) -> None:
+    ctx = detect_ctx
+    sections = detection.sections(ctx)
+    assert [s.title for s in sections] == DETECTION_TITLES
+    by_id = _by_id(sections)
+    # The curves come from the COCOeval of the same predictions evaluate made: the same mAP, and no note.
+    _, values = detection.coco_metrics(ctx)
+    for key in SUMMARY_KEYS:
+        assert values[key] == pytest.approx(ctx.metrics[key], abs=1e-6), key
+    assert values["map50"] > 0.05
+    assert [type(b) for b in by_id["detection-pr"].blocks] == [Figure]
+    ap = _blocks(by_id["detection-ap"], Table)[0]
+    per_class = {row[0]: row[2] for row in ap.rows[:-1]}
+    for name, value in ctx.metrics["per_class"].items():
+        assert per_class[name] == (detection.DASH if value is None else pytest.approx(value, abs=1e-4))
+    # Counts at 0.25 add up to the objects and to the predictions kept.
+    table = _blocks(by_id["detection-errors"], Table)[0]
+    errors = dict(zip(table.columns, table.rows[-1], strict=True))
+    assert errors["TP"] + errors["FN"] == sum(len(s.target.labels) for s in ctx.samples)
+    assert errors["TP"] + errors["FP"] == sum(sum(s >= 0.25 for s in r.scores) for r in ctx.results)
+    # The first worst image has the lowest F1 of all, counted again here.
+    f1 = {s.path.name: _f1(s.target, r, 0.25) for s, r in zip(ctx.samples, ctx.results, strict=True)}
+    worst = _blocks(by_id["detection-gallery"], Gallery)[0]
+    name = worst.images[0][1].split(" · ")[0]
+    assert f1[name] == min(f1.values())
+    assert f"F1 {f1[name]:.2f}" in worst.images[0][1]
+    shown = [caption.split(" · ")[0] for g in _blocks(by_id["detection-gallery"], Gallery) for _, caption in g.images]
+    assert len(shown) == len(set(shown)) == min(len(ctx.samples), 2 * detection.GALLERY_SIZE)
+
+
+# --- segmentation: a trained run ---------------------------------------------------------------------------------
+
+
+def _image_scores(ctx: ReportContext) -> dict[str, float]:
+    """Foreground IoU per image, counted again with numpy; images without foreground on either side left out."""
+    scores = {}
+    for sample, result in zip(ctx.samples, ctx.results, strict=True):
+        truth = np.asarray(Image.open(sample.target.path)).astype(np.int64)
+        keep = truth != 255
+        ious = []
+        for c in range(1, len(ctx.info["classes"])):
+            t, p = (truth == c) & keep, (result.mask == c) & keep
+            if (t | p).any():
+                ious.append((t & p).sum() / (t | p).sum())
+        if ious:
+            scores[sample.path.name] = float(np.mean(ious))
+    return scores
+
+
+def test_segmentation_report_of_a_trained_run(segment_ctx: ReportContext) -> None:
+    ctx = segment_ctx
+    sections = segmentation.sections(ctx)
+    assert [s.title for s in sections] == SEGMENTATION_TITLES
+    by_id = _by_id(sections)
+    classes = ctx.info["classes"]
+    # The bars are the evaluated per-class IoU and Dice, in class order.
+    bars = _blocks(by_id["segmentation-classes"], Figure)[0].figure.axes[0].containers
+    for container, key in zip(bars[:2], ("iou", "dice"), strict=True):
+        expected = [ctx.metrics["per_class"][c][key] for c in classes]
+        drawn = [None if np.isnan(v) else v for v in container.datavalues]
+        assert drawn == pytest.approx(expected)
+    # The pixel confusion matrix counts every pixel of the split once, ignored ones aside.
+    table = _blocks(by_id["segmentation-confusion"], Table)[0]
+    counts = np.array([row[1:-1] for row in table.rows])
+    assert counts.tolist() == ctx.metrics["confusion_matrix"]
+    masks = [np.asarray(Image.open(s.target.path)) for s in ctx.samples]
+    assert counts.sum() == sum(m.size for m in masks) - 64
+    assert "64 ignored pixels" in _blocks(by_id["segmentation-confusion"], Figure)[0].caption
+    # The first worst image has the lowest foreground IoU, the first best the highest.
+    scores = _image_scores(ctx)
+    worst, best = _blocks(by_id["segmentation-gallery"], Gallery)
+    assert scores[worst.images[0][1].split(" · ")[0]] == pytest.approx(min(scores.values()))
+    assert scores[best.images[0][1].split(" · ")[0]] == pytest.approx(max(scores.values()))
+    image = worst.images[0][0]
+    assert image.dtype == np.uint8
+    assert image.shape[0] <= segmentation.PANEL + 18
+    assert image.shape[2] == 3
+
+
+def test_segmentation_sections_measure_when_evaluation_is_missing(segment_ctx: ReportContext) -> None:
+    measured = segmentation.sections(replace(segment_ctx, metrics={}))
+    evaluated = segmentation.sections(segment_ctx)
+    rows = [_blocks(s[1], Table)[0].rows for s in (measured, evaluated)]
+    assert rows[0] == rows[1]
