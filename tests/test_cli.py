@@ -309,3 +309,25 @@ def test_training_on_a_truncated_image_names_it_in_one_line(digits_dir, tmp_path
     assert err.startswith("error: ")
     assert "digit_0003.png" in err
     assert "Traceback" not in err
+
+
+def test_predict_save_images_draws_the_top_labels(cli_run, digits_dir, tmp_path):
+    """Classification too: each image enlarged (8 px scans → 192 px) above a band of its top labels, in the
+    class colours, most probable first."""
+    import numpy as np
+    from PIL import Image
+
+    from imagerec.outputs.visualize import class_colour
+
+    images = sorted((digits_dir / "3").glob("*.png"))[:2]
+    result = invoke("predict", cli_run, *images, "--save-images", tmp_path / "drawn", "--topk", 2, "--format", "json")
+    assert result.exit_code == 0, result.output
+    predictions = json.loads(result.stdout)
+    for image, prediction in zip(images, predictions, strict=True):
+        drawn = np.asarray(Image.open(tmp_path / "drawn" / image.name).convert("RGB"))
+        assert drawn.shape[1] == 192  # 24× the 8-px scan
+        assert drawn.shape[0] > 192  # plus the label band
+        band = drawn[192:].reshape(-1, 3)
+        top = int(prediction["labels"][0])  # the digits' class names are their positions
+        colour = np.array([int(class_colour(top)[i : i + 2], 16) for i in (1, 3, 5)])
+        assert (np.abs(band.astype(int) - colour).sum(axis=1) < 30).sum() > 20  # the top label's text is drawn

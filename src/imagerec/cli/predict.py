@@ -97,7 +97,7 @@ def predict(
     tile: Annotated[int | None, Opt(help="Segmentation: predict in tiles of this size (large images).")] = None,
     overlap: Annotated[int, Opt(help="Segmentation: pixels shared by neighbouring tiles, blended.")] = 64,
     max_pixels: Annotated[int, Opt(help="Segmentation: largest image predicted whole (else --tile).")] = MAX_PIXELS,
-    save_images: Annotated[Path | None, Opt(help="Write each image with its boxes or masks drawn here.")] = None,
+    save_images: Annotated[Path | None, Opt(help="Write each image with its labels, boxes or masks drawn.")] = None,
     save_masks: Annotated[Path | None, Opt(help="Segmentation: write each class map as an index PNG here.")] = None,
     out: Annotated[Path | None, Opt(help="Write the results to this file instead of the screen.")] = None,
     batch: Annotated[int, Opt(help="Images per batch.")] = 16,
@@ -113,8 +113,6 @@ def predict(
     options = {"topk": topk, "conf": conf, "iou": iou, "tile": tile, "overlap": overlap, "max_pixels": max_pixels}
     if save_masks is not None and not (task == "segment" and not predictor.info.get("instance")):
         raise UserError("--save-masks applies to semantic segmentation runs")
-    if save_images is not None and task == "classify":
-        raise UserError("--save-images draws boxes and masks: it applies to detection and segmentation runs")
     files = expand_sources(sources)
     console = Console(stderr=True)
     results: list[Any] = []

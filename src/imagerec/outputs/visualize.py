@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from imagerec.outputs.results import Detections, InstanceMasks, SegmentationMask
+from imagerec.outputs.results import Classification, Detections, InstanceMasks, SegmentationMask
 from imagerec.runs import atomic_write
 
+MIN_LABELLED_SIDE = 192  # small images (8×8 digit scans, 28 px medical crops) are enlarged so their labels fit
 # Okabe & Ito's colour-blind-safe palette (black dropped: it vanishes on dark images).
 PALETTE = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999"]
 
@@ -34,6 +35,20 @@ def draw_detections(image: torch.Tensor, detections: Detections, classes: Sequen
     colours = [class_colour(lookup.get(label, 0)) for label in detections.labels]
     labels = [f"{label} {score:.2f}" for label, score in zip(detections.labels, detections.scores, strict=True)]
     return draw_boxes(image, detections.boxes, labels, colours)
+
+
+def draw_classification(image: torch.Tensor, result: Classification, classes: Sequence[str]) -> torch.Tensor:
+    """`image` (enlarged with square pixels when small) above a band listing the top labels with their
+    probabilities, each in its class colour, most probable first."""
+    canvas = to_uint8_rgb(image)
+    side = max(canvas.shape[1:])
+    if side < MIN_LABELLED_SIDE:
+        scale = -(-MIN_LABELLED_SIDE // side)
+        canvas = canvas.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    lookup = {name: i for i, name in enumerate(classes)}
+    entries = [(f"{label} {prob:.2f}", class_colour(lookup.get(label, 0))) for label, prob in zip(
+        result.labels, result.probs, strict=True)]  # fmt: skip
+    return draw_legend(canvas, entries, height=max(18, canvas.shape[2] // 10))
 
 
 def draw_boxes(

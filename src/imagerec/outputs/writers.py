@@ -71,6 +71,7 @@ def save_outputs(result: Result, info: dict[str, Any], *, images: Path | None, m
     from imagerec.data.images import read_image
     from imagerec.outputs.visualize import (
         draw_class_map,
+        draw_classification,
         draw_detections,
         draw_instances,
         save_class_map,
@@ -83,7 +84,9 @@ def save_outputs(result: Result, info: dict[str, Any], *, images: Path | None, m
     if images is None:
         return
     image = read_image(Path(result.source))
-    if isinstance(result, SegmentationMask):
+    if isinstance(result, Classification):
+        drawn = draw_classification(image, result, info["classes"])
+    elif isinstance(result, SegmentationMask):
         drawn = draw_class_map(image, result, info.get("colours"))
     elif isinstance(result, InstanceMasks):
         drawn = draw_instances(image, result, info["classes"])
