@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "train": "imagerec.api",
     "evaluate": "imagerec.api",
+    "explain": "imagerec.outputs.explain",
+    "Explanation": "imagerec.outputs.explain",
     "load": "imagerec.outputs.predict",
     "Predictor": "imagerec.outputs.predict",
     "Classification": "imagerec.outputs.results",
@@ -25,11 +27,13 @@ _EXPORTS = {
 
 __all__ = [
     "Classification",
+    "Explanation",
     "Predictor",
     "Run",
     "UserError",
     "__version__",
     "evaluate",
+    "explain",
     "list_models",
     "load",
     "train",
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     from imagerec.data.samples import write_sample
     from imagerec.errors import UserError
     from imagerec.models import list_models
+    from imagerec.outputs.explain import Explanation, explain
     from imagerec.outputs.predict import Predictor, load
     from imagerec.outputs.results import Classification
     from imagerec.training import Run

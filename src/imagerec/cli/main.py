@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from imagerec.cli import data, embed, predict, report, train
+from imagerec.cli import data, embed, explain, predict, report, train
 from imagerec.errors import UserError
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 app.command("train")(train.train)
 app.command("evaluate")(predict.evaluate)
 app.command("predict")(predict.predict)
+app.command("explain")(explain.explain)
 app.command("report")(report.report)
 app.command("embed")(embed.embed)
 app.command("neighbors")(embed.neighbors)

@@ -118,7 +118,7 @@ def map_side(shape: tuple[int, ...] | None) -> int | None:
 def model_stages(model: nn.Module, *, in_channels: int, imgsz: int) -> Stages:
     """The backbone stages and head of any model imagerec builds (see the module docstring for the definition)."""
     names = [n for n, _ in model.named_parameters()]
-    found = _find_backbone(model)
+    found = find_backbone(model)
     if found is None:
         stages = _timm_stages(model) or _classifier_stages(model, in_channels=in_channels, imgsz=imgsz)
     else:
@@ -138,7 +138,7 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def _find_backbone(model: nn.Module) -> tuple[str, nn.Module] | None:
+def find_backbone(model: nn.Module) -> tuple[str, nn.Module] | None:
     """(name, module) of a detector's or segmenter's backbone; None for a classifier."""
     for name, module in model.named_modules():
         if isinstance(module, Detector):  # FPN detectors and Mask R-CNN: body; SSD: features

@@ -62,7 +62,8 @@ def to_tensor(image: ImageLike) -> torch.Tensor:
     return image.float()
 
 
-def _name(image: ImageLike, position: int) -> str:
+def source_name(image: ImageLike, position: int) -> str:
+    """How results name a source: its path, or `<image N>` for an in-memory image at position N."""
     return str(image) if isinstance(image, str | Path) else f"<image {position}>"
 
 
@@ -76,7 +77,7 @@ class DecodedImages(Dataset):
         return len(self.sources)
 
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None]:
-        name = _name(self.sources[i], i)
+        name = source_name(self.sources[i], i)
         try:
             return name, self.preprocess(self.sources[i]), None
         except UserError as error:

@@ -40,15 +40,22 @@ def draw_detections(image: torch.Tensor, detections: Detections, classes: Sequen
 def draw_classification(image: torch.Tensor, result: Classification, classes: Sequence[str]) -> torch.Tensor:
     """`image` (enlarged with square pixels when small) above a band listing the top labels with their
     probabilities, each in its class colour, most probable first."""
-    canvas = to_uint8_rgb(image)
-    side = max(canvas.shape[1:])
-    if side < MIN_LABELLED_SIDE:
-        scale = -(-MIN_LABELLED_SIDE // side)
-        canvas = canvas.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    canvas = enlarge(to_uint8_rgb(image), legible_scale(image.shape[1:]))
     lookup = {name: i for i, name in enumerate(classes)}
     entries = [(f"{label} {prob:.2f}", class_colour(lookup.get(label, 0))) for label, prob in zip(
         result.labels, result.probs, strict=True)]  # fmt: skip
     return draw_legend(canvas, entries, height=max(18, canvas.shape[2] // 10))
+
+
+def legible_scale(size: Sequence[int]) -> int:
+    """The whole factor that brings an image of `size` (H, W) to MIN_LABELLED_SIDE on its longer side; 1 when it
+    is that big already."""
+    return max(1, -(-MIN_LABELLED_SIDE // max(size)))
+
+
+def enlarge(image: torch.Tensor, scale: int) -> torch.Tensor:
+    """`image` (…×H×W) with each pixel repeated `scale` times along both sides: square pixels, no invented detail."""
+    return image if scale == 1 else image.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
 
 
 def draw_boxes(

@@ -1,0 +1,58 @@
+"""`imagerec explain`: heatmaps of what a trained model looked at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+Opt = typer.Option
+METHODS = "gradcam | gradcam++ | scorecam | hirescam | integrated-gradients"  # outputs.explain.METHODS, without torch
+
+
+def explain(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    sources: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    method: Annotated[
+        str | None, Opt(help=f"{METHODS}. Default: gradcam, and hirescam for detectors (it points at each box).")
+    ] = None,
+    target: Annotated[str | None, Opt(help="Explain this class instead of the predicted one(s).")] = None,
+    out: Annotated[
+        Path | None, Opt(help="Folder for the overlay PNGs and .npy heatmaps (default: RUN/explanations).")
+    ] = None,
+    conf: Annotated[float, Opt(help="Detection: minimum score of a box to explain.")] = 0.25,
+    max_boxes: Annotated[int, Opt(help="Detection: most boxes explained per image, best first.")] = 10,
+) -> None:
+    """Explain predictions with heatmaps over each image: for the predicted class, each detected box or each
+    segmented class; unreadable files are reported and skipped."""
+    from imagerec.outputs.explain import explain as explain_images
+    from imagerec.outputs.predict import expand_sources
+
+    files = expand_sources(sources)
+    folder = out if out is not None else run / "explanations"
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("explain", total=len(files))
+        results = explain_images(
+            run, files, method=method, target=target, out=folder, conf=conf, max_boxes=max_boxes,
+            progress=lambda n: progress.advance(bar, n),
+        )  # fmt: skip
+    table = Table("source", "target", "method", "score", "overlay")
+    for r in results:
+        if r.error:
+            table.add_row(r.source, "[red]unreadable[/]", "", "", r.error)
+        else:
+            table.add_row(r.source, r.target, r.method, f"{r.score:.4f}", r.files.get("overlay", ""))
+    Console().print(table)
+    console.print(f"overlays, heatmaps (.npy) and explanations.json written to {folder}")
+    explained = {r.source for r in results}
+    nothing = [str(f) for f in files if str(f) not in explained]
+    if nothing:
+        console.print(f"[yellow]{len(nothing)} image(s) had nothing to explain (no box above --conf {conf})[/]")
+    failed = sum(r.error is not None for r in results)
+    if failed:
+        console.print(f"[yellow]{failed} file(s) could not be read and were skipped[/]")

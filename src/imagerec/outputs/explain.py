@@ -1,0 +1,556 @@
+"""Explaining predictions: class activation maps and integrated gradients for every task, as heatmaps over the
+image's own pixels, overlay PNGs and raw `.npy` arrays.
+
+The maps come from well-kept libraries: pytorch-grad-cam (Grad-CAM, Grad-CAM++, Score-CAM, HiResCAM, and its
+targets for classes, segmented pixels and detection boxes) and Captum (integrated gradients). What imagerec adds is
+the plumbing: which layer of each model to explain, the token reshaping ViTs need, and mapping each map back from
+the model's input to the original image. docs/explain.md says which method to trust for which model, as measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from imagerec.data.images import to_channels
+from imagerec.errors import UserError
+from imagerec.outputs.predict import ImageLike, Predictor, expand_sources, load, source_name, to_tensor
+from imagerec.runs import RunDir, write_json
+
+METHODS = ("gradcam", "gradcam++", "scorecam", "hirescam", "integrated-gradients")
+CAM_METHODS = METHODS[:4]
+# Grad-CAM and Grad-CAM++ weigh each channel by its gradient averaged over the whole map, so every box of a detector
+# gets much the same map; HiResCAM multiplies gradient and activation position by position and points at the box
+# (docs/explain.md: heat inside the box 55% against 24% for Grad-CAM, box peak 83% against 27%).
+DEFAULT_METHODS = {"classify": "gradcam", "segment": "gradcam", "detect": "hirescam"}
+_CAM_CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "scorecam": "ScoreCAM", "hirescam": "HiResCAM"}
+_SLUGS = {"gradcam++": "gradcampp", "integrated-gradients": "ig"}  # file-name spelling where it differs
+IG_STEPS = 32  # Captum's default is 50; 32 Gauss-Legendre points keep the completeness gap small for these models
+IG_PERCENTILE = 99.0  # integrated gradients are spiky per pixel: scale to this percentile, as its authors display them
+COLOUR_MAP = "inferno"  # perceptually uniform, and legible in greyscale print
+OVERLAY_ALPHA = 0.5
+
+
+@dataclass(frozen=True, eq=False)
+class Explanation:
+    """One heatmap: why the model gave `target` (a class name) its `score` on `source`.
+
+    `heatmap` is H×W float32 in [0, 1] at the source image's own size. `box` is the explained detection (pixel
+    corners); `crop` the part of the image a classifier saw (its centre crop: outside it the heat is 0); `files`
+    the overlay PNG and `.npy` written for it. `error` is set (and the rest empty) when the image was unreadable.
+    """
+
+    source: str
+    target: str | None = None
+    method: str | None = None
+    score: float | None = None
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+    box: tuple[float, float, float, float] | None = None
+    crop: tuple[float, float, float, float] | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, without the heatmap itself (see `files`)."""
+        data: dict[str, Any] = {"source": self.source}
+        if self.error is not None:
+            return {**data, "error": self.error}
+        data.update(target=self.target, method=self.method, score=None if self.score is None else round(self.score, 6))
+        for key in ("box", "crop"):
+            if getattr(self, key) is not None:
+                data[key] = [round(v, 2) for v in getattr(self, key)]
+        return {**data, **self.files}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One heatmap to compute on a model input: what it explains, and how to score it for CAM and for Captum."""
+
+    target: str
+    score: float
+    cam_target: Callable[[Any], torch.Tensor]  # a pytorch-grad-cam target: one image's model output → a scalar
+    scores: Callable[[torch.Tensor], torch.Tensor] | None = None  # batched model output → (N,), for Captum
+    box: tuple[float, float, float, float] | None = None
+
+
+def explain(
+    run: str | Path | RunDir | Predictor,
+    sources: ImageLike | Sequence[ImageLike],
+    *,
+    method: str | None = None,
+    target: str | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    conf: float = 0.25,
+    max_boxes: int = 10,
+    progress: Callable[[int], None] | None = None,
+) -> list[Explanation]:
+    """Heatmaps of why a trained run predicted what it did on `sources` (files, folders, images or tensors).
+
+    Classification: one map for the predicted class, or for class `target`. Detection: one map per detected box
+    (score at least `conf`, at most `max_boxes`, only class `target` when given; none when nothing is found).
+    Semantic segmentation: one map per class present in the prediction (background left out unless it is the
+    `target`). `method` is one of METHODS; by default Grad-CAM, and HiResCAM for detectors. With `out`, each map
+    is written as an overlay PNG and a float32 `.npy` (see `save_explanation`), indexed in `explanations.json`.
+    Unreadable images give an Explanation with `error` set; the others are still explained. `progress(n)` is
+    called as images are done.
+    """
+    explainer = Explainer(run, method=method, target=target, device=device, conf=conf, max_boxes=max_boxes)
+    if isinstance(sources, str | Path | Image.Image | np.ndarray | torch.Tensor):
+        sources = [sources]
+    results: list[Explanation] = []
+    used: set[str] = set()
+    for position, source in enumerate(expand_sources(sources)):
+        name = source_name(source, position)
+        try:
+            image = explainer.read(source)
+        except UserError as error:
+            results.append(Explanation(name, error=str(error)))
+            continue
+        found = explainer.explain_image(image, name)
+        if out is not None and found:
+            stem = _unique_stem(name, used)
+            found = [save_explanation(e, image, Path(out) / _file_name(e, stem, k)) for k, e in enumerate(found, 1)]
+        results.extend(found)
+        if progress is not None:
+            progress(1)
+    if out is not None:
+        write_json(Path(out) / "explanations.json", [e.to_dict() for e in results])
+    return results
+
+
+class Explainer:
+    """A loaded run (or a Predictor) ready to explain images one by one with one method (see `explain`)."""
+
+    def __init__(
+        self,
+        run: str | Path | RunDir | Predictor,
+        *,
+        method: str | None = None,
+        target: str | None = None,
+        device: str = "auto",
+        conf: float = 0.25,
+        max_boxes: int = 10,
+    ) -> None:
+        if method is not None and method not in METHODS:
+            raise UserError(f"--method {method!r}: use one of {', '.join(METHODS)}")
+        self.predictor = run if isinstance(run, Predictor) else load(run, device=device)
+        self.info, self.classes = self.predictor.info, self.predictor.classes
+        if target is not None and target not in self.classes:
+            raise UserError(f"--target {target!r} is not a class of this model; its classes: {', '.join(self.classes)}")
+        self.kind = _kind(self.info)
+        method = method or DEFAULT_METHODS[self.kind]
+        self.method, self.target, self.max_boxes = method, target, max_boxes
+        if self.kind == "detect" and method not in CAM_METHODS:
+            raise UserError(
+                f"--method {method} does not apply to detectors (their boxes come from non-differentiable "
+                f"selection); use {', '.join(CAM_METHODS)}"
+            )
+        self.model = self.predictor.model
+        if self.kind == "detect":
+            self.model.set_thresholds(score=conf)
+        self.layer, self.reshape = (None, None) if method not in CAM_METHODS else _target_layer(self.model, self.info)
+
+    def read(self, source: ImageLike) -> torch.Tensor:
+        """`source` as a C×H×W float image in [0, 1] with the model's channels; UserError when unreadable."""
+        return to_channels(to_tensor(source), self.info["channels"])
+
+    def explain_image(self, image: torch.Tensor, name: str = "<image>") -> list[Explanation]:
+        """The explanations of one C×H×W image in [0, 1] (see `explain`)."""
+        if self.kind == "classify":
+            return self._classify(name, image)
+        x = image[None].to(self.predictor.device)
+        jobs = self._detect_jobs(x) if self.kind == "detect" else self._segment_jobs(x)
+        return [
+            Explanation(name, j.target, self.method, j.score, self._heatmap(x, j), box=j.box) for j in jobs
+        ]  # fmt: skip
+
+    def _classify(self, name: str, image: torch.Tensor) -> list[Explanation]:
+        x = self.predictor.preprocess(image)[None].to(self.predictor.device)
+        probs = self.predictor.probabilities(x)[0]
+        index = int(probs.argmax()) if self.target is None else self.classes.index(self.target)
+        single = self.predictor.task.single_logit
+        sign = 1.0 if not single or index == 1 else -1.0
+        channel = 0 if single else index
+
+        def scores(logits: torch.Tensor) -> torch.Tensor:
+            return sign * logits[:, channel]
+
+        job = _Job(self.classes[index], float(probs[index]), lambda out: sign * out[..., channel], scores)
+        heat, crop = _uncrop(self._heatmap(x, job, baseline=self._black(x)), image.shape[-2:], self.info["imgsz"])
+        return [Explanation(name, job.target, self.method, job.score, heat, crop=crop)]
+
+    def _black(self, x: torch.Tensor) -> torch.Tensor:
+        """A black image after the classifier's normalisation: the integrated-gradients baseline."""
+        mean = torch.tensor(self.info["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.info["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return ((0 - mean) / std).expand_as(x)
+
+    @torch.no_grad()
+    def _detect_jobs(self, x: torch.Tensor) -> list[_Job]:
+        found = self.model(x)[0]
+        order = found["scores"].argsort(descending=True)
+        jobs = []
+        for i in order.tolist():
+            label = int(found["labels"][i])
+            if self.target is not None and self.classes[label] != self.target:
+                continue
+            box = found["boxes"][i].cpu()
+            target = _BoxScore(label, box)
+            jobs.append(_Job(self.classes[label], float(found["scores"][i]), target, box=tuple(box.tolist())))
+            if len(jobs) == self.max_boxes:
+                break
+        return jobs
+
+    @torch.no_grad()
+    def _segment_jobs(self, x: torch.Tensor) -> list[_Job]:
+        task = self.predictor.task
+        logits = self.model(x)
+        class_map = task.class_map(logits.float())[0]
+        probs = torch.sigmoid(logits[0, 0]) if task.binary else logits[0].float().softmax(dim=0)
+        present = torch.unique(class_map).tolist()
+        wanted = [self.classes.index(self.target)] if self.target is not None else [c for c in present if c != 0]
+        jobs = []
+        for c in wanted:
+            mask = (class_map == c).float()
+            if not mask.any():  # a --target class the model did not find here: explain its evidence everywhere
+                mask = torch.ones_like(mask)
+            if task.binary:
+                channel, sign = 0, (1.0 if c == 1 else -1.0)
+                prob = probs if c == 1 else 1 - probs
+            else:
+                channel, sign, prob = c, 1.0, probs[c]
+            score = float((prob * mask).sum() / mask.sum())
+            jobs.append(
+                _Job(self.classes[c], score, _PixelsTarget(channel, sign, mask), _pixel_scores(channel, sign, mask))
+            )
+        return jobs
+
+    def _heatmap(self, x: torch.Tensor, job: _Job, baseline: torch.Tensor | None = None) -> np.ndarray:
+        """H×W float32 in [0, 1] at the size of the model input `x` (1×C×H×W)."""
+        if self.method == "integrated-gradients":
+            return _integrated_gradients(
+                self.model, x, job.scores, torch.zeros_like(x) if baseline is None else baseline
+            )
+        import pytorch_grad_cam as cams
+
+        cam = getattr(cams, _CAM_CLASSES[self.method])(
+            model=self.model, target_layers=[self.layer], reshape_transform=self.reshape
+        )
+        cam.batch_size = 32  # Score-CAM: masked copies of the image per forward pass (the library's default: 16)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # Score-CAM draws a tqdm bar per image
+                heat = cam(input_tensor=x, targets=[job.cam_target])[0]
+        finally:
+            cam.activations_and_grads.release()
+            self.model.zero_grad(set_to_none=True)
+        return np.clip(np.nan_to_num(heat), 0, 1).astype(np.float32)
+
+
+def _kind(info: dict[str, Any]) -> str:
+    if info["task"] == "classify":
+        return "classify"
+    if info["task"] == "detect" or info.get("instance"):
+        return "detect"
+    return "segment"
+
+
+class _BoxScore:
+    """pytorch-grad-cam's FasterRCNNBoxScoreTarget for one box (the IoU of the best-matching detection plus its
+    score, 0 below IoU 0.5), matched among the detections of the box's own class: one-stage detectors regress boxes
+    whatever the class, so one place can give the same box under two labels, which the library's target (best IoU
+    first, then its label) reads as no match."""
+
+    def __init__(self, label: int, box: torch.Tensor, iou_threshold: float = 0.5) -> None:
+        self.label, self.box, self.iou_threshold = label, box, iou_threshold
+
+    def __call__(self, output: dict[str, torch.Tensor]) -> torch.Tensor:
+        from torchvision.ops import box_iou
+
+        boxes = output["boxes"]
+        same = output["labels"] == self.label
+        zero = boxes.sum() * 0 + output["scores"].sum() * 0  # no match: a zero still on the graph
+        if not same.any():
+            return zero
+        ious = box_iou(self.box[None].to(boxes), boxes[same])[0]
+        best = int(ious.argmax())
+        if ious[best] <= self.iou_threshold:
+            return zero
+        return ious[best] + output["scores"][same][best]
+
+
+class _PixelsTarget:
+    """pytorch-grad-cam's SemanticSegmentationTarget (the class's logits summed over `mask`), with a sign so that
+    a one-logit binary model can explain its background class too."""
+
+    def __init__(self, channel: int, sign: float, mask: torch.Tensor) -> None:
+        from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+        self.inner = SemanticSegmentationTarget(channel, mask.cpu().numpy())
+        self.sign = sign
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        return self.sign * self.inner(output)
+
+
+def _pixel_scores(channel: int, sign: float, mask: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def scores(logits: torch.Tensor) -> torch.Tensor:
+        return sign * (logits[:, channel] * mask).sum(dim=(1, 2))
+
+    return scores
+
+
+def _integrated_gradients(
+    model: nn.Module, x: torch.Tensor, scores: Callable[[torch.Tensor], torch.Tensor], baseline: torch.Tensor
+) -> np.ndarray:
+    """Captum's integrated gradients from `baseline` to `x`, summed over channels in absolute value and scaled to
+    [0, 1] at the IG_PERCENTILE-th percentile."""
+    from captum.attr import IntegratedGradients
+
+    ig = IntegratedGradients(lambda batch: scores(model(batch)))
+    attribution = ig.attribute(x, baselines=baseline, n_steps=IG_STEPS, internal_batch_size=IG_STEPS)
+    model.zero_grad(set_to_none=True)
+    heat = attribution[0].abs().sum(dim=0).detach().cpu().numpy()
+    top = np.percentile(heat, IG_PERCENTILE)
+    return np.clip(heat / top, 0, 1).astype(np.float32) if top > 0 else np.zeros_like(heat, dtype=np.float32)
+
+
+# --- which layer to explain ----------------------------------------------------------------------------------------
+
+Reshape = Callable[[torch.Tensor], torch.Tensor] | None
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def _target_layer(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, Reshape]:
+    """The layer whose activations a class activation map weighs, and how to bring its output to N×C×h×w.
+
+    - ViTs (torchvision's and timm's): the first norm of the last block, whose patch tokens still reach the class
+      token through attention (the last block's own output does not: only its class token is read); the prefix
+      tokens are dropped and the rest laid out on the patch grid.
+    - Detectors: the finest backbone map the feature pyramid reads at stride 8 or more (stride 8 for every
+      detector imagerec builds on a classifier). Each box is small: at stride 32 a 96-pixel image is a 3×3 map.
+    - Every other model: the last module producing a spatial feature map (N×C×h×w, h·w > 1) before any global
+      pooling, inside the backbone for segmenters (models/stages.py tells which part that is).
+    """
+    vit = _vit_layer(model)
+    if vit is not None:
+        return vit
+    from imagerec.models.detection import Detector
+    from imagerec.models.stages import find_backbone
+
+    try:
+        found = find_backbone(model)
+    except UserError:  # a segmenter with neither `encoder` nor `backbone`: look through the whole model
+        found = None
+    prefix = "" if found is None else found[0]
+    x = torch.zeros(1, info["channels"], info["imgsz"], info["imgsz"], device=next(model.parameters()).device)
+    calls, body = _probe(model, x, keep=prefix)
+    inside = {n: c for n, c in calls.items() if n == prefix or n.startswith(prefix + "." if prefix else "")}
+    wanted = _pyramid_input(model, body) if isinstance(model, Detector) else None
+    if wanted is not None:
+        candidates = [(c.exit, n) for n, c in inside.items() if c.key == _key(wanted)]
+    else:
+        candidates = [(c.exit, n) for n, c in inside.items() if c.spatial and n != prefix]
+    if not candidates:
+        raise UserError(
+            f"{info['model']}: no convolutional feature map or ViT token grid to take a class activation map from; "
+            "use --method integrated-gradients, which works with any model"
+        )
+    name = max(candidates)[1]
+    return model.get_submodule(name), (_channels_first if calls[name].channels_last else None)
+
+
+def _pyramid_input(detector: nn.Module, body: object) -> torch.Tensor | None:
+    """Of the maps a detector's backbone body hands its feature pyramid (a dict, finest first), the finest at stride
+    8 or more, measured against the padded input the model's transform makes."""
+    maps = [v for v in body.values() if isinstance(v, torch.Tensor) and v.ndim == 4] if isinstance(body, dict) else []
+    if not maps:
+        return None
+    transform = detector.model.transform
+    side = -(-int(transform.max_size) // transform.size_divisible) * transform.size_divisible
+    return next((m for m in maps if side / m.shape[-1] >= 8), maps[-1])
+
+
+def _channels_first(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2)
+
+
+def _key(tensor: torch.Tensor) -> tuple[int, tuple[int, ...]]:
+    """Which tensor this is, without holding on to it: its memory and shape. Whoever holds the tensor (the body's
+    output) keeps its memory from being reused; an earlier tensor freed at the same place ran earlier."""
+    return tensor.data_ptr(), tuple(tensor.shape)
+
+
+@dataclass
+class _Call:
+    exit: int
+    key: tuple[int, tuple[int, ...]] | None = None  # of a tensor output
+    spatial: bool = False  # a 4-D map with more than one position, not a global pool's output
+    channels_last: bool = False  # N×H×W×C (Swin): the maps are square, so a 4-D output whose last two sides differ
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, x: torch.Tensor, keep: str = "") -> tuple[dict[str, _Call], object]:
+    """Run `x` once in evaluation mode and record, for each named module, when it last returned and what; returns
+    the records and the output of module `keep`."""
+    calls: dict[str, _Call] = {}
+    kept: list[object] = [None]
+    pooled: list[torch.Tensor] = []  # outputs of global pools (and so of containers that return them unchanged)
+    clock = iter(range(1 << 62))
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, _inputs: object, out: object) -> None:
+            calls[name] = call = _Call(next(clock))
+            if name == keep:
+                kept[0] = out
+            if not isinstance(out, torch.Tensor):
+                return
+            call.key = _key(out)
+            if out.ndim != 4:
+                return
+            if isinstance(module, _GLOBAL_POOLS):
+                pooled.append(out)
+            call.channels_last = out.shape[-1] != out.shape[-2] and out.shape[1] == out.shape[2]
+            sides = out.shape[1:3] if call.channels_last else out.shape[-2:]
+            call.spatial = sides[0] * sides[1] > 1 and not any(out is p for p in pooled)
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        model.eval()(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls, kept[0]
+
+
+def _vit_layer(model: nn.Module) -> tuple[nn.Module, Reshape] | None:
+    """(last block's first norm, token reshaping) for torchvision's and timm's ViTs; None for other models."""
+    from torchvision.models import VisionTransformer
+
+    if isinstance(model, VisionTransformer):
+        side = model.image_size // model.patch_size
+        return model.encoder.layers[-1].ln_1, _tokens_to_grid(1, (side, side))
+    blocks, embed = getattr(model, "blocks", None), getattr(model, "patch_embed", None)
+    grid = getattr(embed, "grid_size", None)
+    if isinstance(blocks, nn.Sequential | nn.ModuleList) and grid is not None and hasattr(blocks[-1], "norm1"):
+        return blocks[-1].norm1, _tokens_to_grid(int(getattr(model, "num_prefix_tokens", 1)), tuple(grid))
+    return None
+
+
+def _tokens_to_grid(prefix: int, grid: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """N×(prefix + h·w)×D tokens → N×D×h×w, as pytorch-grad-cam's vit_reshape_transform does for one class token."""
+
+    def reshape(tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, prefix:, :]
+        return patches.reshape(tokens.shape[0], grid[0], grid[1], tokens.shape[-1]).permute(0, 3, 1, 2)
+
+    return reshape
+
+
+# --- back to the original image ------------------------------------------------------------------------------------
+
+
+def _uncrop(heat: np.ndarray, size: Sequence[int], imgsz: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Map a heatmap over the classifier's input back onto the original H×W image, inverting the evaluation
+    transform (shorter side resized to imgsz, centre crop imgsz×imgsz, as torchvision computes both): 0 outside the
+    crop. Returns the map and the crop's corners in the image's pixels."""
+    height, width = int(size[0]), int(size[1])
+    resized = (imgsz, int(imgsz * width / height)) if height <= width else (int(imgsz * height / width), imgsz)
+    top, left = int(round((resized[0] - imgsz) / 2.0)), int(round((resized[1] - imgsz) / 2.0))
+    canvas = torch.zeros(resized)
+    canvas[top : top + imgsz, left : left + imgsz] = torch.from_numpy(_resize(heat, (imgsz, imgsz)))
+    full = _resize(canvas.numpy(), (height, width))
+    sy, sx = height / resized[0], width / resized[1]
+    return full, (left * sx, top * sy, (left + imgsz) * sx, (top + imgsz) * sy)
+
+
+def _resize(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if heat.shape == tuple(size):
+        return heat.astype(np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+
+
+# --- writing --------------------------------------------------------------------------------------------------------
+
+
+def overlay(image: torch.Tensor, heatmap: np.ndarray, alpha: float = OVERLAY_ALPHA) -> torch.Tensor:
+    """`image` (C×H×W in [0, 1]) blended with `heatmap` (H×W in [0, 1]) in the COLOUR_MAP colours: 3×H×W uint8."""
+    from matplotlib import colormaps
+
+    from imagerec.outputs.visualize import to_uint8_rgb
+
+    colours = torch.from_numpy(colormaps[COLOUR_MAP](heatmap)[..., :3]).permute(2, 0, 1).float()
+    base = to_uint8_rgb(image).float() / 255
+    return ((1 - alpha) * base + alpha * colours).mul(255).round().clamp(0, 255).to(torch.uint8)
+
+
+def save_explanation(explanation: Explanation, image: torch.Tensor, base: Path) -> Explanation:
+    """Write `explanation`'s heatmap blended over `image` as BASE.png (its box, or a classifier's centre crop when
+    that is not the whole image, drawn on it; a small image enlarged with square pixels, as `predict
+    --save-images` does) and the raw map, at the image's own size, as BASE.npy; returns it with `files` filled."""
+    if explanation.error is not None or explanation.heatmap is None:
+        return explanation
+    from dataclasses import replace
+
+    from imagerec.outputs.visualize import PALETTE, draw_boxes, enlarge, legible_scale, save_png
+    from imagerec.runs import atomic_write
+
+    heatmap = explanation.heatmap
+    scale = legible_scale(heatmap.shape)
+    drawn = overlay(enlarge(image, scale), enlarge(torch.from_numpy(heatmap), scale).numpy())
+    if explanation.box is not None:
+        label = f"{explanation.target} {explanation.score:.2f}"
+        box = [v * scale for v in explanation.box]
+        drawn = draw_boxes(drawn.float() / 255, [box], [label], PALETTE[1])  # sky blue: apart from inferno
+    elif explanation.crop is not None and _is_partial(explanation.crop, heatmap.shape):
+        crop = [v * scale for v in explanation.crop]
+        drawn = draw_boxes(drawn.float() / 255, [crop], ["model input"], "#FFFFFF")
+    png, npy = base.with_name(base.name + ".png"), base.with_name(base.name + ".npy")
+    save_png(drawn, png)
+
+    def write_array(tmp: Path) -> None:
+        with tmp.open("wb") as file:
+            np.save(file, heatmap)
+
+    atomic_write(npy, write_array)
+    return replace(explanation, files={"overlay": str(png), "heatmap": str(npy)})
+
+
+def _is_partial(crop: tuple[float, float, float, float], shape: tuple[int, ...]) -> bool:
+    x1, y1, x2, y2 = crop
+    return x1 > 0.5 or y1 > 0.5 or x2 < shape[1] - 0.5 or y2 < shape[0] - 0.5
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-") or "x"
+
+
+def _file_name(explanation: Explanation, stem: str, position: int) -> str:
+    """STEM[_boxK]_<target>_<method>: boxes numbered best first."""
+    box = f"_box{position}" if explanation.box is not None else ""
+    method = explanation.method or ""
+    return f"{stem}{box}_{_slug(explanation.target or '')}_{_SLUGS.get(method, method)}"
+
+
+def _unique_stem(source: str, used: set[str]) -> str:
+    """The source file's stem (`image<N>` for in-memory images), numbered when two share one (a/1.png, b/1.png)."""
+    stem = f"image{len(used)}" if source.startswith("<") else _slug(Path(source).stem)
+    candidate, n = stem, 2
+    while candidate in used:
+        candidate, n = f"{stem}-{n}", n + 1
+    used.add(candidate)
+    return candidate
