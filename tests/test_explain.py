@@ -236,7 +236,7 @@ def detector(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]
 
 
 def test_detection_heat_points_at_each_box(detector, tmp_path: Path) -> None:
-    """HiResCAM (the default for detectors) per box: measured 55% of the heat inside the box, which covers 21% of
+    """HiResCAM (the default) per box: measured 55% of the heat inside the box, which covers 21% of
     the image, and the peak inside it for 83% of the boxes (Grad-CAM: 24% and 27%)."""
     run, files = detector
     found = explain(run, files, out=tmp_path, conf=0.3)
@@ -300,5 +300,5 @@ def test_segmentation_maps_per_class(segmenter) -> None:
     assert np.mean(inside) > 0.45, inside
     assert np.mean(inside) > np.mean(area) + 0.1, (inside, area)
     background = explain(run, files[:1], target="background")[0]
-    assert (background.target, background.method) == ("background", "gradcam")
+    assert (background.target, background.method) == ("background", "hirescam")
     assert not np.allclose(background.heatmap, explain(run, files[:1])[0].heatmap)

@@ -23,7 +23,7 @@ from imagerec.outputs.report import build_context, report_sections
 from imagerec.outputs.report.classification import expected_calibration_error
 
 TINY = {"model": "seed_cnn", "imgsz": 8, "batch": 64, "seed": 0}
-CLASSIFICATION_SECTIONS = {"confusion-matrix", "per-class", "roc-pr", "calibration", "examples"}
+CLASSIFICATION_SECTIONS = {"confusion-matrix", "per-class", "roc-pr", "calibration", "examples", "explanations"}
 COMMON_SECTIONS = {"summary", "metrics", "training", "learning-rate", "speed", "configuration"}
 
 
@@ -102,6 +102,23 @@ def test_report_numbers_agree_with_evaluate(digits_run, digits_dir):
         assert all(image.dtype == np.uint8 and image.shape == (8, 8, 3) for image, _ in block.images)
     worst = sections["examples"].blocks[0].images[0][1]
     assert re.fullmatch(r"\d → \d \(\d\.\d\d\)", worst)
+
+    # Heatmaps of the predicted class: on the most confident errors (true ≠ mapped), then successes (true = mapped).
+    errors, successes = [b for b in sections["explanations"].blocks if hasattr(b, "images")]
+    names = [s.path.name for s in ctx.samples]
+    predicted = {n: (ctx.info["classes"][k], p) for n, k, p in zip(names, probs.argmax(1), probs.max(1), strict=True)}
+    for gallery, wrong in ((errors, True), (successes, False)):
+        assert 0 < len(gallery.images) <= 6
+        for image, caption in gallery.images:
+            assert image.dtype == np.uint8
+            assert image.shape == (192, 192, 3)  # the 8-px digit enlarged 24× with square pixels
+            name, true, mapped, score = re.fullmatch(
+                r"(\S+) · true (\d) · map of (\d) \((\d\.\d\d)\)", caption
+            ).groups()
+            assert (mapped, float(score)) == (predicted[name][0], pytest.approx(predicted[name][1], abs=0.006))
+            assert (true != mapped) is wrong
+    most_confident_error = max(probs.max(1)[probs.argmax(1) != targets])
+    assert predicted[errors.images[0][1].split(" · ")[0]][1] == most_confident_error
 
 
 def test_report_written_at_the_end_of_training(digits_run):

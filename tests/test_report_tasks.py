@@ -10,6 +10,7 @@ the report's curves reproduce the evaluated mAP.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from imagerec.metrics.detection import SUMMARY_KEYS
 from imagerec.models.detection import EVAL_SCORE_THRESHOLD
 from imagerec.outputs.report import detection, segmentation
 from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table
+from imagerec.outputs.report.explanations import EXPLANATIONS_TITLE
 from imagerec.outputs.results import Detections, InstanceMasks, rle
 from imagerec.runs import open_run
 
@@ -258,7 +260,7 @@ def _f1(objects: Objects, found: Detections, conf: float) -> float:
 def test_detection_report_of_a_trained_run(detect_ctx: ReportContext) -> None:
     ctx = detect_ctx
     sections = detection.sections(ctx)
-    assert [s.title for s in sections] == DETECTION_TITLES
+    assert [s.title for s in sections] == [*DETECTION_TITLES, EXPLANATIONS_TITLE]
     by_id = _by_id(sections)
     # The curves come from the COCOeval of the same predictions evaluate made: the same mAP, and no note.
     _, values = detection.coco_metrics(ctx)
@@ -283,6 +285,20 @@ def test_detection_report_of_a_trained_run(detect_ctx: ReportContext) -> None:
     assert f"F1 {f1[name]:.2f}" in worst.images[0][1]
     shown = [caption.split(" · ")[0] for g in _blocks(by_id["detection-gallery"], Gallery) for _, caption in g.images]
     assert len(shown) == len(set(shown)) == min(len(ctx.samples), 2 * detection.GALLERY_SIZE)
+    # Heatmaps of at most two boxes on each of the worst images with a box at 0.25, worst first.
+    (explained,) = _blocks(by_id["explanations"], Gallery)
+    with_boxes = [
+        s.path.name for s, r in zip(ctx.samples, ctx.results, strict=True) if max(r.scores, default=0) >= 0.25
+    ]
+    worst_with_boxes = min(with_boxes, key=lambda n: f1[n])
+    names = [caption.split(" · ")[0] for _, caption in explained.images]
+    assert f1[names[0]] == f1[worst_with_boxes]
+    assert all(names.count(n) <= 2 for n in names)
+    assert len(set(names)) == min(6, len(with_boxes))
+    for image, caption in explained.images:
+        assert image.dtype == np.uint8
+        assert max(image.shape[:2]) == 192  # 64-px scenes enlarged 3×
+        assert re.search(r" · map of \d \(\d\.\d\d\)$", caption)
 
 
 # --- segmentation: a trained run ---------------------------------------------------------------------------------
@@ -307,7 +323,7 @@ def _image_scores(ctx: ReportContext) -> dict[str, float]:
 def test_segmentation_report_of_a_trained_run(segment_ctx: ReportContext) -> None:
     ctx = segment_ctx
     sections = segmentation.sections(ctx)
-    assert [s.title for s in sections] == SEGMENTATION_TITLES
+    assert [s.title for s in sections] == [*SEGMENTATION_TITLES, EXPLANATIONS_TITLE]
     by_id = _by_id(sections)
     classes = ctx.info["classes"]
     # The bars are the evaluated per-class IoU and Dice, in class order.
@@ -332,6 +348,15 @@ def test_segmentation_report_of_a_trained_run(segment_ctx: ReportContext) -> Non
     assert image.dtype == np.uint8
     assert image.shape[0] <= segmentation.PANEL + 18
     assert image.shape[2] == 3
+    # Heatmaps of the classes predicted in the worst images (background left out), worst image first.
+    (explained,) = _blocks(by_id["explanations"], Gallery)
+    first_name, first_class = re.fullmatch(
+        r"(\S+) · IoU \S+ · map of (\d) \(\d\.\d\d\)", explained.images[0][1]
+    ).groups()
+    assert first_name == worst.images[0][1].split(" · ")[0]
+    result = ctx.results[[s.path.name for s in ctx.samples].index(first_name)]
+    assert classes.index(first_class) in set(np.unique(result.mask)) - {0}
+    assert explained.images[0][0].shape[:2] == (192, 192)
 
 
 def test_segmentation_sections_measure_when_evaluation_is_missing(segment_ctx: ReportContext) -> None:

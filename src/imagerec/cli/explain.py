@@ -17,9 +17,7 @@ METHODS = "gradcam | gradcam++ | scorecam | hirescam | integrated-gradients"  # 
 def explain(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     sources: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
-    method: Annotated[
-        str | None, Opt(help=f"{METHODS}. Default: gradcam, and hirescam for detectors (it points at each box).")
-    ] = None,
+    method: Annotated[str | None, Opt(help=f"{METHODS}. Default: hirescam (docs/explain.md says why).")] = None,
     target: Annotated[str | None, Opt(help="Explain this class instead of the predicted one(s).")] = None,
     out: Annotated[
         Path | None, Opt(help="Folder for the overlay PNGs and .npy heatmaps (default: RUN/explanations).")

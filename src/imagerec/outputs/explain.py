@@ -30,10 +30,11 @@ from imagerec.runs import RunDir, write_json
 
 METHODS = ("gradcam", "gradcam++", "scorecam", "hirescam", "integrated-gradients")
 CAM_METHODS = METHODS[:4]
-# Grad-CAM and Grad-CAM++ weigh each channel by its gradient averaged over the whole map, so every box of a detector
-# gets much the same map; HiResCAM multiplies gradient and activation position by position and points at the box
-# (docs/explain.md: heat inside the box 55% against 24% for Grad-CAM, box peak 83% against 27%).
-DEFAULT_METHODS = {"classify": "gradcam", "segment": "gradcam", "detect": "hirescam"}
+# Grad-CAM weighs each channel by its gradient averaged over the whole map, so a head that reads positions (seed_cnn's
+# grid, a detector's per-location heads) gets a map of what counts wherever it appears; HiResCAM multiplies gradient
+# and activation position by position. It equals Grad-CAM after global pooling and a linear layer, and was the more
+# faithful map in every measurement of docs/explain.md (classifier, detector boxes, segmenter), so it is the default.
+DEFAULT_METHOD = "hirescam"
 _CAM_CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "scorecam": "ScoreCAM", "hirescam": "HiResCAM"}
 _SLUGS = {"gradcam++": "gradcampp", "integrated-gradients": "ig"}  # file-name spelling where it differs
 IG_STEPS = 32  # Captum's default is 50; 32 Gauss-Legendre points keep the completeness gap small for these models
@@ -101,7 +102,7 @@ def explain(
     Classification: one map for the predicted class, or for class `target`. Detection: one map per detected box
     (score at least `conf`, at most `max_boxes`, only class `target` when given; none when nothing is found).
     Semantic segmentation: one map per class present in the prediction (background left out unless it is the
-    `target`). `method` is one of METHODS; by default Grad-CAM, and HiResCAM for detectors. With `out`, each map
+    `target`). `method` is one of METHODS, HiResCAM by default. With `out`, each map
     is written as an overlay PNG and a float32 `.npy` (see `save_explanation`), indexed in `explanations.json`.
     Unreadable images give an Explanation with `error` set; the others are still explained. `progress(n)` is
     called as images are done.
@@ -150,7 +151,7 @@ class Explainer:
         if target is not None and target not in self.classes:
             raise UserError(f"--target {target!r} is not a class of this model; its classes: {', '.join(self.classes)}")
         self.kind = _kind(self.info)
-        method = method or DEFAULT_METHODS[self.kind]
+        method = method or DEFAULT_METHOD
         self.method, self.target, self.max_boxes = method, target, max_boxes
         if self.kind == "detect" and method not in CAM_METHODS:
             raise UserError(
@@ -498,16 +499,11 @@ def overlay(image: torch.Tensor, heatmap: np.ndarray, alpha: float = OVERLAY_ALP
     return ((1 - alpha) * base + alpha * colours).mul(255).round().clamp(0, 255).to(torch.uint8)
 
 
-def save_explanation(explanation: Explanation, image: torch.Tensor, base: Path) -> Explanation:
-    """Write `explanation`'s heatmap blended over `image` as BASE.png (its box, or a classifier's centre crop when
-    that is not the whole image, drawn on it; a small image enlarged with square pixels, as `predict
-    --save-images` does) and the raw map, at the image's own size, as BASE.npy; returns it with `files` filled."""
-    if explanation.error is not None or explanation.heatmap is None:
-        return explanation
-    from dataclasses import replace
-
-    from imagerec.outputs.visualize import PALETTE, draw_boxes, enlarge, legible_scale, save_png
-    from imagerec.runs import atomic_write
+def draw_explanation(explanation: Explanation, image: torch.Tensor) -> torch.Tensor:
+    """`explanation`'s heatmap blended over `image` (C×H×W in [0, 1]) as 3×H×W uint8, with its box, or a
+    classifier's centre crop when that is not the whole image, drawn on it; a small image is enlarged with square
+    pixels, as `predict --save-images` does."""
+    from imagerec.outputs.visualize import PALETTE, draw_boxes, enlarge, legible_scale
 
     heatmap = explanation.heatmap
     scale = legible_scale(heatmap.shape)
@@ -519,6 +515,21 @@ def save_explanation(explanation: Explanation, image: torch.Tensor, base: Path) 
     elif explanation.crop is not None and _is_partial(explanation.crop, heatmap.shape):
         crop = [v * scale for v in explanation.crop]
         drawn = draw_boxes(drawn.float() / 255, [crop], ["model input"], "#FFFFFF")
+    return drawn
+
+
+def save_explanation(explanation: Explanation, image: torch.Tensor, base: Path) -> Explanation:
+    """Write `explanation` drawn over `image` (see `draw_explanation`) as BASE.png and the raw map, at the image's
+    own size, as BASE.npy; returns it with `files` filled in."""
+    if explanation.error is not None or explanation.heatmap is None:
+        return explanation
+    from dataclasses import replace
+
+    from imagerec.outputs.visualize import save_png
+    from imagerec.runs import atomic_write
+
+    heatmap = explanation.heatmap
+    drawn = draw_explanation(explanation, image)
     png, npy = base.with_name(base.name + ".png"), base.with_name(base.name + ".npy")
     save_png(drawn, png)
 

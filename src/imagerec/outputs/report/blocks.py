@@ -44,6 +44,18 @@ class Gallery:
     caption: str = ""
 
 
+def shrink(image: np.ndarray, side: int) -> np.ndarray:
+    """An H×W×3 uint8 gallery image with its longest side brought down to `side` pixels when longer."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    if max(height, width) <= side:
+        return np.ascontiguousarray(image)
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.Resampling.LANCZOS))
+
+
 @dataclass
 class Text:
     """A paragraph of plain text (escaped by the renderer)."""

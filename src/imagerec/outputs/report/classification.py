@@ -9,14 +9,14 @@ table and curves; the sections built on one predicted class per image are left o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure as MplFigure
-from PIL import Image
 
-from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table, Text
+from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table, Text, shrink
 from imagerec.outputs.report.common import plain_figure
 from imagerec.outputs.visualize import class_colour, to_uint8_rgb
 
@@ -49,6 +49,7 @@ def sections(ctx: ReportContext) -> list[Section]:
         curves_section(probs, np.eye(len(classes), dtype=np.int64)[targets], classes, binary=len(classes) == 2),
         calibration_section(probs, targets),
         gallery_section(ctx, probs, targets, classes),
+        *_explanations(ctx, probs, targets, classes),
     ]
 
 
@@ -245,10 +246,8 @@ def calibration_section(probs: np.ndarray, targets: np.ndarray) -> Section:
 # -- galleries ----------------------------------------------------------------------------------------------------
 def gallery_section(ctx: ReportContext, probs: np.ndarray, targets: np.ndarray, classes: list[str]) -> Section:
     predicted, confidence = probs.argmax(1), probs.max(1)
-    wrong = np.flatnonzero(predicted != targets)
-    right = np.flatnonzero(predicted == targets)
-    worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:GALLERY_SIZE]
-    unsure = right[np.argsort(confidence[right], kind="stable")][:GALLERY_SIZE]
+    wrong, right = _by_confidence(probs, targets)
+    worst, unsure = wrong[:GALLERY_SIZE], right[np.argsort(confidence[right], kind="stable")][:GALLERY_SIZE]
 
     def thumbnails(indices: np.ndarray) -> list[tuple[np.ndarray, str]]:
         return [
@@ -264,14 +263,29 @@ def gallery_section(ctx: ReportContext, probs: np.ndarray, targets: np.ndarray, 
     return Section("examples", "Examples: confident errors and uncertain successes", blocks)
 
 
+def _by_confidence(probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the wrong and of the right predictions, each from the most confident down."""
+    predicted, confidence = probs.argmax(1), probs.max(1)
+    wrong = np.flatnonzero(predicted != targets)
+    right = np.flatnonzero(predicted == targets)
+    return wrong[np.argsort(-confidence[wrong], kind="stable")], right[np.argsort(-confidence[right], kind="stable")]
+
+
+def _explanations(ctx: ReportContext, probs: np.ndarray, targets: np.ndarray, classes: list[str]) -> list[Section]:
+    """Heatmaps of the predicted class on the most confident errors and the most confident correct predictions."""
+    from imagerec.outputs.report.explanations import explanation_sections
+
+    def captions(positions: np.ndarray) -> list[str]:
+        return [f"{Path(ctx.samples[i].path).name} · true {classes[targets[i]]}" for i in positions.tolist()]
+
+    wrong, right = _by_confidence(probs, targets)
+    return explanation_sections(
+        ctx, [("Most confident errors", wrong, captions(wrong)), ("Most confident successes", right, captions(right))]
+    )
+
+
 def thumbnail(path: Any) -> np.ndarray:
     """The image as H×W×3 uint8, its longest side brought down to THUMBNAIL pixels when longer."""
     from imagerec.data.images import read_image
 
-    array = to_uint8_rgb(read_image(path)).permute(1, 2, 0).numpy()
-    height, width = array.shape[:2]
-    if max(height, width) <= THUMBNAIL:
-        return np.ascontiguousarray(array)
-    scale = THUMBNAIL / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(np.ascontiguousarray(array)).resize(size, Image.Resampling.LANCZOS))
+    return shrink(to_uint8_rgb(read_image(path)).permute(1, 2, 0).numpy(), THUMBNAIL)

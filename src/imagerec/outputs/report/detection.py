@@ -64,6 +64,7 @@ def sections(ctx: ReportContext, *, conf: float = DEFAULT_CONF) -> list[Section]
         _ap_section(ctx, metrics),
         _errors_section(counts, classes, conf),
         _gallery_section(ctx, counts, conf),
+        *_explanations(ctx, counts, conf),
     ]
 
 
@@ -321,6 +322,16 @@ def _gallery_section(ctx: ReportContext, counts: list[Counts], conf: float) -> S
         caption = f"{colours}. The other images, evenly spaced from worse to better F1."
         section.blocks.append(Gallery("Across the ranking", thumbnails, caption))
     return section
+
+
+def _explanations(ctx: ReportContext, counts: list[Counts], conf: float) -> list[Section]:
+    """Heatmaps of the best boxes on the worst images that have boxes (the gallery's order)."""
+    from imagerec.outputs.report.explanations import explanation_sections
+
+    found = [i for i in ranking(counts) if counts[i].tp.sum() + counts[i].fp.sum() > 0]
+    captions = [f"{Path(ctx.samples[i].path).name} · F1 {counts[i].f1:.2f}" for i in found]
+    empty = f"No box scored {conf:g} or more on these images: nothing to explain."
+    return explanation_sections(ctx, [("Worst images with boxes", found, captions)], conf=conf, empty=empty)
 
 
 def _thumbnail(ctx: ReportContext, i: int, counts: Counts, conf: float) -> tuple[np.ndarray, str]:

@@ -59,6 +59,7 @@ def sections(ctx: ReportContext) -> list[Section]:
         _classes_section(metrics, classes),
         _confusion_section(metrics, classes, scores),
         _gallery_section(ctx, scores),
+        *_explanations(ctx, scores),
     ]
 
 
@@ -222,6 +223,15 @@ def _gallery_section(ctx: ReportContext, scores: list[ImageScore]) -> Section:
     if not order:
         section.blocks.append(Text("No image has foreground in its truth or its prediction: nothing to rank."))
     return section
+
+
+def _explanations(ctx: ReportContext, scores: list[ImageScore]) -> list[Section]:
+    """Heatmaps of the classes present on the worst images (the gallery's order)."""
+    from imagerec.outputs.report.explanations import explanation_sections
+
+    order = ranking(scores)
+    captions = [f"{Path(ctx.samples[i].path).name} · IoU {scores[i].iou:.2f}" for i in order]
+    return explanation_sections(ctx, [("Worst images", order, captions)])
 
 
 def _thumbnail(ctx: ReportContext, i: int, score: ImageScore) -> tuple[np.ndarray, str]:

@@ -1,0 +1,73 @@
+"""The report's "why" section: heatmaps of what the model looked at on the images the task's galleries single out
+(a classifier's most confident errors and surest successes, a detector's and a segmenter's worst images), drawn by
+`imagerec explain`'s own code with its default method."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from imagerec.errors import UserError
+from imagerec.outputs.report.blocks import Gallery, ReportContext, Section, Text, shrink
+
+if TYPE_CHECKING:
+    from imagerec.outputs.explain import Explainer
+
+EXPLAINED = 6  # images per gallery: each map costs about one training step
+MAPS_PER_IMAGE = 2  # detection: the best boxes; segmentation: the classes present
+THUMBNAIL = 192  # longest side of a drawn map; explain enlarges small images to this already
+EXPLANATIONS_TITLE = "Why: where the model looked"
+
+
+def explanation_sections(
+    ctx: ReportContext,
+    galleries: Sequence[tuple[str, Sequence[int], Sequence[str]]],
+    *,
+    conf: float = 0.25,
+    empty: str = "No image had anything to explain.",
+) -> list[Section]:
+    """A "why" section with one gallery per (title, sample positions, their captions) in `galleries`, at most
+    EXPLAINED images each; `conf` is a detector's box threshold, `empty` the line shown when no map was drawn.
+    None when the context holds predictions but no model. A model explain cannot handle gets a line saying why
+    instead of the galleries: the report is never lost to it."""
+    from imagerec.outputs.explain import DEFAULT_METHOD, Explainer
+
+    if ctx.predictor is None:
+        return []
+    section = Section("explanations", EXPLANATIONS_TITLE)
+    try:
+        explainer = Explainer(ctx.predictor, conf=conf, max_boxes=MAPS_PER_IMAGE)
+    except UserError as error:
+        section.blocks.append(Text(f"No heatmaps for this model: {error}"))
+        return [section]
+    shown = []
+    for title, positions, captions in galleries:
+        pairs = zip(positions[:EXPLAINED], captions, strict=False)
+        images = [drawn for i, caption in pairs for drawn in _maps(ctx, explainer, i, caption)]
+        if images:
+            shown.append(Gallery(title, images))
+    how = (
+        f"Heatmaps by {DEFAULT_METHOD}, as `imagerec explain RUN IMAGE` draws them: pale yellow marks the regions "
+        "that raised the score of the class named under the image, dark ones had no part in it; each map is scaled "
+        "to its own maximum. docs/explain.md describes the method and the sanity checks it passes."
+    )
+    section.blocks = [Text(how), *shown] if shown else [Text(empty)]
+    return [section]
+
+
+def _maps(ctx: ReportContext, explainer: Explainer, i: int, caption: str) -> list[tuple[np.ndarray, str]]:
+    from imagerec.outputs.explain import draw_explanation
+
+    path = Path(ctx.samples[i].path)
+    try:
+        image = explainer.read(path)
+    except UserError:  # the galleries above already say which images could not be read
+        return []
+    maps = []
+    for e in explainer.explain_image(image, str(path))[:MAPS_PER_IMAGE]:
+        drawn = draw_explanation(e, image).permute(1, 2, 0).numpy()
+        maps.append((shrink(drawn, THUMBNAIL), f"{caption} · map of {e.target} ({e.score:.2f})"))
+    return maps
