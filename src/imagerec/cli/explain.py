@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from imagerec.errors import UserError
+
 Opt = typer.Option
 METHODS = "gradcam | gradcam++ | scorecam | hirescam | integrated-gradients"  # outputs.explain.METHODS, without torch
 
@@ -26,7 +28,7 @@ def explain(
     max_boxes: Annotated[int, Opt(help="Detection: most boxes explained per image, best first.")] = 10,
 ) -> None:
     """Explain predictions with heatmaps over each image: for the predicted class, each detected box or each
-    segmented class; unreadable files are reported and skipped."""
+    segmented class. Unreadable files are skipped: the others are explained, then the command fails (exit 2)."""
     from imagerec.outputs.explain import explain as explain_images
     from imagerec.outputs.predict import expand_sources
 
@@ -46,11 +48,13 @@ def explain(
         else:
             table.add_row(r.source, r.target, r.method, f"{r.score:.4f}", r.files.get("overlay", ""))
     Console().print(table)
+    failed = [r for r in results if r.error is not None]
+    if failed:  # after the others were written: one line, exit 2, and nothing lost
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        done = len(files) - len(failed)
+        raise UserError(f"{failed[0].error}{more}; the other {done} image(s) were explained into {folder}")
     console.print(f"overlays, heatmaps (.npy) and explanations.json written to {folder}")
     explained = {r.source for r in results}
     nothing = [str(f) for f in files if str(f) not in explained]
     if nothing:
         console.print(f"[yellow]{len(nothing)} image(s) had nothing to explain (no box above --conf {conf})[/]")
-    failed = sum(r.error is not None for r in results)
-    if failed:
-        console.print(f"[yellow]{failed} file(s) could not be read and were skipped[/]")
