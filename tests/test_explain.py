@@ -301,3 +301,14 @@ def test_segmentation_maps_per_class(segmenter) -> None:
     background = explain(run, files[:1], target="background")[0]
     assert (background.target, background.method) == ("background", "hirescam")
     assert not np.allclose(background.heatmap, explain(run, files[:1])[0].heatmap)
+
+
+def test_a_model_without_a_feature_map_is_told_which_method_applies() -> None:
+    """A classifier that flattens its input at once has no map to weigh: the CAM methods are refused with one line
+    naming the method that does apply."""
+    from imagerec.errors import UserError
+    from imagerec.outputs.explain import _target_layer
+
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
+    with pytest.raises(UserError, match="use --method integrated-gradients"):
+        _target_layer(flat, {"imgsz": 16, "channels": 3, "model": "mlp"})
