@@ -200,15 +200,15 @@ def test_vits_and_torchvision_cnns(digits_dir: Path, tmp_path: Path, model: str)
 
 def test_target_layers_of_other_architectures() -> None:
     """torchvision's ViT (class token + 2×2 patches at 32 px) and Swin (channels-last maps, read after its permute)."""
+    from imagerec.models.cam_layers import cam_layer
     from imagerec.models.classification import create_classifier
-    from imagerec.outputs.explain import _target_layer
 
     vit = create_classifier("vit_b_16", num_outputs=2, in_channels=3, imgsz=32)
-    layer, reshape = _target_layer(vit, {"imgsz": 32, "channels": 3, "model": "vit_b_16"})
+    layer, reshape = cam_layer(vit, {"imgsz": 32, "channels": 3, "model": "vit_b_16"})
     assert layer is vit.encoder.layers[-1].ln_1
     assert reshape(torch.zeros(1, 5, 768)).shape == (1, 768, 2, 2)
     swin = create_classifier("swin_t", num_outputs=2, in_channels=3, imgsz=64)
-    layer, reshape = _target_layer(swin, {"imgsz": 64, "channels": 3, "model": "swin_t"})
+    layer, reshape = cam_layer(swin, {"imgsz": 64, "channels": 3, "model": "swin_t"})
     assert layer is swin.permute
     assert reshape is None
 
@@ -307,8 +307,8 @@ def test_a_model_without_a_feature_map_is_told_which_method_applies() -> None:
     """A classifier that flattens its input at once has no map to weigh: the CAM methods are refused with one line
     naming the method that does apply."""
     from imagerec.errors import UserError
-    from imagerec.outputs.explain import _target_layer
+    from imagerec.models.cam_layers import cam_layer
 
     flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
     with pytest.raises(UserError, match="use --method integrated-gradients"):
-        _target_layer(flat, {"imgsz": 16, "channels": 3, "model": "mlp"})
+        cam_layer(flat, {"imgsz": 16, "channels": 3, "model": "mlp"})
