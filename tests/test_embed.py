@@ -130,6 +130,18 @@ def test_layer_gives_its_pooled_output(base_run, gallery, tmp_path):
     assert hidden.meta["layer"] == "head.1"
 
 
+def test_channels_last_stages_are_pooled_over_space() -> None:
+    """Swin's stages give N×H×W×C maps: a layer's embedding averages its positions and keeps its channels."""
+    from imagerec.models.classification import create_classifier
+    from imagerec.models.embedding import extract
+
+    swin = create_classifier("swin_t", num_outputs=2, in_channels=3, imgsz=64).eval()
+    x = torch.rand(2, 3, 64, 64)
+    stage = swin.features[:8](x)
+    assert stage.shape == (2, 2, 2, 768)
+    assert torch.allclose(extract(swin, x, layer="features.7"), stage.mean(dim=(1, 2)), atol=1e-6)
+
+
 def test_a_classifier_name_embeds_with_fresh_weights_and_says_so(gallery, tmp_path):
     out = tmp_path / "fresh.npz"
     result = invoke("embed", "seed_cnn", gallery, "--out", out, "--imgsz", 16)

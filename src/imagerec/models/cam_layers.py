@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from imagerec.errors import UserError
+from imagerec.models.feature_maps import channels_first, is_channels_last
 
 Reshape = Callable[[torch.Tensor], torch.Tensor] | None
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -56,7 +57,7 @@ def cam_layer(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, Reshap
             "use --method integrated-gradients, which works with any model"
         )
     name = max(candidates)[1]
-    return model.get_submodule(name), (_channels_first if calls[name].channels_last else None)
+    return model.get_submodule(name), (channels_first if calls[name].channels_last else None)
 
 
 def _pyramid_input(detector: nn.Module, body: object) -> torch.Tensor | None:
@@ -70,10 +71,6 @@ def _pyramid_input(detector: nn.Module, body: object) -> torch.Tensor | None:
     return next((m for m in maps if side / m.shape[-1] >= 8), maps[-1])
 
 
-def _channels_first(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, 3, 1, 2)
-
-
 def _key(tensor: torch.Tensor) -> tuple[int, tuple[int, ...]]:
     """Which tensor this is, without holding on to it: its memory and shape. Whoever holds the tensor (the body's
     output) keeps its memory from being reused; an earlier tensor freed at the same place ran earlier."""
@@ -85,7 +82,7 @@ class _Call:
     exit: int
     key: tuple[int, tuple[int, ...]] | None = None  # of a tensor output
     spatial: bool = False  # a 4-D map with more than one position, not a global pool's output
-    channels_last: bool = False  # N×H×W×C (Swin): the maps are square, so a 4-D output whose last two sides differ
+    channels_last: bool = False  # N×H×W×C (Swin)
 
 
 @torch.no_grad()
@@ -109,7 +106,7 @@ def _probe(model: nn.Module, x: torch.Tensor, keep: str = "") -> tuple[dict[str,
                 return
             if isinstance(module, _GLOBAL_POOLS):
                 pooled.append(out)
-            call.channels_last = out.shape[-1] != out.shape[-2] and out.shape[1] == out.shape[2]
+            call.channels_last = is_channels_last(out.shape)
             sides = out.shape[1:3] if call.channels_last else out.shape[-2:]
             call.spatial = sides[0] * sides[1] > 1 and not any(out is p for p in pooled)
 

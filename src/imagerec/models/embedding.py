@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imagerec.errors import UserError
+from imagerec.models.feature_maps import channels_first
 
 BACKBONE_NAMES = ("backbone", "encoder")  # what detectors (torchvision) and segmenters (smp, U-Net) call theirs
 LISTED_LAYERS = 40  # at most this many names in the message for an unknown --layer
@@ -146,7 +147,7 @@ def pool(features: Any) -> torch.Tensor:
         raise UserError(f"the layer gives a {type(features).__name__}, not a tensor; choose another --layer")
     features = features.float()
     if features.ndim == 4:
-        return features.mean(dim=(2, 3))
+        return channels_first(features).mean(dim=(2, 3))
     if features.ndim == 3:
         return features.mean(dim=1)
     return features.reshape(len(features), -1)

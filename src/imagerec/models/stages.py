@@ -35,6 +35,7 @@ from torch import nn
 
 from imagerec.errors import UserError
 from imagerec.models.detection import Detector
+from imagerec.models.feature_maps import map_side
 from imagerec.models.segmentation import Segmenter
 
 PROBE_SIZE = 256  # stride 32 still leaves an 8×8 map; models with a fixed input size are probed at theirs
@@ -104,15 +105,6 @@ def probe_modules(model: nn.Module, x: torch.Tensor) -> dict[str, ModuleCall]:
             handle.remove()
         model.train(was_training)
     return calls
-
-
-def map_side(shape: tuple[int, ...] | None) -> int | None:
-    """The side of a square feature map, N×C×H×W or channels-last N×H×W×C (Swin); None for anything else."""
-    if shape is None or len(shape) != 4:
-        return None
-    if shape[-1] == shape[-2]:
-        return shape[-1]
-    return shape[1] if shape[1] == shape[2] else None
 
 
 def model_stages(model: nn.Module, *, in_channels: int, imgsz: int) -> Stages:
