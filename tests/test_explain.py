@@ -312,3 +312,19 @@ def test_a_model_without_a_feature_map_is_told_which_method_applies() -> None:
     flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
     with pytest.raises(UserError, match="use --method integrated-gradients"):
         cam_layer(flat, {"imgsz": 16, "channels": 3, "model": "mlp"})
+
+
+def test_a_segmenter_image_too_large_to_explain_whole_is_reported(segmenter, monkeypatch, tmp_path: Path) -> None:
+    """Above the pixel limit (lowered here to 70×70, between the 64-px scenes and the 80-px image) the image gets
+    an error naming it, and the others are still explained and written."""
+    from imagerec.outputs import explain as module
+
+    run, files = segmenter
+    big = tmp_path / "big.png"
+    Image.new("L", (80, 80), 0).save(big)
+    monkeypatch.setattr(module, "MAX_PIXELS", 70 * 70)
+    found = explain(run, [files[0], big], out=tmp_path / "out")
+    assert found[0].error is None
+    assert "big.png: 80×80 pixels is above the 4,900 pixels" in found[-1].error
+    assert "crop the region" in found[-1].error
+    assert len(list((tmp_path / "out").glob("*.npy"))) == len(found) - 1

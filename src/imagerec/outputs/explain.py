@@ -43,6 +43,9 @@ IG_STEPS = 32  # Captum's default is 50; 32 Gauss-Legendre points keep the compl
 IG_PERCENTILE = 99.0  # integrated gradients are spiky per pixel: scale to this percentile, as its authors display them
 COLOUR_MAP = "inferno"  # perceptually uniform, and legible in greyscale print
 OVERLAY_ALPHA = 0.5
+# Segmenters see the whole image (detectors resize it): a backward pass keeps every activation, several times the
+# memory of `predict`'s forward-only pass, whose whole-image limit is 2048² (outputs.predict.MAX_PIXELS).
+MAX_PIXELS = 1024 * 1024
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,7 +109,8 @@ def explain(
     Semantic segmentation: one map per class present in the prediction (background left out unless it is the
     `target`). `method` is one of METHODS, HiResCAM by default. With `out`, each map
     is written as an overlay PNG and a float32 `.npy` (see `save_explanation`), indexed in `explanations.json`.
-    Unreadable images give an Explanation with `error` set; the others are still explained. `progress(n)` is
+    An image that cannot be read, or is too large to explain whole, gives an Explanation with `error` set; the
+    others are still explained. `progress(n)` is
     called as images are done.
     """
     explainer = Explainer(run, method=method, target=target, device=device, conf=conf, max_boxes=max_boxes)
@@ -118,11 +122,10 @@ def explain(
         name = source_name(source, position)
         try:
             image = explainer.read(source)
+            found = explainer.explain_image(image, name)
         except UserError as error:
-            results.append(Explanation(name, error=str(error)))
-            continue
-        found = explainer.explain_image(image, name)
-        if out is not None and found:
+            found = [Explanation(name, error=str(error))]
+        if out is not None and found and found[0].error is None:
             stem = _unique_stem(name, used)
             found = [save_explanation(e, image, Path(out) / _file_name(e, stem, k)) for k, e in enumerate(found, 1)]
         results.extend(found)
@@ -170,9 +173,16 @@ class Explainer:
         return to_channels(to_tensor(source), self.info["channels"])
 
     def explain_image(self, image: torch.Tensor, name: str = "<image>") -> list[Explanation]:
-        """The explanations of one C×H×W image in [0, 1] (see `explain`)."""
+        """The explanations of one C×H×W image in [0, 1] (see `explain`); a UserError for a segmenter's image above
+        MAX_PIXELS."""
         if self.kind == "classify":
             return self._classify(name, image)
+        height, width = image.shape[-2:]
+        if self.kind == "segment" and height * width > MAX_PIXELS:
+            raise UserError(
+                f"{name}: {width}×{height} pixels is above the {MAX_PIXELS:,} pixels a segmenter is explained on "
+                "whole (the backward pass keeps every activation); crop the region to explain"
+            )
         x = image[None].to(self.predictor.device)
         jobs = self._detect_jobs(x) if self.kind == "detect" else self._segment_jobs(x)
         return [

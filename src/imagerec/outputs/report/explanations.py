@@ -64,10 +64,11 @@ def _maps(ctx: ReportContext, explainer: Explainer, i: int, caption: str) -> lis
     path = Path(ctx.samples[i].path)
     try:
         image = explainer.read(path)
-    except UserError:  # the galleries above already say which images could not be read
+        found = explainer.explain_image(image, str(path))
+    except UserError:  # unreadable (the galleries above say so) or too large to explain whole: left out
         return []
     maps = []
-    for e in explainer.explain_image(image, str(path))[:MAPS_PER_IMAGE]:
+    for e in found[:MAPS_PER_IMAGE]:
         drawn = draw_explanation(e, image).permute(1, 2, 0).numpy()
         maps.append((shrink(drawn, THUMBNAIL), f"{caption} · map of {e.target} ({e.score:.2f})"))
     return maps
