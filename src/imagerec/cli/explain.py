@@ -57,4 +57,5 @@ def explain(
     explained = {r.source for r in results}
     nothing = [str(f) for f in files if str(f) not in explained]
     if nothing:
-        console.print(f"[yellow]{len(nothing)} image(s) had nothing to explain (no box above --conf {conf})[/]")
+        why = f"no box scored --conf {conf} or more, or only background was segmented; --target explains a class"
+        console.print(f"[yellow]{len(nothing)} image(s) had nothing to explain ({why})[/]")
