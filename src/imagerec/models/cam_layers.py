@@ -1,8 +1,8 @@
 """Which layer of a model a class activation map weighs, and how to bring that layer's output to N×C×h×w.
 
-Found by running the model once with forward hooks (as `stages.py` finds stages), so every architecture imagerec
-builds — torchvision's and timm's CNNs, ViTs and Swin, detectors on any backbone, U-Nets and smp's segmenters —
-is covered without a table of names.
+Found by running the model once with forward hooks (`stages.probe_modules`, which also finds the stages), so
+every architecture imagerec builds — torchvision's and timm's CNNs, ViTs and Swin, detectors on any backbone, U-Nets
+and smp's segmenters — is covered without a table of names.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from imagerec.errors import UserError
+from imagerec.models.detection import Detector
 from imagerec.models.feature_maps import channels_first, is_channels_last
+from imagerec.models.stages import ModuleCall, find_backbone, probe_modules
 
 Reshape = Callable[[torch.Tensor], torch.Tensor] | None
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -35,29 +37,26 @@ def cam_layer(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, Reshap
     vit = _vit_layer(model)
     if vit is not None:
         return vit
-    from imagerec.models.detection import Detector
-    from imagerec.models.stages import find_backbone
-
     try:
         found = find_backbone(model)
     except UserError:  # a segmenter with neither `encoder` nor `backbone`: look through the whole model
         found = None
     prefix = "" if found is None else found[0]
     x = torch.zeros(1, info["channels"], info["imgsz"], info["imgsz"], device=next(model.parameters()).device)
-    calls, body = _probe(model, x, keep=prefix)
-    inside = {n: c for n, c in calls.items() if n == prefix or n.startswith(prefix + "." if prefix else "")}
+    calls, outputs, body = _probe(model, x, keep=prefix)
+    inside = [n for n in outputs if n == prefix or n.startswith(prefix + "." if prefix else "")]
     wanted = _pyramid_input(model, body) if isinstance(model, Detector) else None
     if wanted is not None:
-        candidates = [(c.exit, n) for n, c in inside.items() if c.key == _key(wanted)]
+        candidates = [(calls[n].exit, n) for n in inside if outputs[n].key == _key(wanted)]
     else:
-        candidates = [(c.exit, n) for n, c in inside.items() if c.spatial and n != prefix]
+        candidates = [(calls[n].exit, n) for n in inside if n != prefix and _spatial(calls[n], outputs[n])]
     if not candidates:
         raise UserError(
             f"{info['model']}: no convolutional feature map or ViT token grid to take a class activation map from; "
             "use --method integrated-gradients, which works with any model"
         )
     name = max(candidates)[1]
-    return model.get_submodule(name), (channels_first if calls[name].channels_last else None)
+    return model.get_submodule(name), (channels_first if is_channels_last(calls[name].shape) else None)
 
 
 def _pyramid_input(detector: nn.Module, body: object) -> torch.Tensor | None:
@@ -77,48 +76,39 @@ def _key(tensor: torch.Tensor) -> tuple[int, tuple[int, ...]]:
     return tensor.data_ptr(), tuple(tensor.shape)
 
 
-@dataclass
-class _Call:
-    exit: int
-    key: tuple[int, tuple[int, ...]] | None = None  # of a tensor output
-    spatial: bool = False  # a 4-D map with more than one position, not a global pool's output
-    channels_last: bool = False  # N×H×W×C (Swin)
+@dataclass(frozen=True)
+class _Output:
+    """A module's last tensor output, beyond the shape `probe_modules` records."""
+
+    key: tuple[int, tuple[int, ...]]  # which tensor it is (`_key`)
+    pooled: bool  # a global pool's output, or one a container passed on unchanged
 
 
-@torch.no_grad()
-def _probe(model: nn.Module, x: torch.Tensor, keep: str = "") -> tuple[dict[str, _Call], object]:
-    """Run `x` once in evaluation mode and record, for each named module, when it last returned and what; returns
-    the records and the output of module `keep`."""
-    calls: dict[str, _Call] = {}
+def _probe(model: nn.Module, x: torch.Tensor, keep: str) -> tuple[dict[str, ModuleCall], dict[str, _Output], object]:
+    """`probe_modules`' records, each tensor-returning module's `_Output`, and the output of module `keep`."""
+    outputs: dict[str, _Output] = {}
+    pools: list[torch.Tensor] = []
     kept: list[object] = [None]
-    pooled: list[torch.Tensor] = []  # outputs of global pools (and so of containers that return them unchanged)
-    clock = iter(range(1 << 62))
 
-    def hook(name: str) -> Callable[..., None]:
-        def record(module: nn.Module, _inputs: object, out: object) -> None:
-            calls[name] = call = _Call(next(clock))
-            if name == keep:
-                kept[0] = out
-            if not isinstance(out, torch.Tensor):
-                return
-            call.key = _key(out)
-            if out.ndim != 4:
-                return
+    def inspect(name: str, module: nn.Module, out: object) -> None:
+        if name == keep:
+            kept[0] = out
+        outputs.pop(name, None)
+        if isinstance(out, torch.Tensor):
             if isinstance(module, _GLOBAL_POOLS):
-                pooled.append(out)
-            call.channels_last = is_channels_last(out.shape)
-            sides = out.shape[1:3] if call.channels_last else out.shape[-2:]
-            call.spatial = sides[0] * sides[1] > 1 and not any(out is p for p in pooled)
+                pools.append(out)
+            outputs[name] = _Output(_key(out), any(out is p for p in pools))
 
-        return record
+    return probe_modules(model, x, on_output=inspect), outputs, kept[0]
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
-    try:
-        model.eval()(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return calls, kept[0]
+
+def _spatial(call: ModuleCall, output: _Output) -> bool:
+    """A 4-D map with more than one position, in either layout, that is not a global pool's output."""
+    shape = call.shape
+    if shape is None or len(shape) != 4 or output.pooled:
+        return False
+    height, width = shape[1:3] if is_channels_last(shape) else shape[-2:]
+    return height * width > 1
 
 
 def _vit_layer(model: nn.Module) -> tuple[nn.Module, Reshape] | None:

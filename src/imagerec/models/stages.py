@@ -74,8 +74,12 @@ class ModuleCall:
 
 
 @torch.no_grad()
-def probe_modules(model: nn.Module, x: torch.Tensor) -> dict[str, ModuleCall]:
-    """Run `x` through `model` in evaluation mode (no statistics change) and record every named submodule's call."""
+def probe_modules(
+    model: nn.Module, x: torch.Tensor, *, on_output: Callable[[str, nn.Module, object], None] | None = None
+) -> dict[str, ModuleCall]:
+    """Run `x` through `model` in evaluation mode (no statistics change) and record every named submodule's call;
+    `on_output(name, module, output)` sees each output as it is returned, for callers that need more than its
+    shape."""
     calls: dict[str, ModuleCall] = {}
     clock = itertools.count()
 
@@ -87,9 +91,11 @@ def probe_modules(model: nn.Module, x: torch.Tensor) -> dict[str, ModuleCall]:
         return record
 
     def after(name: str) -> Callable[..., None]:
-        def record(_m: nn.Module, _i: object, out: object) -> None:
+        def record(module: nn.Module, _i: object, out: object) -> None:
             call = calls[name]
             call.exit, call.shape = next(clock), tuple(out.shape) if isinstance(out, torch.Tensor) else None
+            if on_output is not None:
+                on_output(name, module, out)
 
         return record
 
