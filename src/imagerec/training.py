@@ -94,14 +94,16 @@ def _model_info(cfg: RunConfig, index: DataIndex, task: AnyTask) -> dict[str, An
     pretrained = _pretrained_preprocessing(cfg)
     same_task = pretrained is not None and pretrained.get("task") == cfg.task
     imgsz = cfg.data.imgsz or (pretrained["imgsz"] if same_task else None) or _auto_imgsz(index, cfg.task)
-    if pretrained is not None:  # the statistics the weights learned with, fitted to the data's channels
-        mean, std = (fit_channels(pretrained[k], channels) for k in ("mean", "std"))
-    else:
-        stats_set = ClassificationDataset(index.samples("train"), channels=channels, num_classes=len(index.classes))
-        mean, std = channel_statistics(stats_set, limit=500)
     for name, given in (("mean", cfg.data.mean), ("std", cfg.data.std)):
         if given is not None and len(given) != channels:
             raise UserError(f"--{name} has {len(given)} values but the images have {channels} channels")
+    if cfg.data.mean is not None and cfg.data.std is not None:
+        mean, std = cfg.data.mean, cfg.data.std
+    elif pretrained is not None:  # the statistics the weights learned with, fitted to the data's channels
+        mean, std = (fit_channels(pretrained[k], channels) for k in ("mean", "std"))
+    else:  # measured on the training images only when the user did not give both
+        stats_set = ClassificationDataset(index.samples("train"), channels=channels, num_classes=len(index.classes))
+        mean, std = channel_statistics(stats_set, limit=500)
     common = {"format": RUN_FORMAT, "task": cfg.task, "model": cfg.model.name, "classes": index.classes}
     if index.category_ids:  # COCO ids, so predictions can be written back as COCO results
         common["category_ids"] = index.category_ids
