@@ -22,7 +22,6 @@ from torch import nn
 from imagerec.errors import UserError
 from imagerec.models.feature_maps import channels_first
 
-BACKBONE_NAMES = ("backbone", "encoder")  # what detectors (torchvision) and segmenters (smp, U-Net) call theirs
 LISTED_LAYERS = 40  # at most this many names in the message for an unknown --layer
 
 
@@ -97,15 +96,17 @@ def classifier_name(model: nn.Module) -> str:
 
 
 def backbone_name(model: nn.Module) -> str:
-    """The feature extractor of a detection or segmentation model: its shallowest module called `backbone` or
-    `encoder` (torchvision, smp, our U-Net), or that backbone's `body` (the classifier's stages, before a feature
-    pyramid) when it has one."""
-    names = [name for name, _ in model.named_modules()]
-    found = [n for n in names if n.rpartition(".")[2] in BACKBONE_NAMES]
-    if not found:
+    """The feature extractor of a detection or segmentation model, as fine-tuning finds it (`stages.find_backbone`):
+    a detector's backbone body (the classifier's stages, before the feature pyramid), a segmenter's encoder."""
+    from imagerec.models.stages import find_backbone
+
+    try:
+        found = find_backbone(model)
+    except UserError:  # its message is about fine-tuning
+        found = None
+    if found is None:
         raise UserError(f"{type(model).__name__}: no backbone or encoder found to embed from; pass --layer")
-    backbone = min(found, key=lambda n: n.count("."))
-    return f"{backbone}.body" if f"{backbone}.body" in names else backbone
+    return found[0]
 
 
 def layer_names(model: nn.Module, limit: int = LISTED_LAYERS) -> list[str]:
