@@ -139,10 +139,19 @@ def test_atomic_write_keeps_previous_file_when_disk_is_full(tmp_path):
 
 
 def test_atomic_write_reraises_other_os_errors(tmp_path):
+    def failing(tmp):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output error"):
+        atomic_write(tmp_path / "x.json", failing)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_to_a_place_it_cannot_write_is_a_user_error(tmp_path):
     def denied(tmp):
         raise OSError(errno.EACCES, "Permission denied")
 
-    with pytest.raises(PermissionError):
+    with pytest.raises(UserError, match=r"x.json: cannot write here \(Permission denied\); choose another output"):
         atomic_write(tmp_path / "x.json", denied)
     assert list(tmp_path.iterdir()) == []
 

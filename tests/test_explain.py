@@ -178,6 +178,8 @@ def test_bad_input_is_one_line(quadrants, capsys, monkeypatch) -> None:
     assert "one, zero" in line
     line = user_error(capsys, monkeypatch, "explain", run, files[0], "--method", "lime")
     assert "gradcam, gradcam++" in line
+    line = user_error(capsys, monkeypatch, "explain", run, files[0], "--out", files[1])  # a file, not a folder
+    assert line == f"error: {files[1]}: cannot create this folder (a file is in the way); choose another output"
 
 
 @pytest.mark.parametrize("model", ["timm:vit_tiny_patch16_224", "resnet18"])

@@ -17,6 +17,7 @@ import yaml
 from imagerec.errors import UserError
 
 RUN_FORMAT = 1  # bumped when the files below change incompatibly
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR)  # the place, not the program
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -24,7 +25,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
     A crash or a full disk leaves the previous file intact; only the rename makes the new one visible.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where a folder should be, no permission, a read-only disk
+        why = "a file is in the way" if isinstance(error, FileExistsError | NotADirectoryError) else error.strerror
+        raise UserError(f"{path.parent}: cannot create this folder ({why}); choose another output") from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
@@ -36,6 +41,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
                 f"{path}: out of disk space while saving; the previous {path.name} is intact. "
                 "Free some space, then continue with --resume"
             ) from None
+        if error.errno in _UNWRITABLE:
+            raise UserError(f"{path}: cannot write here ({error.strerror}); choose another output") from None
         raise
 
 
