@@ -1,0 +1,124 @@
+"""Golden outputs: a fixed tiny run of each task kind gives the predictions and metrics stored in tests/golden/.
+
+The stored files were written by this test (`IMAGEREC_WRITE_GOLDEN=1`) on main before the task contract, the typed
+run records and the single evaluation path were introduced, so a refactor that changes any number fails here.
+Everything is pinned (fp32, one thread, seed 0, fixed data); the tolerance only absorbs the last bits that another
+CPU's vector units may round differently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+import imagerec
+from imagerec.data.samples import write_digit_scenes
+
+GOLDEN = Path(__file__).parent / "golden"
+WRITE = os.environ.get("IMAGEREC_WRITE_GOLDEN") == "1"
+TOLERANCE = 1e-4
+
+# (task, model, extra options): each trains in seconds on the data written below.
+CASES = {
+    "classify": ("classify", "seed_cnn", {"imgsz": 8, "epochs": 2, "batch": 64}),
+    "detect": ("detect", "fcos_lite", {"epochs": 2, "batch": 8, "lr": 2e-3, "flip": False}),
+    "semantic": ("segment", "unet", {"epochs": 2, "batch": 8, "imgsz": 64, "lr": 3e-3, "flip": False}),
+    "instance": ("segment", "maskrcnn_resnet50_fpn", {"epochs": 1, "batch": 4, "imgsz": 96, "flip": False}),
+}
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_digit_scenes(tmp_path_factory.mktemp("golden") / "scenes", n_train=24, n_val=8, n_test=8, size=96)
+
+
+def _data(case: str, digits_dir: Path, scenes: Path) -> Path:
+    return digits_dir if case == "classify" else scenes
+
+
+def _sources(case: str, data: Path) -> list[Path]:
+    if case == "classify":
+        return [sorted((data / str(d)).glob("*.png"))[0] for d in range(10)]
+    return sorted((data / "images" / "test").glob("*.png"))[:4]
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _prediction(result: Any) -> dict[str, Any]:
+    """A result as comparable JSON: a segmentation class map by digest and pixel counts."""
+    if isinstance(result, imagerec.Classification):
+        return {"labels": list(result.labels), "probs": list(result.probs)}
+    if hasattr(result, "boxes"):
+        data = {"boxes": [list(b) for b in result.boxes], "labels": list(result.labels), "scores": list(result.scores)}
+        if hasattr(result, "masks"):
+            data["mask_pixels"] = [int(_decode(m).sum()) for m in result.masks]
+        return data
+    return {"areas": result.areas, "digest": hashlib.sha256(np.ascontiguousarray(result.mask)).hexdigest()[:16]}
+
+
+def _decode(rle: dict[str, Any]) -> np.ndarray:
+    from pycocotools import mask as coco_mask
+
+    return coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
+
+
+def _close(got: Any, want: Any, where: str) -> None:
+    if isinstance(want, dict):
+        assert set(got) == set(want), f"{where}: keys {sorted(set(got) ^ set(want))} differ"
+        for key in want:
+            _close(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), f"{where}: {len(got)} items, golden {len(want)}"
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float) and not (isinstance(got, float) and math.isnan(got) and math.isnan(want)):
+        assert got == pytest.approx(want, abs=TOLERANCE, rel=TOLERANCE), f"{where}: {got} != golden {want}"
+    else:
+        assert got == want, f"{where}: {got!r} != golden {want!r}"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_golden_run(case: str, digits_dir: Path, scenes: Path, tmp_path: Path) -> None:
+    """Train, predict a few test images and evaluate the test split; compare with the stored outputs."""
+    task, model, options = CASES[case]
+    data = _data(case, digits_dir, scenes)
+    console = Console(file=io.StringIO())
+    run = imagerec.train(
+        data, task=task, model=model, precision="32", seed=0, out=tmp_path / "run", console=console, **options
+    )
+    predictor = imagerec.load(run.path, device="cpu")
+    sources = _sources(case, data)
+    conf = {"instance": {"conf": 0.0}, "detect": {"conf": 0.25}}.get(case, {})
+    predictions = {Path(r.source).name: _prediction(r) for r in predictor.predict(sources, **conf)}
+    evaluated = imagerec.evaluate(run.path, data, split="test", device="cpu")
+    info = json.loads((run.path / "model.json").read_text())
+    got = _rounded({
+        "train_metrics": run.metrics, "best_epoch": run.best_epoch, "evaluate": {k: v for k, v in evaluated.items()
+        if k != "data"}, "predictions": predictions, "model_json": info,
+    })  # fmt: skip
+    path = GOLDEN / f"{case}.json"
+    if WRITE:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    want = json.loads(path.read_text())
+    # model.json may gain fields (the typed record's); every field it had keeps its value.
+    _close({k: got["model_json"].get(k) for k in want["model_json"]}, want["model_json"], "model.json")
+    for key in ("train_metrics", "best_epoch", "evaluate", "predictions"):
+        _close(got[key], want[key], key)
