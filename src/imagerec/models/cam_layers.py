@@ -1,6 +1,6 @@
 """Which layer of a model a class activation map weighs, and how to bring that layer's output to N×C×h×w.
 
-Found by running the model once with forward hooks (`stages.probe_modules`, which also finds the stages), so
+Found by running the model once with forward hooks (`probe.probe_modules`, as the stages are found), so
 every architecture imagerec builds — torchvision's and timm's CNNs, ViTs and Swin, detectors on any backbone, U-Nets
 and smp's segmenters — is covered without a table of names.
 """
@@ -17,7 +17,8 @@ from torch import nn
 from imagerec.errors import UserError
 from imagerec.models.detection import Detector
 from imagerec.models.feature_maps import channels_first, is_channels_last
-from imagerec.models.stages import ModuleCall, find_backbone, probe_modules
+from imagerec.models.probe import ModuleCall, probe_modules
+from imagerec.models.stages import find_backbone
 
 Reshape = Callable[[torch.Tensor], torch.Tensor] | None
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)

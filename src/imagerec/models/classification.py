@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from imagerec.errors import UserError
+from imagerec.models.first_conv import replace_first_conv
 from imagerec.registry import Registry
 
 Builder = Callable[..., nn.Module]
@@ -58,27 +59,6 @@ def seed_cnn(*, num_outputs: int, in_channels: int, imgsz: int, dropout: float =
     return SeedCNN(num_outputs=num_outputs, in_channels=in_channels, dropout=dropout)
 
 
-def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
-    """Swap the first 3-channel convolution for one taking `in_channels` (fresh weights)."""
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
-                conv = nn.Conv2d(
-                    in_channels,
-                    child.out_channels,
-                    child.kernel_size,
-                    stride=child.stride,
-                    padding=child.padding,
-                    dilation=child.dilation,
-                    groups=child.groups,
-                    bias=child.bias is not None,
-                    padding_mode=child.padding_mode,
-                )
-                setattr(parent, child_name, conv)
-                return
-    raise ValueError(f"{type(model).__name__}: no 3-channel input convolution to adapt")
-
-
 def _torchvision_builder(name: str) -> Builder:
     def build(*, num_outputs: int, in_channels: int, imgsz: int, dropout: float | None = None) -> nn.Module:
         import torchvision
@@ -92,7 +72,7 @@ def _torchvision_builder(name: str) -> Builder:
             kwargs["dropout"] = dropout
         model = torchvision.models.get_model(name, **kwargs)
         if in_channels != 3:
-            _replace_first_conv(model, in_channels)
+            replace_first_conv(model, in_channels)
         return model
 
     build.__doc__ = f"torchvision's {name}"

@@ -23,7 +23,9 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from imagerec.errors import UserError
-from imagerec.models.classification import TIMM_PREFIX, _replace_first_conv, create_classifier
+from imagerec.models.classification import TIMM_PREFIX, create_classifier
+from imagerec.models.first_conv import replace_first_conv
+from imagerec.models.probe import probe_modules
 from imagerec.registry import Registry
 
 Builder = Callable[["DetectorSpec"], "Detector"]
@@ -129,10 +131,10 @@ def _anchor_generator(model: nn.Module) -> AnchorGenerator | None:
     return None  # FCOS's "anchors" are its strides; SSD's default boxes are relative to the image
 
 
-def _finish(model: nn.Module, spec: DetectorSpec, *, replace_conv: bool = True) -> Detector:
+def finish_detector(model: nn.Module, spec: DetectorSpec, *, replace_conv: bool = True) -> Detector:
     """Adapt a built torchvision detector to the data: input channels, resizing, statistics, anchors."""
     if spec.in_channels != 3 and replace_conv:
-        _replace_first_conv(model.backbone, spec.in_channels)
+        replace_first_conv(model.backbone, spec.in_channels)
     _transform(model, imgsz=spec.imgsz, mean=spec.mean, std=spec.std)
     generator = _anchor_generator(model)
     if generator is not None:
@@ -156,7 +158,7 @@ def _torchvision_builder(name: str) -> Builder:
         model = torchvision.models.get_model(
             name, weights=None, weights_backbone=None, num_classes=spec.num_classes + int(background)
         )
-        return _finish(model, spec)
+        return finish_detector(model, spec)
 
     build.__doc__ = f"torchvision's {name}"
     return build
@@ -235,7 +237,7 @@ def fcos_lite(spec: DetectorSpec) -> Detector:
         return _on_backbone("fcos", spec, fpn_channels=64)
     body = LiteBackbone(spec.in_channels)
     pyramid = FeaturePyramid(body, body.channels, out_channels=64, extra=None)
-    return _finish(_fcos(pyramid, (8, 16, 32), num_classes=spec.num_classes), spec, replace_conv=False)
+    return finish_detector(_fcos(pyramid, (8, 16, 32), num_classes=spec.num_classes), spec, replace_conv=False)
 
 
 def _feature_body(name: str, *, in_channels: int, imgsz: int) -> tuple[nn.Module, list[int], list[int]]:
@@ -276,8 +278,6 @@ def _stage_outputs(
     feature extractor, which also drops the unused head."""
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    from imagerec.models.stages import probe_modules  # stages.py builds on this module
-
     size = max(imgsz, 128)
     finished: dict[int, tuple[str, int]] = {}
     for call in sorted(probe_modules(model, torch.zeros(1, in_channels, size, size)).values(), key=lambda c: c.exit):
@@ -301,7 +301,7 @@ def _on_backbone(head: str, spec: DetectorSpec, *, fpn_channels: int = 256) -> D
     pyramid = FeaturePyramid(body, channels, out_channels=fpn_channels, extra=extra)
     levels = [*strides, strides[-1] * 2] if head == "fasterrcnn" else [*strides, strides[-1] * 2, strides[-1] * 4]
     if head == "fcos":
-        return _finish(_fcos(pyramid, levels, num_classes=spec.num_classes), spec, replace_conv=False)
+        return finish_detector(_fcos(pyramid, levels, num_classes=spec.num_classes), spec, replace_conv=False)
     # Anchors four times the stride, as torchvision's FPN detectors use (32 px at stride 8); they are then scaled
     # with the input size like every other anchor-based model.
     if head == "retinanet":
@@ -312,7 +312,7 @@ def _on_backbone(head: str, spec: DetectorSpec, *, fpn_channels: int = 256) -> D
         generator = AnchorGenerator(tuple((s * 4,) for s in levels), ((0.5, 1.0, 2.0),) * len(levels))
         pool = MultiScaleRoIAlign([str(i) for i in range(len(strides))], output_size=7, sampling_ratio=2)
         model = FasterRCNN(pyramid, spec.num_classes + 1, rpn_anchor_generator=generator, box_roi_pool=pool)
-    return _finish(model, spec, replace_conv=False)
+    return finish_detector(model, spec, replace_conv=False)
 
 
 def _backbone_builder(head: str) -> Builder:

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from imagerec.errors import UserError
-from imagerec.models.classification import _replace_first_conv
-from imagerec.models.detection import Detector, DetectorSpec, _finish
+from imagerec.models.detection import Detector, DetectorSpec, finish_detector
+from imagerec.models.first_conv import replace_first_conv
 from imagerec.registry import Registry
 
 Builder = Callable[["SegmenterSpec"], nn.Module]
@@ -202,7 +202,7 @@ def _torchvision_builder(name: str) -> Builder:
             name, weights=None, weights_backbone=None, num_classes=spec.num_outputs, aux_loss=False
         )
         if spec.in_channels != 3:
-            _replace_first_conv(model.backbone, spec.in_channels)
+            replace_first_conv(model.backbone, spec.in_channels)
         return Segmenter(model)
 
     build.__doc__ = f"torchvision's {name}"
@@ -233,7 +233,7 @@ def _mask_rcnn_builder(name: str) -> Callable[[DetectorSpec], Detector]:
         model = torchvision.models.get_model(
             name, weights=None, weights_backbone=None, num_classes=spec.num_classes + 1
         )
-        return _finish(model, spec)
+        return finish_detector(model, spec)
 
     build.__doc__ = f"torchvision's {name}: Faster R-CNN with a mask head"
     return build

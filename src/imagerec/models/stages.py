@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +36,7 @@ from torch import nn
 from imagerec.errors import UserError
 from imagerec.models.detection import Detector
 from imagerec.models.feature_maps import map_side
+from imagerec.models.probe import ModuleCall, probe_modules
 from imagerec.models.segmentation import Segmenter
 
 PROBE_SIZE = 256  # stride 32 still leaves an 8×8 map; models with a fixed input size are probed at theirs
@@ -60,57 +61,6 @@ class Stages:
         if len(self.names) <= 3:
             return ", ".join(self.names)
         return f"{self.names[0]}, {self.names[1]} … {self.names[-1]}"
-
-
-@dataclass
-class ModuleCall:
-    """When a module ran during a probe (`enter` of its first call, `exit` of its last, one clock for both) and the
-    shape of its last output when that was a tensor."""
-
-    name: str
-    enter: int
-    exit: int = -1
-    shape: tuple[int, ...] | None = None
-
-
-@torch.no_grad()
-def probe_modules(
-    model: nn.Module, x: torch.Tensor, *, on_output: Callable[[str, nn.Module, object], None] | None = None
-) -> dict[str, ModuleCall]:
-    """Run `x` through `model` in evaluation mode (no statistics change) and record every named submodule's call;
-    `on_output(name, module, output)` sees each output as it is returned, for callers that need more than its
-    shape."""
-    calls: dict[str, ModuleCall] = {}
-    clock = itertools.count()
-
-    def before(name: str) -> Callable[..., None]:
-        def record(_m: nn.Module, _i: object) -> None:
-            if name not in calls:
-                calls[name] = ModuleCall(name, next(clock))
-
-        return record
-
-    def after(name: str) -> Callable[..., None]:
-        def record(module: nn.Module, _i: object, out: object) -> None:
-            call = calls[name]
-            call.exit, call.shape = next(clock), tuple(out.shape) if isinstance(out, torch.Tensor) else None
-            if on_output is not None:
-                on_output(name, module, out)
-
-        return record
-
-    handles = []
-    for name, module in model.named_modules():
-        if name:
-            handles += [module.register_forward_pre_hook(before(name)), module.register_forward_hook(after(name))]
-    was_training = model.training
-    try:
-        model.eval()(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return calls
 
 
 def model_stages(model: nn.Module, *, in_channels: int, imgsz: int) -> Stages:
