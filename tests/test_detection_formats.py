@@ -16,7 +16,8 @@ from imagerec.cli.main import app
 from imagerec.data.checks import inspect_data, validate_data
 from imagerec.data.convert import convert_data
 from imagerec.data.formats import detect_format, load_index
-from imagerec.data.index import DataIndex, Objects
+from imagerec.data.index import DataIndex
+from imagerec.data.targets import Objects
 from imagerec.errors import UserError
 
 runner = CliRunner()

@@ -17,8 +17,8 @@ import torch
 from torchvision import tv_tensors
 
 from imagerec.data.datasets import DetectionDataset
-from imagerec.data.index import Objects, Sample
 from imagerec.data.samples import write_digit_scenes
+from imagerec.data.targets import Objects, Sample
 from imagerec.transforms.detection import (
     PRESETS,
     BoxIoUCrop,

@@ -23,9 +23,9 @@ from torchvision.ops import box_iou
 import imagerec.api as api
 from imagerec.data.formats import load_index
 from imagerec.data.images import read_image
-from imagerec.data.index import Objects
 from imagerec.data.masks import instance_masks
 from imagerec.data.samples import write_digit_scenes
+from imagerec.data.targets import Objects
 from imagerec.metrics.detection import SUMMARY_KEYS
 from imagerec.models.detection import EVAL_SCORE_THRESHOLD
 from imagerec.outputs.report import detection, segmentation

@@ -18,10 +18,10 @@ from helpers import invoke, user_error
 from imagerec.data.checks import inspect_data, validate_data
 from imagerec.data.datasets import DetectionDataset, SegmentationDataset
 from imagerec.data.formats import detect_format, load_index
-from imagerec.data.index import MaskFile
 from imagerec.data.masks import VOC_CLASSES, MaskCoding, voc_colours
 from imagerec.data.samples import write_digit_scenes
 from imagerec.data.split import ensure_splits
+from imagerec.data.targets import MaskFile
 from imagerec.errors import UserError
 
 # --- fixtures: tiny images and masks drawn by hand -----------------------------------------------------------

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 
 from imagerec.data.checks import _entries, _Header, _header, _parallel, _problem, _spread
-from imagerec.data.index import DataIndex, MaskFile, Objects, Sample
+from imagerec.data.index import DataIndex
 from imagerec.data.masks import MaskCoding, MaskError, segmentation_problems, size_mismatch
+from imagerec.data.targets import MaskFile, Objects, Sample
 from imagerec.errors import UserError
 
 MASKS_READ_PER_SPLIT = 200  # masks decoded per split for pixel shares: evenly spaced, so the shares stay cheap

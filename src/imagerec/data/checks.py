@@ -18,8 +18,9 @@ from PIL import Image
 from imagerec.data.convert import Placer, check_out, free_name, staged_output
 from imagerec.data.formats import DETECTION_FORMATS, load_index, load_index_with_findings
 from imagerec.data.images import read_image
-from imagerec.data.index import DataIndex, MaskFile, Objects, Sample
+from imagerec.data.index import DataIndex
 from imagerec.data.split import stratified_split
+from imagerec.data.targets import MaskFile, Objects, Sample
 from imagerec.errors import UserError
 
 __all__ = ["inspect_data", "split_dataset", "validate_data"]

@@ -25,7 +25,8 @@ import yaml
 
 from imagerec.data.formats import DETECTION_FORMATS, load_index
 from imagerec.data.formats._boxes import CATEGORIES_SIDECAR, image_size
-from imagerec.data.index import DataIndex, Objects, Sample
+from imagerec.data.index import DataIndex
+from imagerec.data.targets import Objects, Sample
 from imagerec.errors import UserError
 
 __all__ = ["Converted", "convert_data", "convert_index"]

@@ -12,8 +12,8 @@ from torchvision import tv_tensors
 
 from imagerec.data.formats._boxes import image_size
 from imagerec.data.images import read_image, to_channels
-from imagerec.data.index import MaskFile, Objects, Sample
 from imagerec.data.masks import MaskCoding, check_segmentations, instance_masks, size_mismatch
+from imagerec.data.targets import MaskFile, Objects, Sample
 from imagerec.errors import UserError
 
 # Decode everything once when the decoded pixels stay under this many floats (~1 GiB).

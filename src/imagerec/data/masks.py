@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imagerec.data.index import Objects
+from imagerec.data.targets import Objects
 from imagerec.errors import UserError
 
 MaskKind = Literal["index", "palette", "binary", "rgb"]

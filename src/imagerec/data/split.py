@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from imagerec.data.index import DataIndex, Sample
+from imagerec.data.index import DataIndex
+from imagerec.data.targets import Sample
 from imagerec.errors import UserError
 
 

@@ -15,7 +15,8 @@ import yaml
 from PIL import Image
 
 from imagerec.data.images import IMAGE_EXTENSIONS, is_image_file
-from imagerec.data.index import SPLIT_ALIASES, Box, DataIndex, Objects, Sample
+from imagerec.data.index import SPLIT_ALIASES, DataIndex
+from imagerec.data.targets import Box, Objects, Sample
 from imagerec.errors import UserError
 
 # Problems that stop reading (unless a validate run collects them all) and the ones readers repair with a note.

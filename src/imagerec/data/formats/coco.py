@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from imagerec.data.formats._boxes import Findings, ImageFinder, ObjectsBuilder, build_index, split_of
-from imagerec.data.index import DataIndex, Sample
+from imagerec.data.index import DataIndex
+from imagerec.data.targets import Sample
 from imagerec.errors import UserError
 
 _SNIFF_BYTES = 1 << 20

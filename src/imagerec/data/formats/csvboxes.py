@@ -21,7 +21,8 @@ from imagerec.data.formats._boxes import (
     read_names,
     split_of,
 )
-from imagerec.data.index import SPLIT_ALIASES, DataIndex, Sample
+from imagerec.data.index import SPLIT_ALIASES, DataIndex
+from imagerec.data.targets import Sample
 from imagerec.errors import UserError
 
 BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")

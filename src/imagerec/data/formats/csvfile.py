@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from imagerec.data.index import SPLIT_ALIASES, DataIndex, Sample
+from imagerec.data.index import SPLIT_ALIASES, DataIndex
+from imagerec.data.targets import Sample
 from imagerec.errors import UserError
 
 MULTILABEL_SEPARATOR = ";"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from imagerec.data.images import is_image_file
-from imagerec.data.index import SPLIT_ALIASES, DataIndex, Sample
+from imagerec.data.index import SPLIT_ALIASES, DataIndex
+from imagerec.data.targets import Sample
 from imagerec.errors import UserError
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from imagerec.data.formats._boxes import Findings, images_in, split_of
 from imagerec.data.formats._mask_classes import coding_for
-from imagerec.data.index import DataIndex, MaskFile, Sample
+from imagerec.data.index import DataIndex
+from imagerec.data.targets import MaskFile, Sample
 from imagerec.errors import UserError
 
 IMAGE_FOLDERS = ("images", "image", "imgs", "img")

@@ -25,7 +25,8 @@ from imagerec.data.formats._boxes import (
     read_sidecar,
     split_of,
 )
-from imagerec.data.index import DataIndex, Sample
+from imagerec.data.index import DataIndex
+from imagerec.data.targets import Sample
 from imagerec.errors import UserError
 
 _CORNERS = ("xmin", "ymin", "xmax", "ymax")

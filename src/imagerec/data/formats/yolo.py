@@ -29,7 +29,8 @@ from imagerec.data.formats._boxes import (
     split_of,
 )
 from imagerec.data.images import is_image_file
-from imagerec.data.index import SPLIT_ALIASES, DataIndex, Sample
+from imagerec.data.index import SPLIT_ALIASES, DataIndex
+from imagerec.data.targets import Sample
 from imagerec.errors import UserError
 
 _FIELDS = ("cx", "cy", "w", "h")
