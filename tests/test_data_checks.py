@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from imagerec.cli import main as cli_main
 from imagerec.cli.main import app
-from imagerec.data import checks
 from imagerec.data.checks import inspect_data, split_dataset, validate_data
 from imagerec.data.formats import load_index
 from imagerec.data.images import read_image
@@ -257,7 +256,7 @@ def test_split_copies_when_hard_links_fail(make_image_folder, tmp_path, monkeypa
     def no_links(source, dest):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(checks.os, "link", no_links)
+    monkeypatch.setattr(os, "link", no_links)
     report = split_dataset(data, tmp_path / "out", val=0.25, test=0.25, seed=0)
     assert report["linked"] == 0
     assert report["copied"] == 8
@@ -277,7 +276,7 @@ def test_interrupted_split_leaves_nothing(make_image_folder, tmp_path, monkeypat
             raise KeyboardInterrupt
         real_link(source, dest)
 
-    monkeypatch.setattr(checks.os, "link", interrupted)
+    monkeypatch.setattr(os, "link", interrupted)
     with pytest.raises(KeyboardInterrupt):
         split_dataset(data, tmp_path / "out", val=0.2, test=0.2, seed=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no OUT, no half-written hidden folder

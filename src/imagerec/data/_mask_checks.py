@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from imagerec.data.checks import _entries, _Header, _header, _parallel, _problem, _spread
 from imagerec.data.index import DataIndex
 from imagerec.data.masks import MaskCoding, MaskError, segmentation_problems, size_mismatch
+from imagerec.data.scan import Header, entries, parallel, problem, read_header, spread
 from imagerec.data.targets import MaskFile, Objects, Sample
 from imagerec.errors import UserError
 
@@ -26,15 +26,15 @@ def _mask(sample: Sample) -> Path:
 
 def check_polygons(index: DataIndex) -> None:
     """UserError naming the first image with a polygon of fewer than 3 points (no mask can be drawn from it)."""
-    for _, sample in _entries(index):
+    for _, sample in entries(index):
         if isinstance(sample.target, Objects) and sample.target.segmentation:
             problems = segmentation_problems(sample.target)
             if problems:
                 raise UserError(f"{sample.path}: {problems[0]}; fix or remove it in the annotations")
 
 
-def _check_sizes(entries: list[Sample], headers: dict[Path, _Header | None], masks: dict[Path, _Header | None]) -> None:
-    for sample in entries:
+def _check_sizes(samples: list[Sample], headers: dict[Path, Header | None], masks: dict[Path, Header | None]) -> None:
+    for sample in samples:
         image, mask = headers.get(sample.path), masks.get(_mask(sample))
         if image and mask and (mask.width, mask.height) != (image.width, image.height):
             sizes = (mask.width, mask.height), (image.width, image.height)
@@ -46,7 +46,7 @@ def _tally(coding: MaskCoding, paths: list[Path]) -> tuple[torch.Tensor, torch.T
     pixels = torch.zeros(coding.num_classes, dtype=torch.int64)
     images = torch.zeros_like(pixels)
     ignored = 0
-    for mask in _parallel(coding.read, paths):
+    for mask in parallel(coding.read, paths):
         flat = mask.flatten()
         kept = flat != coding.ignore_index
         ignored += int((~kept).sum())
@@ -56,15 +56,15 @@ def _tally(coding: MaskCoding, paths: list[Path]) -> tuple[torch.Tensor, torch.T
     return pixels, images, ignored
 
 
-def mask_inspection(index: DataIndex, headers: dict[Path, _Header | None], splits: list[str]) -> dict[str, Any]:
+def mask_inspection(index: DataIndex, headers: dict[Path, Header | None], splits: list[str]) -> dict[str, Any]:
     """What `inspect_data` reports for mask data: per split, the pixel share of each class (of the pixels not
     ignored) and of ignored pixels, and the images containing each class, over up to 200 evenly spaced masks;
     mask sizes. UserError for a mask whose size differs from its image's, or a mask that cannot be read."""
     coding: MaskCoding = index.masks  # type: ignore[assignment]
-    entries = [s for split in splits for s in index.splits[split]]
-    paths = [_mask(s) for s in entries]
-    mask_headers = dict(zip(paths, _parallel(_header, paths), strict=True))
-    _check_sizes(entries, headers, mask_headers)
+    samples = [s for split in splits for s in index.splits[split]]
+    paths = [_mask(s) for s in samples]
+    mask_headers = dict(zip(paths, parallel(read_header, paths), strict=True))
+    _check_sizes(samples, headers, mask_headers)
     counts, shares, ignored, read, pixels = {}, {}, {}, {}, torch.zeros(coding.num_classes, dtype=torch.int64)
     for split in splits:
         members = [_mask(s) for s in index.splits[split]]
@@ -90,8 +90,8 @@ def mask_inspection(index: DataIndex, headers: dict[Path, _Header | None], split
             "pixel_share": shares,
             "ignored_share": ignored,
             "pixels": totals,
-            "width": _spread([h.width for h in readable]),
-            "height": _spread([h.height for h in readable]),
+            "width": spread([h.width for h in readable]),
+            "height": spread([h.height for h in readable]),
         },
         "unreadable_masks": [str(p) for p, h in mask_headers.items() if h is None],
     }
@@ -104,10 +104,10 @@ def polygon_problems(index: DataIndex) -> list[dict[str, Any]]:
     """One `polygon` problem per object whose segmentation cannot be drawn (fewer than 3 points, or neither
     polygons nor RLE)."""
     return [
-        _problem("polygon", [sample.path], f"{sample.path}: {problem}; fix or remove it in the annotations")
-        for _, sample in _entries(index)
+        problem("polygon", [sample.path], f"{sample.path}: {wrong}; fix or remove it in the annotations")
+        for _, sample in entries(index)
         if isinstance(sample.target, Objects) and sample.target.segmentation
-        for problem in segmentation_problems(sample.target)
+        for wrong in segmentation_problems(sample.target)
     ]
 
 
@@ -116,10 +116,10 @@ def _pair_problems(coding: MaskCoding, sample: Sample, size: tuple[int, int] | N
     try:
         mask = coding.read(path)
     except MaskError as error:
-        return [_problem(f"mask-{error.kind}", [path], str(error))]
+        return [problem(f"mask-{error.kind}", [path], str(error))]
     shape = (mask.shape[1], mask.shape[0])
     if size is not None and shape != size:
-        return [_problem("mask-size", [path, sample.path], size_mismatch(path, shape, sample.path, size))]
+        return [problem("mask-size", [path, sample.path], size_mismatch(path, shape, sample.path, size))]
     return []
 
 
@@ -129,13 +129,13 @@ def mask_problems(
     """Every mask decoded once: `mask-corrupt` (unreadable), `mask-values` (values or colours that are no
     class), `mask-size` (not its image's size; `sizes` are the decoded images' (width, height))."""
     coding: MaskCoding = index.masks  # type: ignore[assignment]
-    samples = [s for _, s in _entries(index) if isinstance(s.target, MaskFile)]
+    samples = [s for _, s in entries(index) if isinstance(s.target, MaskFile)]
 
     def check(sample: Sample) -> list[dict[str, Any]]:
         return _pair_problems(coding, sample, sizes.get(sample.path))
 
     problems = []
-    for found in _parallel(check, samples):
+    for found in parallel(check, samples):
         problems += found
         progress()
     return problems

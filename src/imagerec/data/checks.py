@@ -3,32 +3,28 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from imagerec.data._mask_checks import check_polygons, mask_inspection, mask_problems, polygon_problems
 from imagerec.data.convert import Placer, check_out, free_name, staged_output
 from imagerec.data.formats import DETECTION_FORMATS, load_index, load_index_with_findings
 from imagerec.data.images import read_image
 from imagerec.data.index import DataIndex
+from imagerec.data.scan import entries, exif_orientation, ordered_splits, parallel, problem, read_header, spread
 from imagerec.data.split import stratified_split
 from imagerec.data.targets import MaskFile, Objects, Sample
 from imagerec.errors import UserError
 
 __all__ = ["inspect_data", "split_dataset", "validate_data"]
 
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
-_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "all": 3}
 # Most harmful first. Detection adds: boxes the reader could not place, annotated sizes that are not the image's,
 # and the same object boxed twice; segmentation: unpaired files, masks that cannot be read or used, polygons.
 _KIND_ORDER = (
@@ -37,72 +33,13 @@ _KIND_ORDER = (
 )  # fmt: skip
 _SMALL, _MEDIUM = 32**2, 96**2  # COCO's area ranges
 _DUPLICATE_IOU = 0.95
-_TIFF = frozenset({".tif", ".tiff"})
-_EXIF_ORIENTATION = 0x0112
-# The modes read_image decodes to one channel; every other mode becomes three (alpha dropped).
-_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-_BIT_DEPTH = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
-
-
-def _parallel(function: Callable[[_T], _R], items: Iterable[_T]) -> Iterator[_R]:
-    """`map` over a few threads, in order: decoding and hashing release the GIL, and small files are I/O bound."""
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        yield from pool.map(function, items)
-
-
-def _entries(index: DataIndex) -> list[tuple[str, Sample]]:
-    """(split, sample) for every indexed image, splits in train/val/test order."""
-    return [
-        (split, s) for split in sorted(index.splits, key=lambda n: _SPLIT_ORDER.get(n, 9)) for s in index.splits[split]
-    ]
 
 
 def _unique_paths(index: DataIndex) -> list[Path]:
-    return list(dict.fromkeys(s.path for _, s in _entries(index)))
+    return list(dict.fromkeys(s.path for _, s in entries(index)))
 
 
 # --- inspect -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Header:
-    width: int
-    height: int
-    channels: int  # as read_image decodes it
-    bits: int
-    mode: str
-    format: str
-
-
-def _tiff_header(path: Path) -> _Header:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        shape, dtype = tif.series[0].shape, tif.series[0].dtype
-    channels = shape[2] if len(shape) == 3 else 1
-    return _Header(
-        shape[1], shape[0], channels - 1 if channels in (2, 4) else channels, dtype.itemsize * 8, str(dtype), "TIFF"
-    )
-
-
-def _header(path: Path) -> _Header | None:
-    """Size, channels and depth from the file header (no decoding); None when the header cannot be read."""
-    try:
-        if path.suffix.lower() in _TIFF:
-            return _tiff_header(path)
-        with Image.open(path) as image:
-            width, height = image.size
-            if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # read_image rotates these by 90°
-                width, height = height, width
-            mode, fmt = image.mode, image.format or path.suffix[1:].upper()
-    except Exception:  # any failure here means "unreadable"; validate says exactly why
-        return None
-    bits = 16 if (fmt, mode) == ("PNG", "I") else _BIT_DEPTH.get(mode, 8)  # older Pillow opens 16-bit PNG as "I"
-    return _Header(width, height, 1 if mode in _GREY_MODES else 3, bits, mode, fmt)
-
-
-def _spread(values: list[int]) -> dict[str, int] | None:
-    return {"min": min(values), "median": statistics.median_low(values), "max": max(values)} if values else None
 
 
 def _tally(values: Iterable[Any]) -> dict[str, int]:
@@ -128,14 +65,14 @@ def _box_summary(index: DataIndex, splits: list[str]) -> dict[str, Any]:
         per_split[split] = len(areas)
         per_image += [len(o.boxes) for o in objects]
         ignored[split] = sum(o.ignored(i) for o in objects for i in range(len(o.boxes)))
-    spread = _spread(per_image)
+    per_image_spread = spread(per_image)
     return {
         "total": sum(per_split.values()),
         "per_split": per_split,
         "ignored": ignored,
         "sizes": sizes,
         "images_without_boxes": empty,
-        "per_image": {**spread, "mean": round(statistics.fmean(per_image), 2)} if spread else None,
+        "per_image": {**per_image_spread, "mean": round(statistics.fmean(per_image), 2)} if per_image_spread else None,
     }
 
 
@@ -152,15 +89,13 @@ def inspect_data(path: Path | str, *, format: str = "auto") -> dict[str, Any]:
     pixel share per split, the ignored share and mask sizes; a mask whose size is not its image's, or whose
     values are no class, raises UserError.
     """
-    from imagerec.data._mask_checks import check_polygons, mask_inspection  # it imports this module
-
     index = load_index(path, format=format)
     if _is_detection(index):
         check_polygons(index)
     paths = _unique_paths(index)
-    headers = dict(zip(paths, _parallel(_header, paths), strict=True))
+    headers = dict(zip(paths, parallel(read_header, paths), strict=True))
     readable = [h for h in headers.values() if h is not None]
-    splits = sorted(index.splits, key=lambda n: _SPLIT_ORDER.get(n, 9))
+    splits = ordered_splits(index)
     counts = {split: dict(zip(index.classes, index.counts(split), strict=True)) for split in splits}
     totals = {c: sum(per_class[c] for per_class in counts.values()) for c in index.classes}
     report = {
@@ -173,8 +108,8 @@ def inspect_data(path: Path | str, *, format: str = "auto") -> dict[str, Any]:
         "counts": counts,
         "class_totals": totals,
         "imbalance_ratio": round(max(totals.values()) / max(1, min(totals.values())), 3),
-        "width": _spread([h.width for h in readable]),
-        "height": _spread([h.height for h in readable]),
+        "width": spread([h.width for h in readable]),
+        "height": spread([h.height for h in readable]),
         "channels": _tally(h.channels for h in readable),
         "bit_depths": _tally(h.bits for h in readable),
         "modes": _tally(h.mode for h in readable),
@@ -223,10 +158,6 @@ def _scan(path: Path) -> _Scan:
     return _Scan(path, digest, shape[0], (shape[2], shape[1]))
 
 
-def _problem(kind: str, files: list[Path], message: str) -> dict[str, Any]:
-    return {"kind": kind, "files": [str(f) for f in files], "message": message}
-
-
 def _label(target: Any) -> str:
     """What a sample is labelled, comparable across samples: a mask by its bytes (its path differs anyway),
     anything else by repr (Objects may hold unhashable segmentations)."""
@@ -240,7 +171,7 @@ def _label(target: Any) -> str:
 
 def _duplicate_problems(index: DataIndex, scans: dict[Path, _Scan]) -> list[dict[str, Any]]:
     groups: dict[str, list[tuple[str, Sample]]] = defaultdict(list)
-    for split, sample in _entries(index):
+    for split, sample in entries(index):
         digest = scans[sample.path].sha1
         if digest is not None:
             groups[digest].append((split, sample))
@@ -255,10 +186,10 @@ def _duplicate_problems(index: DataIndex, scans: dict[Path, _Scan]) -> list[dict
         files = [s.path for _, s in members]
         if len(splits) > 1:
             message = f"same image in {' and '.join(splits)} (leaks into evaluation): {listed}{conflict}"
-            problems.append(_problem("leak", files, message + "; keep one copy"))
+            problems.append(problem("leak", files, message + "; keep one copy"))
         else:
             where = "the unsplit data (it may leak once split)" if splits == ["all"] else splits[0]
-            problems.append(_problem("duplicate", files, f"same image twice in {where}: {listed}{conflict}; keep one"))
+            problems.append(problem("duplicate", files, f"same image twice in {where}: {listed}{conflict}; keep one"))
     return problems
 
 
@@ -268,7 +199,7 @@ def _channel_problems(scans: dict[Path, _Scan]) -> list[dict[str, Any]]:
         return []
     majority = seen.most_common(1)[0][0]
     return [
-        _problem(
+        problem(
             "channels",
             [s.path],
             f"{s.path}: decodes to {s.channels} channel(s) while {seen[majority]} of {seen.total()} images have "
@@ -291,7 +222,7 @@ def _duplicate_boxes(sample: Sample, classes: list[str]) -> list[dict[str, Any]]
     iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-12)
     pairs = np.argwhere(np.triu((iou > _DUPLICATE_IOU) & (labels[:, None] == labels[None, :]), k=1))
     return [
-        _problem(
+        problem(
             "duplicate-box",
             [sample.path],
             f"{sample.path}: two {classes[labels[i]]!r} boxes {list(objects.boxes[i])} and {list(objects.boxes[j])} "
@@ -301,39 +232,31 @@ def _duplicate_boxes(sample: Sample, classes: list[str]) -> list[dict[str, Any]]
     ]
 
 
-def _orientation(path: Path) -> int:
-    try:
-        with Image.open(path) as image:
-            return int(image.getexif().get(_EXIF_ORIENTATION, 1))
-    except Exception:  # unreadable: reported as corrupt already
-        return 1
-
-
 def _placement_problems(index: DataIndex, scans: dict[Path, _Scan]) -> list[dict[str, Any]]:
     """Images whose boxes may not sit where they seem: the annotated size is not the image's (either way round,
     as EXIF rotation may swap them), or an EXIF orientation turns the decoded image away from the stored pixels
     that boxes refer to."""
     problems = []
-    for sample in {s.path: s for _, s in _entries(index)}.values():  # Samples may hold unhashable masks
+    for sample in {s.path: s for _, s in entries(index)}.values():  # Samples may hold unhashable masks
         stated, actual = sample.target.size, scans[sample.path].size  # type: ignore[union-attr]
         if stated and actual and stated not in (actual, actual[::-1]):
             message = (
                 f"{sample.path}: the annotation says {stated[0]}×{stated[1]} but the image is {actual[0]}×{actual[1]}; "
                 "its boxes may be misplaced, check the annotation belongs to this image"
             )
-            problems.append(_problem("size", [sample.path], message))
-        orientation = _orientation(sample.path) if sample.target.boxes else 1  # type: ignore[union-attr]
+            problems.append(problem("size", [sample.path], message))
+        orientation = exif_orientation(sample.path) if sample.target.boxes else 1  # type: ignore[union-attr]
         if orientation != 1:
             message = (
                 f"{sample.path}: EXIF orientation {orientation} turns the image when decoded, while boxes are read in "
                 "its stored pixels; save it upright (with its boxes in that frame) or check the boxes match"
             )
-            problems.append(_problem("orientation", [sample.path], message))
+            problems.append(problem("orientation", [sample.path], message))
     return problems
 
 
 def _box_problems(index: DataIndex, scans: dict[Path, _Scan]) -> list[dict[str, Any]]:
-    duplicates = [p for _, s in _entries(index) for p in _duplicate_boxes(s, index.classes)]
+    duplicates = [p for _, s in entries(index) for p in _duplicate_boxes(s, index.classes)]
     return duplicates + _placement_problems(index, scans)
 
 
@@ -358,8 +281,6 @@ def validate_data(
     its image), `mask-corrupt` (unreadable), `mask-size` (not its image's size) and `mask-values` (values, or
     colours, that are no class).
     """
-    from imagerec.data._mask_checks import mask_problems, polygon_problems  # it imports this module
-
     index, findings = load_index_with_findings(path, format=format)
     paths = _unique_paths(index)
     masks = index.masks is not None
@@ -373,10 +294,10 @@ def validate_data(
             progress(done, total)
 
     scans: dict[Path, _Scan] = {}
-    for scan in _parallel(_scan, paths):
+    for scan in parallel(_scan, paths):
         scans[scan.path] = scan
         tick()
-    problems = [_problem(s.kind or "corrupt", [s.path], s.error) for s in scans.values() if s.error is not None]
+    problems = [problem(s.kind or "corrupt", [s.path], s.error) for s in scans.values() if s.error is not None]
     problems += _duplicate_problems(index, scans)
     problems += _channel_problems(scans)
     detection = _is_detection(index)
@@ -393,7 +314,7 @@ def validate_data(
     }
     if detection:
         report |= {
-            "boxes": sum(len(s.target.boxes) for _, s in _entries(index)),  # type: ignore[union-attr]
+            "boxes": sum(len(s.target.boxes) for _, s in entries(index)),  # type: ignore[union-attr]
             "warnings": findings.warnings,
             "warning_summary": dict(Counter(w["kind"] for w in findings.warnings)),
         }
@@ -440,8 +361,8 @@ def split_dataset(
         raise UserError(f"{data}: segmentation data has no class per image to write folders for; train splits it")
     _check_class_names(index.classes, data)
     check_out(out, data)
-    pooled = sorted(index.splits, key=lambda n: _SPLIT_ORDER.get(n, 9))
-    samples = list(dict.fromkeys(s for _, s in _entries(index)))
+    pooled = ordered_splits(index)
+    samples = list(dict.fromkeys(s for _, s in entries(index)))
     parts = stratified_split(samples, index.classes, val=val, test=test, seed=seed)
     with staged_output(out, "the split") as tmp:
         placed = _place(parts, index.classes, tmp)
