@@ -15,7 +15,7 @@ from imagerec.cli import main as cli_main
 from imagerec.cli.main import app
 from imagerec.data.checks import inspect_data, validate_data
 from imagerec.data.convert import convert_data
-from imagerec.data.formats import detect_format, load_index
+from imagerec.data.formats import DATA_FORMATS, DETECTION_FORMATS, FORMATS, detect_format, load_index
 from imagerec.data.index import DataIndex
 from imagerec.data.targets import Objects
 from imagerec.errors import UserError
@@ -282,6 +282,20 @@ def test_classification_detection_is_unchanged(make_image_folder, tmp_path):
     assert detect_format(tmp_path / "cls") == "csv"
 
 
+def test_formats_are_one_registry_asked_in_a_fixed_order(coco):
+    """Which format a folder is taken for depends on the order formats are asked in: split CSVs, COCO, masks
+    before YOLO (whose sniffing takes a classes.yaml for a data.yaml), VOC, any box CSV, and else an image folder."""
+    asked = [f.name for f in sorted(DATA_FORMATS.values(), key=lambda f: f.priority) if f.detect is not None]
+    assert asked == ["csv", "coco", "masks", "yolo", "voc", "csvboxes"]
+    assert FORMATS == ("imagefolder", "csv", "coco", "yolo", "voc", "masks")
+    assert DETECTION_FORMATS == ("coco", "yolo", "voc", "csvboxes")
+    assert [f.name for f in DATA_FORMATS.values() if f.write is not None] == ["coco", "yolo", "voc"]
+    with pytest.raises(
+        UserError, match=r"unknown data format 'tfrecord': use imagefolder, csv, coco, yolo, voc, masks \(or auto\)$"
+    ):
+        load_index(coco, format="tfrecord")
+
+
 # --- repairs: clipping and zero-area -------------------------------------------------------------------------
 
 
@@ -486,8 +500,8 @@ def test_convert_cli_and_refusals(coco, make_image_folder, tmp_path):
     assert "left out 1 segmentations" in result.stdout
     with pytest.raises(UserError, match="already exists and is not empty"):
         convert_data(coco, tmp_path / "out", to="coco")
-    with pytest.raises(UserError, match="cannot convert to 'tfrecord'"):
-        convert_data(coco, tmp_path / "new", to="tfrecord")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="cannot convert to 'tfrecord': use one of coco, yolo, voc$"):
+        convert_data(coco, tmp_path / "new", to="tfrecord")
     make_image_folder(tmp_path / "cls", {"a": 2, "b": 2})
     with pytest.raises(UserError, match="classification data"):
         convert_data(tmp_path / "cls", tmp_path / "new", to="coco")

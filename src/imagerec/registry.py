@@ -44,6 +44,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return list(self._items)
 
+    def values(self) -> list[T]:
+        """The registered objects, in the order they were registered."""
+        return list(self._items.values())
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

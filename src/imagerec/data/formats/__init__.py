@@ -1,76 +1,56 @@
-"""Format readers, each turning files on disk into a DataIndex; `load_index` detects which applies."""
+"""Data formats, each a registered entry that recognises, reads and (detection formats) writes its layout;
+`load_index` detects which applies and reads the data into a DataIndex.
+
+A new format is one module defining its `FORMAT` (a `DataFormat`) and one line registering it below.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from imagerec.data.formats import coco, csvboxes, csvfile, imagefolder, masks, voc, yolo
+from imagerec.data.formats._boxes import Findings
+from imagerec.data.formats.base import DataFormat
 from imagerec.data.index import DataIndex
 from imagerec.errors import UserError
+from imagerec.registry import Registry
 
-if TYPE_CHECKING:
-    from imagerec.data.formats._boxes import Findings
+DATA_FORMATS: Registry[DataFormat] = Registry("data format")
+# In the order messages list them; detection asks them by `priority` instead.
+for _module in (imagefolder, csvfile, coco, yolo, voc, masks, csvboxes):
+    DATA_FORMATS.add(_module.FORMAT.name, _module.FORMAT)
 
-FORMATS = ("imagefolder", "csv", "coco", "yolo", "voc", "masks")  # what a user may force; `csv` reads boxes too
-DETECTION_FORMATS = ("coco", "yolo", "voc", "csvboxes")  # DataIndex.format of detection data
+_FALLBACK = "imagefolder"  # what a folder (or file) no format recognises is read as
+FORMATS = tuple(f.name for f in DATA_FORMATS.values() if f.forceable)  # what a user may force; `csv` reads boxes too
+DETECTION_FORMATS = tuple(f.name for f in DATA_FORMATS.values() if f.detection)  # DataIndex.format of detection data
 
 
-def _has_box_csv(path: Path) -> bool:
-    from imagerec.data.formats.csvboxes import has_box_columns
-
-    files = [path] if path.is_file() else sorted(path.glob("*.csv"))
-    return any(has_box_columns(f) for f in files)
+def _actual(data_format: DataFormat, path: Path) -> str:
+    return data_format.variant(path) if data_format.variant is not None else data_format.name
 
 
 def detect_format(path: Path) -> str:
     """The format of the data at `path`, judged from file suffixes and the layout (no file is fully read)."""
-    from imagerec.data.formats import coco, csvfile, masks, voc, yolo
-
+    ordered = sorted(DATA_FORMATS.values(), key=lambda f: f.priority)
     if path.is_file():
         suffix = path.suffix.lower()
-        by_suffix = {".json": "coco", ".yaml": "yolo", ".yml": "yolo", ".xml": "voc"}
-        if suffix == ".csv":
-            return "csvboxes" if _has_box_csv(path) else "csv"
-        return by_suffix.get(suffix, "imagefolder")
-    if csvfile.split_csvs(path):
-        return "csvboxes" if _has_box_csv(path) else "csv"
-    if coco.coco_files(path):
-        return "coco"
-    # Before YOLO, whose sniffing takes any yaml with `names:` (as classes.yaml has) for a data.yaml; a mask
-    # folder holds images, never YOLO's .txt labels, so real YOLO data is not taken for masks.
-    if masks.is_masks(path):
-        return "masks"
-    if yolo.is_yolo(path):
-        return "yolo"
-    if voc.is_voc(path):
-        return "voc"
-    return "csvboxes" if _has_box_csv(path) else "imagefolder"
+        found = next((f for f in ordered if suffix in f.suffixes), None)
+    else:
+        found = next((f for f in ordered if f.detect is not None and f.detect(path)), None)
+    return _actual(found, path) if found is not None else _FALLBACK
 
 
 def _read(path: Path | str, format: str, findings: Findings) -> DataIndex:
-    from imagerec.data.formats import coco, csvboxes, csvfile, imagefolder, masks, voc, yolo
-
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; give the folder holding your class subfolders or a CSV")
     if format == "auto":
         format = detect_format(path)
-    elif format == "csv" and _has_box_csv(path):
-        format = "csvboxes"
-    readers = {
-        "coco": coco.read_coco,
-        "yolo": yolo.read_yolo,
-        "voc": voc.read_voc,
-        "csvboxes": csvboxes.read_csv_boxes,
-        "masks": masks.read_masks,
-    }
-    if format in readers:
-        return readers[format](path, findings)
-    if format == "csv":
-        return csvfile.read_csv_index(path)
-    if format == "imagefolder":
-        return imagefolder.read_imagefolder(path)
-    raise UserError(f"unknown data format {format!r}: use {', '.join(FORMATS)} (or auto)")
+    elif format in DATA_FORMATS:
+        format = _actual(DATA_FORMATS.get(format), path)
+    if format not in DATA_FORMATS:
+        raise UserError(f"unknown data format {format!r}: use {', '.join(FORMATS)} (or auto)")
+    return DATA_FORMATS.get(format).read(path, findings)
 
 
 def load_index(path: Path | str, *, format: str = "auto") -> DataIndex:
@@ -82,8 +62,6 @@ def load_index(path: Path | str, *, format: str = "auto") -> DataIndex:
     Detection boxes reaching outside their image are clipped and zero-area ones dropped, each kind with a note in
     `index.notes`; every other problem with the data raises UserError.
     """
-    from imagerec.data.formats._boxes import Findings
-
     return _read(path, format, Findings())
 
 
@@ -91,7 +69,5 @@ def load_index_with_findings(path: Path | str, *, format: str = "auto") -> tuple
     """Like `load_index`, but problems that would stop reading (inverted boxes, unknown categories or image ids,
     images without a mask and masks without an image) are collected and left out instead, so that
     `imagerec data validate` can list them all."""
-    from imagerec.data.formats._boxes import Findings
-
     findings = Findings(collect=True)
     return _read(path, format, findings), findings

@@ -1,4 +1,5 @@
-"""What the detection readers share: box checks, problem collection, image lookup, class lists and split names."""
+"""What the detection formats share: box checks, problem collection, image lookup, class lists, split names, and
+the few helpers their writers use."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,3 +288,34 @@ def read_sidecar(folder: Path) -> tuple[list[str], list[int]] | None:
         return [str(e["name"]) for e in entries], [int(e["id"]) for e in entries]
     except (ValueError, TypeError, KeyError):
         raise UserError(f'{file}: expected a list of {{"id": …, "name": …}}; fix or remove it') from None
+
+
+# --- writing (`imagerec data convert`) ---------------------------------------------------------------------------
+
+
+def coordinate(value: float) -> int | float:
+    """A pixel coordinate to 12 significant digits (far below 1e-6 relative, and 117.99999999999999 reads 118),
+    written as an integer when it is one."""
+    value = float(f"{value:.12g}")
+    return int(value) if value.is_integer() else value
+
+
+def stored_size(sample: Sample) -> tuple[int, int]:
+    """The stored image's size (boxes are in its pixels), else the one the annotation stated."""
+    size = image_size(sample.path) or sample.target.size  # type: ignore[union-attr]
+    if size is None:
+        raise UserError(f"{sample.path}: cannot read the image's size; replace or remove it, then convert again")
+    return size
+
+
+def filled_splits(index: DataIndex) -> Iterator[tuple[str, list[Sample]]]:
+    """(split, samples) for every split that has samples, in train, val, test order."""
+    order = {"train": 0, "val": 1, "test": 2}
+    for split in sorted(index.splits, key=lambda s: order.get(s, 9)):
+        if index.splits[split]:
+            yield split, index.splits[split]
+
+
+def segmentations(index: DataIndex) -> int:
+    """How many objects in the index have a segmentation: what a format that keeps boxes only leaves out."""
+    return sum(1 for s in index.all_samples() for seg in s.target.segmentation if seg)  # type: ignore[union-attr]

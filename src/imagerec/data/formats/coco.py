@@ -11,9 +11,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from imagerec.data.formats._boxes import Findings, ImageFinder, ObjectsBuilder, build_index, split_of
+from imagerec.data.formats._boxes import (
+    Findings,
+    ImageFinder,
+    ObjectsBuilder,
+    build_index,
+    coordinate,
+    filled_splits,
+    split_of,
+    stored_size,
+)
+from imagerec.data.formats.base import DataFormat, Place, Written
 from imagerec.data.index import DataIndex
-from imagerec.data.targets import Sample
+from imagerec.data.targets import Objects, Sample
 from imagerec.errors import UserError
 
 _SNIFF_BYTES = 1 << 20
@@ -210,3 +220,74 @@ def read_coco(path: Path, findings: Findings | None = None) -> DataIndex:
     return build_index(
         root, [name for _, name in classes], splits, format="coco", findings=findings, category_ids=list(labels)
     )
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+
+
+def _written_area(box: tuple[float, ...], segmentation: Any, size: tuple[int, int]) -> float:
+    """COCO's `area` is the mask's where there is one (what small/medium/large go by), else the box's."""
+    if segmentation:
+        from pycocotools import mask as mask_utils
+
+        try:
+            if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), str):  # compressed RLE
+                return float(mask_utils.area(segmentation))
+            rles = mask_utils.frPyObjects(segmentation, size[1], size[0])
+            return float(mask_utils.area(mask_utils.merge(rles) if isinstance(rles, list) else rles))
+        except (TypeError, ValueError, IndexError, KeyError):  # a malformed mask: fall back to the box
+            pass
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def _coco_file(index: DataIndex, samples: list[Sample], images: Path, place: Place) -> dict[str, Any]:
+    ids = index.category_ids or list(range(1, len(index.classes) + 1))
+    document: dict[str, Any] = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i, "name": name} for i, name in zip(ids, index.classes, strict=True)],
+    }
+    for image_id, sample in enumerate(samples, start=1):
+        objects: Objects = sample.target  # type: ignore[assignment]
+        width, height = stored_size(sample)
+        name = place(sample, images)
+        document["images"].append({"id": image_id, "file_name": name, "width": width, "height": height})
+        for i, (box, label) in enumerate(zip(objects.boxes, objects.labels, strict=True)):
+            segmentation = objects.segmentation[i] if objects.segmentation else []
+            document["annotations"].append(
+                {
+                    "id": len(document["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": ids[label],
+                    "bbox": [coordinate(v) for v in (box[0], box[1], box[2] - box[0], box[3] - box[1])],
+                    "area": _written_area(box, segmentation, (width, height)),
+                    "iscrowd": int(objects.ignored(i)),
+                    "segmentation": segmentation,
+                }
+            )
+    return document
+
+
+def write_coco(index: DataIndex, root: Path, place: Place) -> Written:
+    """Write detection data as COCO JSON: one annotations file per split, images in `images/<split>/`."""
+    written = Written()
+    for split, samples in filled_splits(index):
+        unsplit = split == "all"
+        images = root / "images" if unsplit else root / "images" / split
+        document = _coco_file(index, samples, images, place)
+        target = root / "annotations.json" if unsplit else root / "annotations" / f"instances_{split}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(document), encoding="utf-8")
+        written.boxes += len(document["annotations"])
+    return written
+
+
+FORMAT = DataFormat(
+    "coco",
+    read=read_coco,
+    detect=lambda path: bool(coco_files(path)),
+    priority=20,
+    suffixes=(".json",),
+    write=write_coco,
+    detection=True,
+)

@@ -21,6 +21,7 @@ from imagerec.data.formats._boxes import (
     read_names,
     split_of,
 )
+from imagerec.data.formats.base import DataFormat
 from imagerec.data.index import SPLIT_ALIASES, DataIndex
 from imagerec.data.targets import Sample
 from imagerec.errors import UserError
@@ -171,3 +172,14 @@ def read_csv_boxes(path: Path, findings: Findings | None = None) -> DataIndex:
     except ValueError:  # absolute image paths in a CSV given by a relative path
         root = given
     return build_index(root, classes, splits, format="csvboxes", findings=findings)
+
+
+def has_box_csv(path: Path) -> bool:
+    """Whether the CSV at `path`, or any CSV in the folder `path`, has box columns."""
+    files = [path] if path.is_file() else sorted(path.glob("*.csv"))
+    return any(has_box_columns(f) for f in files)
+
+
+# Any box CSV in a folder counts only once every other layout has been ruled out; box CSVs named by split are
+# found earlier, through `csv`.
+FORMAT = DataFormat("csvboxes", read=read_csv_boxes, detect=has_box_csv, priority=60, detection=True, forceable=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from imagerec.data.formats.base import DataFormat
+from imagerec.data.formats.csvboxes import has_box_csv
 from imagerec.data.index import SPLIT_ALIASES, DataIndex
 from imagerec.data.targets import Sample
 from imagerec.errors import UserError
@@ -65,3 +67,13 @@ def read_csv_index(path: Path) -> DataIndex:
     root = path if path.is_dir() else path.parent
     origin = "csv" if "all" not in splits else "stratified"
     return DataIndex(root=root, classes=classes, splits=splits, multilabel=multilabel, origin=origin)
+
+
+FORMAT = DataFormat(
+    "csv",
+    read=lambda path, _findings: read_csv_index(path),
+    detect=lambda path: bool(split_csvs(path)),
+    priority=10,
+    suffixes=(".csv",),
+    variant=lambda path: "csvboxes" if has_box_csv(path) else "csv",  # one name for both kinds of table
+)

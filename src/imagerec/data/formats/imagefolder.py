@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from imagerec.data.formats.base import DataFormat
 from imagerec.data.images import is_image_file
 from imagerec.data.index import SPLIT_ALIASES, DataIndex
 from imagerec.data.targets import Sample
@@ -46,3 +47,7 @@ def read_imagefolder(root: Path) -> DataIndex:
             samples.extend(Sample(p, lookup[name]) for p in images)
         splits[split] = samples
     return DataIndex(root=root, classes=classes, splits=splits, origin=origin)
+
+
+# No `detect`: an image folder is what data no other format recognises is read as.
+FORMAT = DataFormat("imagefolder", read=lambda path, _findings: read_imagefolder(path))

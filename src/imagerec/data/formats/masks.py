@@ -15,6 +15,7 @@ from pathlib import Path
 
 from imagerec.data.formats._boxes import Findings, images_in, split_of
 from imagerec.data.formats._mask_classes import coding_for
+from imagerec.data.formats.base import DataFormat
 from imagerec.data.index import DataIndex
 from imagerec.data.targets import MaskFile, Sample
 from imagerec.errors import UserError
@@ -179,3 +180,8 @@ def read_masks(path: Path, findings: Findings | None = None) -> DataIndex:
         format="masks",
         masks=coding,
     )
+
+
+# Before YOLO, whose sniffing takes any yaml with `names:` (as classes.yaml has) for a data.yaml; a mask folder holds
+# images, never YOLO's .txt labels, so real YOLO data is not taken for masks.
+FORMAT = DataFormat("masks", read=read_masks, detect=is_masks, priority=30)

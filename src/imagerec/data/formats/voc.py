@@ -8,25 +8,32 @@ The box numbers are kept as written (no 1-based shift), so conversions give back
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 from imagerec.data.formats._boxes import (
+    CATEGORIES_SIDECAR,
     Findings,
     ImageFinder,
     ObjectsBuilder,
     build_index,
+    coordinate,
+    filled_splits,
     image_size,
     images_in,
     names_file,
     number,
     read_names,
     read_sidecar,
+    segmentations,
     split_of,
+    stored_size,
 )
+from imagerec.data.formats.base import DataFormat, Place, Written
 from imagerec.data.index import DataIndex
-from imagerec.data.targets import Sample
+from imagerec.data.targets import Objects, Sample
 from imagerec.errors import UserError
 
 _CORNERS = ("xmin", "ymin", "xmax", "ymax")
@@ -219,3 +226,59 @@ def read_voc(path: Path, findings: Findings | None = None) -> DataIndex:
         category_ids=category_ids,
         notes=_unannotated(everything),
     )
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+
+
+def _voc_xml(sample: Sample, name: str, classes: list[str]) -> ET.Element:
+    objects: Objects = sample.target  # type: ignore[assignment]
+    width, height = stored_size(sample)
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "filename").text = name
+    size = ET.SubElement(root, "size")
+    for key, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, key).text = str(value)
+    for i, (box, label) in enumerate(zip(objects.boxes, objects.labels, strict=True)):
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = classes[label]
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = str(int(objects.ignored(i)))
+        corners = ET.SubElement(obj, "bndbox")
+        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True):
+            ET.SubElement(corners, key).text = repr(coordinate(value))
+    ET.indent(root, space="\t")
+    return root
+
+
+def write_voc(index: DataIndex, root: Path, place: Place) -> Written:
+    """Write detection data as Pascal VOC: `JPEGImages/`, one XML per image in `Annotations/`, split lists in
+    `ImageSets/Main/`, and the class list (with COCO ids, when there are any) beside them."""
+    written = Written()
+    for split, samples in filled_splits(index):
+        ids = []
+        for sample in samples:
+            name = place(sample, root / "JPEGImages", by_stem=True)  # an annotation is named after its image
+            ids.append(Path(name).stem)
+            (root / "Annotations").mkdir(exist_ok=True)
+            ET.ElementTree(_voc_xml(sample, name, index.classes)).write(
+                root / "Annotations" / f"{ids[-1]}.xml", encoding="utf-8", xml_declaration=False
+            )
+            written.boxes += len(sample.target.boxes)  # type: ignore[union-attr]
+        if split != "all":
+            sets = root / "ImageSets" / "Main" / f"{split}.txt"
+            sets.parent.mkdir(parents=True, exist_ok=True)
+            sets.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in index.classes), encoding="utf-8")
+    if index.category_ids:
+        entries = [{"id": i, "name": n} for i, n in zip(index.category_ids, index.classes, strict=True)]
+        (root / CATEGORIES_SIDECAR).write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+    written.leave_out("segmentations (VOC keeps boxes only)", segmentations(index))
+    return written
+
+
+FORMAT = DataFormat(
+    "voc", read=read_voc, detect=is_voc, priority=50, suffixes=(".xml",), write=write_voc, detection=True
+)

@@ -16,21 +16,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from imagerec.data.formats._boxes import (
     Findings,
     ObjectsBuilder,
     build_index,
+    filled_splits,
     image_size,
     images_in,
     load_yaml_mapping,
     names_file,
     number,
     read_names,
+    segmentations,
     split_of,
+    stored_size,
 )
+from imagerec.data.formats.base import DataFormat, Place, Written
 from imagerec.data.images import is_image_file
 from imagerec.data.index import SPLIT_ALIASES, DataIndex
-from imagerec.data.targets import Sample
+from imagerec.data.targets import Objects, Sample
 from imagerec.errors import UserError
 
 _FIELDS = ("cx", "cy", "w", "h")
@@ -249,3 +255,50 @@ def read_yolo(path: Path, findings: Findings | None = None) -> DataIndex:
         for split, members in listed.items()
     }
     return build_index(root, names, splits, format="yolo", findings=findings, category_ids=category_ids, notes=notes)
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+
+_IGNORED = "ignored boxes (YOLO cannot mark crowd/difficult objects)"
+
+
+def _yolo_lines(sample: Sample, written: Written) -> list[str]:
+    objects: Objects = sample.target  # type: ignore[assignment]
+    width, height = stored_size(sample)
+    lines = []
+    for i, ((x1, y1, x2, y2), label) in enumerate(zip(objects.boxes, objects.labels, strict=True)):
+        if objects.ignored(i):
+            written.leave_out(_IGNORED)
+            continue
+        values = ((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
+        lines.append(f"{label} " + " ".join(repr(float(v)) for v in values))  # repr: the shortest exact digits
+    return lines
+
+
+def write_yolo(index: DataIndex, root: Path, place: Place) -> Written:
+    """Write detection data as YOLO: `images/<split>/`, `labels/<split>/` and a `data.yaml` naming the classes."""
+    written = Written()
+    config: dict[str, Any] = {}
+    for split, samples in filled_splits(index):
+        sub = "" if split == "all" else split
+        if sub:
+            config[split] = f"images/{sub}"
+        for sample in samples:
+            name = place(sample, root / "images" / sub, by_stem=True)  # a label file is named after its image
+            lines = _yolo_lines(sample, written)
+            label = (root / "labels" / sub / name).with_suffix(".txt")
+            label.parent.mkdir(parents=True, exist_ok=True)
+            label.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")  # empty: a negative example
+            written.boxes += len(lines)
+    # No `path:` key: Ultralytics then resolves the split folders next to this yaml.
+    config["names"] = dict(enumerate(index.classes))
+    if index.category_ids:
+        config["category_ids"] = list(index.category_ids)
+    (root / "data.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    written.leave_out("segmentations (YOLO keeps boxes only)", segmentations(index))
+    return written
+
+
+FORMAT = DataFormat(
+    "yolo", read=read_yolo, detect=is_yolo, priority=40, suffixes=(".yaml", ".yml"), write=write_yolo, detection=True
+)
