@@ -17,12 +17,13 @@ import imagerec
 from imagerec.config import TrainConfig
 from imagerec.engine import autotune
 from imagerec.engine.autotune import ComputeSettings, choose_cpu_settings, default_settings
-from imagerec.engine.checkpoint import Checkpointer, load_weights, save_weights
+from imagerec.engine.checkpoint import Checkpointer
 from imagerec.engine.loop import FitLoop, FitState, fit
 from imagerec.engine.optim import WARMUP_START, build_optimizer, build_scheduler
 from imagerec.errors import UserError
 from imagerec.runs import RunDir, atomic_write, write_text
 from imagerec.tasks.classification import ClassificationTask
+from imagerec.weights_io import load_weights, save_weights
 
 LR = 0.1
 STEPS_PER_EPOCH = 10
@@ -165,7 +166,7 @@ def test_checkpoint_save_on_full_disk_keeps_the_previous_epoch(tmp_path, monkeyp
     def full(tensors, filename, metadata=None):
         _disk_full(__import__("pathlib").Path(filename))
 
-    monkeypatch.setattr("imagerec.engine.checkpoint.save_file", full)
+    monkeypatch.setattr("imagerec.weights_io.save_file", full)
     with pytest.raises(UserError, match="disk space"):
         checkpointer.save_epoch(
             history=[{"epoch": 1}, {"epoch": 2}], weights={"w": torch.zeros(2)}, state={"fit": {"epoch": 2}}, best=True

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import imagerec
-from imagerec.engine.checkpoint import load_weights, save_weights
 from imagerec.errors import UserError
 from imagerec.models import CLASSIFIERS, create_model
 from imagerec.models.classification import TIMM_PREFIX
+from imagerec.weights_io import load_weights, save_weights
 
 # One cheap representative per family (plus our own and one timm model), all at a tiny input size.
 REPRESENTATIVES = [

@@ -17,7 +17,7 @@ from rich.console import Console
 
 import imagerec
 from imagerec.cli.main import main
-from imagerec.engine.checkpoint import load_weights
+from imagerec.weights_io import load_weights
 
 IMAGEREC = Path(sys.executable).with_name("imagerec")
 EPOCHS = 6

@@ -18,7 +18,7 @@ from PIL import Image
 from rich.console import Console
 
 import imagerec
-from imagerec.engine.checkpoint import load_weights
+from imagerec.weights_io import load_weights
 
 # Digits are 8×8 scans: training at their own size keeps a run to seconds on two slow cores.
 DIGITS = {"imgsz": 8, "batch": 64, "seed": 0}

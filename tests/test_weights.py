@@ -13,11 +13,11 @@ import yaml
 
 from helpers import invoke, user_error
 from imagerec.api import train
-from imagerec.engine.checkpoint import load_weights
 from imagerec.errors import UserError
 from imagerec.models import create_model
 from imagerec.models.detection import DetectorSpec, create_detector
 from imagerec.models.weights import _online, apply_weights, weights_preprocessing
+from imagerec.weights_io import load_weights
 
 TINY = {"epochs": 1, "batch": 64, "seed": 0, "precision": "32"}
 

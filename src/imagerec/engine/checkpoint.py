@@ -1,46 +1,17 @@
-"""Best/last weights (safetensors) and the resumable training state, all written atomically."""
+"""One finished epoch on disk: metrics, best/last weights and the resumable training state, all written atomically."""
 
 from __future__ import annotations
 
-import json
 import pickle
 import random
-from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
 from imagerec.errors import UserError
 from imagerec.runs import RunDir, atomic_write, write_csv
-
-MODULE_VERSIONS = "torch_module_versions"  # safetensors metadata key
-
-
-def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
-    # clone(): safetensors refuses tensors that share memory (tied weights) or are not contiguous.
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    # Modules' state-dict versions (e.g. MNASNet refuses to load without them) are not tensors: keep them as metadata.
-    versions = getattr(state_dict, "_metadata", None)
-    metadata = {MODULE_VERSIONS: json.dumps(versions)} if versions is not None else None
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        tensors = OrderedDict(load_file(str(path)))
-        with safe_open(str(path), framework="pt") as handle:
-            versions = (handle.metadata() or {}).get(MODULE_VERSIONS)
-        if versions is not None:
-            tensors._metadata = OrderedDict(json.loads(versions))  # type: ignore[attr-defined]
-        return tensors
-    except FileNotFoundError:
-        raise UserError(f"{path}: weights missing; the run did not finish an epoch") from None
-    except (SafetensorError, OSError) as error:
-        raise UserError(f"{path}: damaged weights file ({error}); use the other checkpoint or retrain") from None
+from imagerec.weights_io import save_weights
 
 
 def rng_state() -> dict[str, Any]:

@@ -349,8 +349,8 @@ def _refuse_misfit(
 
 
 def _run_state(path: Path) -> tuple[dict[str, torch.Tensor], str]:
-    from imagerec.engine.checkpoint import load_weights
     from imagerec.runs import open_run
+    from imagerec.weights_io import load_weights
 
     run = open_run(path)
     weights = run.best if run.best.exists() else run.last
