@@ -31,6 +31,27 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _autotune_without_timing() -> Iterator[Callable[..., float]]:
+    """`--precision auto` on a CPU picks the fastest of fp32/bf16 × NCHW/channels_last by timing a few steps, so a
+    busy machine could change the choice, and with it every trained number. In tests each candidate measures the
+    same, so the baseline (fp32, NCHW) is chosen whatever the load. Yields the real measurement."""
+    from imagerec.engine import autotune
+
+    real = autotune._images_per_second
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(autotune, "_images_per_second", lambda *args, **kwargs: 100.0)
+        yield real
+
+
+@pytest.fixture
+def real_timing(_autotune_without_timing: Callable[..., float], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Autotune measures real step times in this test (for tests whose outcome cannot depend on them)."""
+    from imagerec.engine import autotune
+
+    monkeypatch.setattr(autotune, "_images_per_second", _autotune_without_timing)
+
+
 MakeImage = Callable[..., Path]
 MakeImageFolder = Callable[..., Path]
 

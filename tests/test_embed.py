@@ -84,7 +84,8 @@ def test_embed_writes_parquet_and_npz(base_run, gallery, index, tmp_path):
     assert meta["run"] == str(base_run.resolve())
     assert meta["features"] == "input of head.4"
     from_parquet = read_embeddings(index)
-    np.testing.assert_allclose(from_parquet.vectors, read_embeddings(npz).vectors, atol=1e-6)  # other batch size
+    # Another batch size may take other convolution kernels, which round differently in the last bits.
+    np.testing.assert_allclose(from_parquet.vectors, read_embeddings(npz).vectors, rtol=1e-5, atol=1e-5)
     assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary name
 
 

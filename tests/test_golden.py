@@ -2,8 +2,8 @@
 
 The stored files were written by this test (`IMAGEREC_WRITE_GOLDEN=1`) on main before the task contract, the typed
 run records and the single evaluation path were introduced, so a refactor that changes any number fails here.
-Everything is pinned (fp32, one thread, seed 0, fixed data); the tolerance only absorbs the last bits that another
-CPU's vector units may round differently.
+Everything is pinned (fp32, one thread, seed 0, fixed data, and the NCHW layout: in tests autotune never times,
+see conftest.py); the tolerance only absorbs the last bits that another CPU's vector units may round differently.
 """
 
 from __future__ import annotations
