@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, median, print_machine  # noqa: E402
-from imagerec.models.detection import DetectorSpec, create_detector, list_detectors  # noqa: E402
+from imagerec.models.detection import DetectorSpec, create_detector, list_detectors, thresholds  # noqa: E402
 
 CONF = 0.25
 BACKBONE_HEADS = ("fcos", "retinanet", "fasterrcnn")  # their default backbone (resnet18) is what is measured
@@ -71,10 +71,10 @@ def main() -> None:
             torch.manual_seed(0)
             spec = DetectorSpec(num_classes=10, in_channels=1, imgsz=imgsz, mean=[0.5], std=[0.25])
             model = create_detector(name, spec).eval()
-            model.set_thresholds(score=CONF)
             params = params or sum(p.numel() for p in model.parameters()) / 1e6
-            speeds = [images_per_s(model, imgsz, b, repeats=repeats, min_images=args.min_images)
-                      for b in args.batches]  # fmt: skip
+            with thresholds(score=CONF):
+                speeds = [images_per_s(model, imgsz, b, repeats=repeats, min_images=args.min_images)
+                          for b in args.batches]  # fmt: skip
             row = (name, f"{params:.1f}", imgsz, *(f"{s:.1f}" for s in speeds), f"{os.getloadavg()[0]:.1f}")
             print("  " + "  ".join(str(c) for c in row), flush=True)
             rows.append(row)

@@ -49,6 +49,7 @@ from _common import (  # noqa: E402
     timed,
 )
 from imagerec.models import create_model  # noqa: E402
+from imagerec.runs import RunDir  # noqa: E402
 
 TARGET = 0.95
 
@@ -106,15 +107,15 @@ def plain_epoch(model, optimizer, scheduler, batches, *, bf16: bool, channels_la
 def plain_loop(data: Path, record: Path, args: argparse.Namespace, precision: str, channels_last: bool) -> Side:
     """The loop a PyTorch user would write by hand, timed per epoch exactly like the engine's metrics.csv."""
     start = time.perf_counter()
-    info = json.loads((record / "model.json").read_text())
+    info = RunDir(record).read_model_info()
     files = json.loads((record / "split.json").read_text())["train"]
     transform = v2.Compose([
-        v2.Resize(args.imgsz, antialias=True), v2.CenterCrop(args.imgsz), v2.Normalize(info["mean"], info["std"])
+        v2.Resize(args.imgsz, antialias=True), v2.CenterCrop(args.imgsz), v2.Normalize(info.mean, info.std)
     ])  # fmt: skip
-    dataset = CachedImages(data, files, info["classes"], transform)
+    dataset = CachedImages(data, files, info.classes, transform)
     loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True)
     torch.manual_seed(0)
-    model = create_model("classify", args.model, num_outputs=len(info["classes"]), in_channels=1, imgsz=args.imgsz)
+    model = create_model("classify", args.model, num_outputs=len(info.classes), in_channels=1, imgsz=args.imgsz)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
@@ -152,22 +153,22 @@ def decompose(data: Path, record: Path, args: argparse.Namespace, precision: str
     from imagerec.tasks.classification import ClassificationTask
     from imagerec.transforms.classification import train_transform
 
-    info = json.loads((record / "model.json").read_text())
+    info = RunDir(record).read_model_info()
     split = json.loads((record / "split.json").read_text())
     index = apply_split_record(load_index(data), split)
-    size = {"imgsz": args.imgsz, "mean": info["mean"], "std": info["std"]}
+    size = {"imgsz": args.imgsz, "mean": info.mean, "std": info.std}
     engine_set = ClassificationDataset(
-        index.samples("train"), channels=1, num_classes=len(info["classes"]),
+        index.samples("train"), channels=1, num_classes=len(info.classes),
         transform=train_transform("none", channels=1, **size),
     )  # fmt: skip
     plain_transform = v2.Compose([v2.Resize(args.imgsz, antialias=True), v2.CenterCrop(args.imgsz),
-                                  v2.Normalize(info["mean"], info["std"])])  # fmt: skip
-    plain_set = CachedImages(data, split["train"], info["classes"], plain_transform)
+                                  v2.Normalize(info.mean, info.std)])  # fmt: skip
+    plain_set = CachedImages(data, split["train"], info.classes, plain_transform)
     batches = list(DataLoader(plain_set, batch_size=args.batch, shuffle=True, drop_last=True))
 
     def setup() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         torch.manual_seed(0)
-        net = create_model("classify", args.model, num_outputs=len(info["classes"]), in_channels=1, imgsz=args.imgsz)
+        net = create_model("classify", args.model, num_outputs=len(info.classes), in_channels=1, imgsz=args.imgsz)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.05)
@@ -177,7 +178,7 @@ def decompose(data: Path, record: Path, args: argparse.Namespace, precision: str
     net, optimizer, engine_scheduler = setup()
     model, engine_optimizer = fabric.setup(net, optimizer)
     plain_model, plain_optimizer, plain_scheduler = setup()
-    task = ClassificationTask(info["classes"])
+    task = ClassificationTask(info.classes)
     bf16 = precision.startswith("bf16")
     runs: dict[str, list[float]] = {"data engine": [], "data plain": [], "loop engine": [], "loop plain": []}
     with Progress(console=quiet_console()) as progress:

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import imagerec  # noqa: E402
 from _common import markdown_table, print_machine, quiet_console  # noqa: E402
-from imagerec.api import measure  # noqa: E402
+from imagerec.evaluation import measure  # noqa: E402
 from imagerec.outputs.report import build_context, report_sections, write_report  # noqa: E402
 from imagerec.outputs.report import html as report_html  # noqa: E402
 from imagerec.runs import atomic_write, write_text  # noqa: E402
@@ -58,7 +58,7 @@ def phases(run: Path, out: Path) -> dict[str, float]:
     write_text(out / "report.html", text)
     times["HTML and files"] = seconds_since(start)
     start = time.perf_counter()
-    measure(ctx.predictor, ctx.index, ctx.split)
+    measure(ctx.predictor.task, ctx.predictor.model, ctx.predictor.info, ctx.index, ctx.split)
     print(f"for comparison, `imagerec evaluate`'s own pass over the split: {seconds_since(start):.2f} s")
     return times
 

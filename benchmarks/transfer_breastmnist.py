@@ -156,7 +156,7 @@ def finetune(subset: Path, work: Path, *, strategy: str, lr: float, epochs: int,
     run = imagerec.train(subset, out=out, console=quiet_console(), **options)
     wall = time.perf_counter() - start
     if strategy in HEADS:
-        chosen = max(imagerec.load(run.path).info["head"]["search"], key=lambda row: row["val_accuracy"])
+        chosen = max(imagerec.load(run.path).info.head["search"], key=lambda row: row["val_accuracy"])
         kept = {"val_accuracy": chosen["val_accuracy"]}
     else:
         rows = read_metrics(run.path)

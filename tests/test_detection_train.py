@@ -16,14 +16,13 @@ from pycocotools.cocoeval import COCOeval
 
 import imagerec
 from helpers import invoke, user_error
-from imagerec.config import ModelConfig
 from imagerec.data.datasets import DetectionDataset
 from imagerec.data.formats import load_index
 from imagerec.data.samples import write_digit_scenes
 from imagerec.metrics.detection import SUMMARY_KEYS
 from imagerec.models.detection import EVAL_SCORE_THRESHOLD
-from imagerec.outputs.results import Detections, coco_results
 from imagerec.tasks.detection import DetectionTask, collate
+from imagerec.tasks.results import Detections, coco_results
 
 EPOCHS = 8
 
@@ -38,7 +37,7 @@ def detect_run(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("detect") / "run"
     result = invoke(
         "train", scenes, "--task", "detect", "--model", "fcos_lite", "--epochs", EPOCHS, "--no-flip",
-        "--lr", "2e-3", "--batch", "8", "--out", out,
+        "--lr", "2e-3", "--batch", "8", "--precision", "32", "--out", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return out
@@ -49,7 +48,7 @@ def _untrained_map50(run: Path, scenes: Path) -> float:
     predictor = imagerec.load(run)
     task: DetectionTask = predictor.task
     torch.manual_seed(0)
-    model = task.build_model(ModelConfig(name="fcos_lite"), predictor.info).eval()
+    model = task.build_model(predictor.info).eval()
     index = load_index(scenes)
     dataset = DetectionDataset(index.samples("test"), channels=1)
     metrics = task.metrics()
@@ -207,7 +206,7 @@ def test_evaluate_equals_pycocotools_on_the_dataset_file(detect_run: Path, scene
     gt = COCO(str(scenes / "annotations" / "instances_test.json"))
     ids = {image["file_name"]: image["id"] for image in gt.dataset["images"]}
     results = predictor.predict([scenes / "images" / "test" / name for name in ids], conf=EVAL_SCORE_THRESHOLD)
-    entries = coco_results(results, predictor.classes, predictor.info["category_ids"])
+    entries = coco_results(results, predictor.classes, predictor.info.category_ids)
     for entry in entries:
         entry["image_id"] = ids[entry.pop("file_name")]
     reference = COCOeval(gt, gt.loadRes(entries), "bbox")

@@ -18,6 +18,7 @@ from imagerec.config import TrainConfig
 from imagerec.engine import autotune
 from imagerec.engine.autotune import ComputeSettings, choose_cpu_settings, default_settings
 from imagerec.engine.checkpoint import Checkpointer
+from imagerec.engine.evaluate import SplitScores
 from imagerec.engine.loop import FitLoop, FitState, fit
 from imagerec.engine.optim import WARMUP_START, build_optimizer, build_scheduler
 from imagerec.errors import UserError
@@ -209,7 +210,7 @@ def _probe():
     return model, batch, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])
 
 
-def test_autotune_returns_a_measured_valid_setting():
+def test_autotune_returns_a_measured_valid_setting(real_timing):
     model, batch, loss_fn = _probe()
     before = [p.detach().clone() for p in model.parameters()]
     settings = choose_cpu_settings(model, batch, loss_fn, steps=2)
@@ -294,8 +295,11 @@ def test_fit_stops_early_when_the_monitor_stalls():
 
 
 def test_fit_breaks_ties_of_the_monitor_with_the_validation_loss(monkeypatch):
-    scripted = iter([{"loss": 0.5, "accuracy": 0.8}, {"loss": 0.4, "accuracy": 0.8}, {"loss": 0.45, "accuracy": 0.8}])
-    monkeypatch.setattr("imagerec.engine.loop.evaluate", lambda *args, **kwargs: next(scripted))
+    scripted = iter([{"accuracy": 0.8}] * 3)
+    scripted_loss = [0.5, 0.4, 0.45]
+    monkeypatch.setattr(
+        "imagerec.engine.loop.evaluate_split", lambda *args, **kwargs: SplitScores(next(scripted), scripted_loss.pop(0))
+    )
     state, saved = _toy_fit(("val_accuracy", "max"), epochs=3)
     assert saved == [(1, True), (2, True), (3, False)]
     assert (state.best, state.best_loss, state.best_epoch) == (0.8, 0.4, 2)

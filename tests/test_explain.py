@@ -21,7 +21,6 @@ from scipy.stats import spearmanr
 
 import imagerec
 from helpers import user_error
-from imagerec.config import ModelConfig
 from imagerec.data.samples import write_digit_scenes
 from imagerec.outputs.explain import Explainer, Explanation, explain
 
@@ -71,9 +70,7 @@ def _randomised(run: Path, method: str) -> Explainer:
     """An explainer for the same architecture with fresh random weights (the model-randomisation test)."""
     explainer = Explainer(run, method=method)
     torch.manual_seed(0)
-    explainer.predictor.model = explainer.predictor.task.build_model(
-        ModelConfig(name="seed_cnn"), explainer.info
-    ).eval()
+    explainer.predictor.model = explainer.predictor.task.build_model(explainer.info).eval()
     return Explainer(explainer.predictor, method=method)
 
 
@@ -206,11 +203,11 @@ def test_target_layers_of_other_architectures() -> None:
     from imagerec.models.classification import create_classifier
 
     vit = create_classifier("vit_b_16", num_outputs=2, in_channels=3, imgsz=32)
-    layer, reshape = cam_layer(vit, {"imgsz": 32, "channels": 3, "model": "vit_b_16"})
+    layer, reshape = cam_layer(vit, imgsz=32, channels=3, name="vit_b_16")
     assert layer is vit.encoder.layers[-1].ln_1
     assert reshape(torch.zeros(1, 5, 768)).shape == (1, 768, 2, 2)
     swin = create_classifier("swin_t", num_outputs=2, in_channels=3, imgsz=64)
-    layer, reshape = cam_layer(swin, {"imgsz": 64, "channels": 3, "model": "swin_t"})
+    layer, reshape = cam_layer(swin, imgsz=64, channels=3, name="swin_t")
     assert layer is swin.permute
     assert reshape is None
 
@@ -313,7 +310,7 @@ def test_a_model_without_a_feature_map_is_told_which_method_applies() -> None:
 
     flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
     with pytest.raises(UserError, match="use --method integrated-gradients"):
-        cam_layer(flat, {"imgsz": 16, "channels": 3, "model": "mlp"})
+        cam_layer(flat, imgsz=16, channels=3, name="mlp")
 
 
 def test_a_segmenter_image_too_large_to_explain_whole_is_reported(segmenter, monkeypatch, tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -66,14 +65,14 @@ def test_report_numbers_agree_with_evaluate(digits_run, digits_dir):
     assert {k: v for k, v in ctx.metrics.items() if k != "data"} == {k: v for k, v in evaluated.items() if k != "data"}
     matrix = np.array(ctx.metrics["confusion_matrix"])
     assert matrix.sum() == evaluated["count"] == len(ctx.samples) == len(ctx.results) == 179
-    probs, targets = ctx.probabilities, np.array([s.target for s in ctx.samples])
+    probs, targets = torch.stack(ctx.outputs).numpy(), np.array([s.target for s in ctx.samples])
     assert probs.shape == (179, 10)
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
     # The report's own predictions (through the Predictor) give evaluate's confusion matrix.
     recounted = np.zeros((10, 10), dtype=int)
     np.add.at(recounted, (targets, probs.argmax(1)), 1)
     assert (recounted == matrix).all()
-    assert [r.label for r in ctx.results] == [ctx.info["classes"][k] for k in probs.argmax(1)]
+    assert [r.label for r in ctx.results] == [ctx.info.classes[k] for k in probs.argmax(1)]
     assert [r.source for r in ctx.results] == [str(s.path) for s in ctx.samples]
 
     # ECE by its definition: 15 equal-width bins (lo, hi] of the top-class probability.
@@ -106,7 +105,7 @@ def test_report_numbers_agree_with_evaluate(digits_run, digits_dir):
     # Heatmaps of the predicted class: on the most confident errors (true ≠ mapped), then successes (true = mapped).
     errors, successes = [b for b in sections["explanations"].blocks if hasattr(b, "images")]
     names = [s.path.name for s in ctx.samples]
-    predicted = {n: (ctx.info["classes"][k], p) for n, k, p in zip(names, probs.argmax(1), probs.max(1), strict=True)}
+    predicted = {n: (ctx.info.classes[k], p) for n, k, p in zip(names, probs.argmax(1), probs.max(1), strict=True)}
     for gallery, wrong in ((errors, True), (successes, False)):
         assert 0 < len(gallery.images) <= 6
         for image, caption in gallery.images:
@@ -129,17 +128,20 @@ def test_report_written_at_the_end_of_training(digits_run):
 
 
 def test_a_failing_report_does_not_lose_the_run(monkeypatch, tmp_path):
-    from imagerec import training
+    from imagerec.api import report_after_training
+    from imagerec.config import build_config
+    from imagerec.engine.evaluate import SplitScores
     from imagerec.outputs import report
+    from imagerec.runs import Run
 
     def broken(*args, **kwargs):
         raise RuntimeError("no fonts [today]")
 
     monkeypatch.setattr(report, "write_report", broken)
     out = io.StringIO()
-    session = SimpleNamespace(cfg=SimpleNamespace(data=SimpleNamespace(path=tmp_path)), accelerator="cpu")
-    session.console = Console(file=out, width=200)
-    training.TrainingSession._report(session, SimpleNamespace(path=tmp_path), "test", {"accuracy": 1.0})
+    cfg = build_config({"data": {"path": str(tmp_path)}, "train": {"device": "cpu"}})
+    scores = SplitScores({"accuracy": 1.0})
+    report_after_training(Run(tmp_path, split="test"), cfg, scores, Console(file=out, width=200))
     assert out.getvalue().strip() == "warning: report.html not written: RuntimeError: no fonts [today]"
 
 

@@ -28,11 +28,13 @@ from imagerec.data.samples import write_digit_scenes
 from imagerec.data.targets import Objects
 from imagerec.metrics.detection import SUMMARY_KEYS
 from imagerec.models.detection import EVAL_SCORE_THRESHOLD
-from imagerec.outputs.report import detection, segmentation
+from imagerec.outputs.report import TASK_MODULES, detection, segmentation
 from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table
 from imagerec.outputs.report.explanations import EXPLANATIONS_TITLE
-from imagerec.outputs.results import Detections, InstanceMasks, rle
+from imagerec.records import ModelInfo
 from imagerec.runs import open_run
+from imagerec.tasks.detection import DetectionTask, InstanceSegmentationTask
+from imagerec.tasks.results import Detections, InstanceMasks, rle
 
 DETECTION_TITLES = [
     "Precision–recall curves",
@@ -63,6 +65,7 @@ def _context(run: Path, data: Path, *, fmt: str = "auto", **options: float) -> R
     return ReportContext(
         run=run_dir,
         info=predictor.info,
+        task=predictor.task,
         config=run_dir.read_config(),
         history=[],
         out=run,
@@ -171,10 +174,14 @@ def _hand_made(scenes: Path, *, instance: bool = False) -> ReportContext:
             results.append(InstanceMasks(str(sample.path), **found, masks=tuple(rle(m) for m in masks)))
         else:
             results.append(Detections(str(sample.path), **found))
-    info = {"task": "segment" if instance else "detect", "classes": CLASSES, "instance": instance}
+    info = ModelInfo.model_validate({
+        "format": 1, "task": "segment" if instance else "detect", "model": "maskrcnn_resnet50_fpn", "classes": CLASSES,
+        "channels": 1, "imgsz": 64, "mean": [0.1], "std": [0.2], "instance": instance, "resize": "inside the model",
+    })  # fmt: skip
     return ReportContext(
         run=None,
         info=info,
+        task=InstanceSegmentationTask(CLASSES) if instance else DetectionTask(CLASSES),
         config={},
         history=[],
         out=scenes,
@@ -226,16 +233,15 @@ def test_instance_runs_are_measured_by_mask_ap(scenes: Path) -> None:
     metrics, values = detection.coco_metrics(ctx)
     assert metrics.iou_type == "segm"
     assert values["map"] == 1.0  # the masks are the true ones: only the moved box is wrong, and boxes don't count
-    box_info = {**ctx.info, "instance": False}
-    assert detection.coco_metrics(replace(ctx, info=box_info))[1]["map"] < 1.0
-    sections = segmentation.sections(ctx)  # a Mask R-CNN run is a segment run: reported as detection is
-    assert [s.title for s in sections] == DETECTION_TITLES
+    assert detection.coco_metrics(replace(ctx, task=DetectionTask(CLASSES)))[1]["map"] < 1.0
+    assert TASK_MODULES[ctx.task.kind] == "detection"  # a Mask R-CNN run is a segment run: reported as detection is
+    assert [s.title for s in detection.sections(ctx)] == DETECTION_TITLES
 
 
 def test_no_evaluation_data_no_task_sections(scenes: Path) -> None:
     ctx = replace(_hand_made(scenes), split=None, samples=[], results=[])
     assert detection.sections(ctx) == []
-    assert segmentation.sections(replace(ctx, info={"task": "segment", "classes": ["background", "x"]})) == []
+    assert segmentation.sections(ctx) == []
 
 
 # --- detection: a trained run ------------------------------------------------------------------------------------
@@ -311,7 +317,7 @@ def _image_scores(ctx: ReportContext) -> dict[str, float]:
         truth = np.asarray(Image.open(sample.target.path)).astype(np.int64)
         keep = truth != 255
         ious = []
-        for c in range(1, len(ctx.info["classes"])):
+        for c in range(1, len(ctx.info.classes)):
             t, p = (truth == c) & keep, (result.mask == c) & keep
             if (t | p).any():
                 ious.append((t & p).sum() / (t | p).sum())
@@ -325,7 +331,7 @@ def test_segmentation_report_of_a_trained_run(segment_ctx: ReportContext) -> Non
     sections = segmentation.sections(ctx)
     assert [s.title for s in sections] == [*SEGMENTATION_TITLES, EXPLANATIONS_TITLE]
     by_id = _by_id(sections)
-    classes = ctx.info["classes"]
+    classes = ctx.info.classes
     # The bars are the evaluated per-class IoU and Dice, in class order.
     bars = _blocks(by_id["segmentation-classes"], Figure)[0].figure.axes[0].containers
     for container, key in zip(bars[:2], ("iou", "dice"), strict=True):

@@ -14,9 +14,8 @@ from PIL import Image
 
 import imagerec
 from helpers import invoke, user_error
-from imagerec.config import ModelConfig
 from imagerec.data.samples import write_digit_scenes
-from imagerec.outputs.results import SegmentationMask
+from imagerec.tasks.results import SegmentationMask
 
 EPOCHS = 6
 
@@ -51,7 +50,7 @@ def test_unet_learns_digit_scenes(segment_run: Path, scenes: Path) -> None:
     measured = json.loads((segment_run / "evaluation" / "test.json").read_text())
     predictor = imagerec.load(segment_run)
     torch.manual_seed(0)
-    predictor.model = predictor.task.build_model(ModelConfig(name="unet"), predictor.info).eval()
+    predictor.model = predictor.task.build_model(predictor.info).eval()
     fresh = _evaluate_with(predictor, scenes)
     assert fresh["iou_fg"] < 0.3, fresh
     assert measured["iou_fg"] > 0.8, measured

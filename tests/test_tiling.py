@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from imagerec.outputs.tiling import blend_window, predict_tiled, tile_starts
+from imagerec.models.tiling import blend_window, predict_tiled, tile_starts
 
 
 def test_tile_starts_cover_the_image_with_the_overlap() -> None:

@@ -203,7 +203,7 @@ def test_binary_faces(faces_dir, tmp_path, binary_head, outputs):
     assert run.metrics["accuracy"] >= 0.75  # seeds 0-3 reach 0.8-1.0 with either head
     assert run.metrics["auc"] >= 0.85
     assert len(run.metrics["confusion_matrix"]) == 2
-    predictor = run.load(device="cpu")
+    predictor = imagerec.load(run, device="cpu")
     result = predictor.predict(sorted(Path(faces_dir, "face").glob("*.png"))[:1])[0]
     assert set(result.labels) == {"face", "non_face"}
     assert sum(result.probs) == pytest.approx(1.0, abs=1e-5)
@@ -239,7 +239,7 @@ def test_multilabel_csv(digits_dir, tmp_path):
     with (run.path / "metrics.csv").open() as handle:
         assert "val_map" in next(csv.DictReader(handle))
     seven = sorted(Path(digits_dir, "7").glob("*.png"))[:10]
-    results = run.load(device="cpu").predict(seven)
+    results = imagerec.load(run, device="cpu").predict(seven)
     assert sum(set(r.labels) == {"odd", "big"} for r in results) >= 7
     assert all(p >= 0.5 for r in results for p in r.probs[1:])  # every label shown beyond the first is above 0.5
     evaluated = imagerec.evaluate(run.path, data, device="cpu")

@@ -7,9 +7,10 @@ names load their modules on first use (PEP 562), so `imagerec --help` does not p
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = version("imagerec")
 
 _EXPORTS = {
     "train": "imagerec.api",
@@ -18,8 +19,8 @@ _EXPORTS = {
     "Explanation": "imagerec.outputs.explain",
     "load": "imagerec.outputs.predict",
     "Predictor": "imagerec.outputs.predict",
-    "Classification": "imagerec.outputs.results",
-    "Run": "imagerec.training",
+    "Classification": "imagerec.tasks.results",
+    "Run": "imagerec.runs",
     "UserError": "imagerec.errors",
     "list_models": "imagerec.models",
     "write_sample": "imagerec.data.samples",
@@ -47,8 +48,8 @@ if TYPE_CHECKING:
     from imagerec.models import list_models
     from imagerec.outputs.explain import Explanation, explain
     from imagerec.outputs.predict import Predictor, load
-    from imagerec.outputs.results import Classification
-    from imagerec.training import Run
+    from imagerec.runs import Run
+    from imagerec.tasks.results import Classification
 
 
 def __getattr__(name: str) -> Any:

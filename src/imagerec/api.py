@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
 from imagerec.config import SECTIONS, RunConfig, TrainConfig, build_config, merge, read_yaml
+from imagerec.engine.evaluate import SplitScores
 from imagerec.errors import UserError
 from imagerec.evaluation import evaluation_index, measure
 from imagerec.outputs.predict import Predictor, load
-from imagerec.runs import RunDir, open_run, write_json
-from imagerec.training import Run
+from imagerec.runs import Run, RunDir, open_run, write_json
+from imagerec.tasks.build import default_model
 
 __all__ = ["Run", "evaluate", "load", "train"]
 
@@ -39,7 +41,10 @@ def resolve_config(data: str | Path | None, *, config: str | Path | None = None,
     values = merge(values, nested)
     if "path" not in values.get("data", {}):
         raise UserError("no data given: pass the folder or CSV to train on")
-    return build_config(values)
+    cfg = build_config(values)
+    if "name" in values.get("model", {}):
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": default_model(cfg.task)})})
 
 
 def train(
@@ -55,7 +60,7 @@ def train(
     Options are the fields of DataConfig, ModelConfig and TrainConfig (e.g. `model="resnet18", epochs=10`).
     `resume` continues an interrupted run from its last finished epoch (optionally with more `epochs`).
     """
-    from imagerec.training import TrainingSession
+    from imagerec.training import train_run
 
     console = console or Console(soft_wrap=True)  # long lines stay whole in logs and CI output
     if resume is not None:
@@ -74,13 +79,34 @@ def train(
                 "(only training options such as epochs and patience may change)"
             )
         cfg = build_config(merge(saved, {"train": extra}))
-        return TrainingSession(cfg, console=console, resume=run).run()
-    cfg = resolve_config(data, config=config, **options)
-    if cfg.model.head != "network":  # scikit-learn on frozen embeddings: no training loop
-        from imagerec.embedding_head import train_head
+        trained, scores = train_run(cfg, console=console, resume=run)
+    else:
+        cfg = resolve_config(data, config=config, **options)
+        if cfg.model.head != "network":  # scikit-learn on frozen embeddings: no training loop
+            from imagerec.embedding_head import train_head
 
-        return train_head(cfg, console)
-    return TrainingSession(cfg, console=console).run()
+            return train_head(cfg, console)
+        trained, scores = train_run(cfg, console=console)
+    if trained.primary:
+        report_after_training(trained, cfg, scores, console)
+    return trained
+
+
+def report_after_training(run: Run, cfg: RunConfig, scores: SplitScores | None, console: Console) -> None:
+    """report.html in the run directory, from the scores training just measured (no second pass over the data);
+    drawing it must never cost the run."""
+    from imagerec.outputs.report import write_report
+
+    try:
+        device = "cpu" if cfg.train.device == "cpu" or not torch.cuda.is_available() else "auto"
+        path = write_report(
+            run.path, split=run.split or "test", evaluate=scores is not None, scores=scores, device=device
+        )
+    except Exception as error:  # a plotting bug or odd data must not lose a finished run
+        message = f"warning: report.html not written: {type(error).__name__}: {error}"
+        console.print(message, style="yellow", markup=False)
+    else:
+        console.print(f"report: {path}", markup=False)
 
 
 def evaluate(
@@ -90,6 +116,7 @@ def evaluate(
     run_dir = run if isinstance(run, RunDir) else open_run(run)
     predictor = Predictor(run_dir, device=device)
     index = evaluation_index(run_dir, data, split=split, classes=predictor.classes)
-    result = {"split": split, "data": str(data), **measure(predictor, index, split, batch=batch)}
+    scores = measure(predictor.task, predictor.model, predictor.info, index, split, batch=batch)
+    result = {"split": split, "data": str(data), **scores.metrics}
     write_json(run_dir.evaluation(split), result)
     return result

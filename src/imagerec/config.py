@@ -40,7 +40,7 @@ class DataConfig(_Config):
 
 
 class ModelConfig(_Config):
-    name: str = "seed_cnn"
+    name: str = Field("seed_cnn", description="default: the task's (seed_cnn, fcos_lite, unet)")
     binary_head: Literal["sigmoid", "softmax"] = Field(
         "sigmoid", description="two classes: one logit with BCE, or two-class softmax"
     )

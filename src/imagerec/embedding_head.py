@@ -6,8 +6,8 @@ the val split; the test split measures the result. The fitted classifier then be
 network's own (`models.embedding.NeighborVote`, or an `nn.Linear` holding the fitted coefficients), so the run
 directory is like any other and `imagerec evaluate`, `predict` and `embed` work on it unchanged.
 
-This module sits beside training.py rather than in engine/: like TrainingSession it is glue that binds a
-config, data, a concrete task and the run directory, and it reuses TrainingSession's preparation.
+This module sits beside training.py rather than in engine/: it is glue that binds a config, data, the task and
+the run directory, built from training.py's pieces (data, model record, pretrained weights, run files).
 """
 
 from __future__ import annotations
@@ -18,19 +18,22 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning_fabric.utilities.seed import seed_everything
 from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
 from imagerec.config import RunConfig
 from imagerec.engine.autotune import default_settings
-from imagerec.engine.checkpoint import save_weights
 from imagerec.errors import UserError
 from imagerec.models.classification import check_input_size
 from imagerec.models.embedding import NeighborVote, classifier_name, extract, replace_module, similarity_weights
-from imagerec.runs import new_run_dir, write_json
+from imagerec.records import ModelInfo
+from imagerec.runs import Run, new_run_dir, write_json
+from imagerec.tasks.build import check_head
 from imagerec.tasks.classification import ClassificationTask
-from imagerec.training import Run, TrainingSession
+from imagerec.training import accelerator, load_pretrained, model_info, prepare_data, write_run_files
+from imagerec.weights_io import save_weights
 
 K_GRID = (1, 3, 5, 7, 9, 15, 25)
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -102,7 +105,7 @@ def head_module(fitted: FittedHead, train_x: np.ndarray, train_y: np.ndarray, ta
 
 
 def _embed_split(
-    net: nn.Module, task: ClassificationTask, samples: list, info: dict[str, Any], *, layer: str, batch: int, device
+    net: nn.Module, task: ClassificationTask, samples: list, info: ModelInfo, *, layer: str, batch: int, device
 ) -> tuple[np.ndarray, np.ndarray]:
     dataset = task.dataset(samples, info=info, augment=None, cache=False)
     vectors, labels = [], []
@@ -112,12 +115,8 @@ def _embed_split(
     return torch.cat(vectors).numpy(), torch.cat(labels).numpy()
 
 
-def _check(cfg: RunConfig, task: Any, train_y: np.ndarray | None = None) -> None:
-    if cfg.task != "classify":
-        raise UserError(f"--head {cfg.model.head} fits a classifier on embeddings; it applies to --task classify")
-    if isinstance(task, ClassificationTask) and task.multilabel:
-        raise UserError(f"--head {cfg.model.head} fits single-label data; for multi-label data use --head network")
-    if train_y is not None and cfg.model.head == "logistic":
+def _check_classes_trained(cfg: RunConfig, task: ClassificationTask, train_y: np.ndarray) -> None:
+    if cfg.model.head == "logistic":
         missing = sorted(set(range(task.num_classes)) - set(train_y.tolist()))
         if missing:
             raise UserError(
@@ -129,22 +128,23 @@ def _check(cfg: RunConfig, task: Any, train_y: np.ndarray | None = None) -> None
 def train_head(cfg: RunConfig, console: Console) -> Run:
     """Fit `cfg.model.head` ("knn" or "logistic") on frozen embeddings of `cfg.model.name` (with
     `cfg.model.weights`), choose k or C on val, measure on test, and save a run directory that predicts."""
-    _check(cfg, None)
-    session = TrainingSession(cfg, console=console)
-    index, info, task = session.prepare_data()
-    _check(cfg, task)
-    net = task.build_model(cfg.model, info)
-    loaded = session.load_pretrained(net)
+    check_head(cfg)
+    device_kind = accelerator(cfg.train)
+    seed_everything(cfg.train.seed, workers=True, verbose=False)
+    index, task = prepare_data(cfg)
+    info = model_info(cfg, index, task)
+    net = task.build_model(info, dropout=cfg.model.dropout)
+    loaded = load_pretrained(cfg, task, net)
     if loaded is None:
         console.print(
             f"[yellow]warning[/]: {cfg.model.name} has fresh random weights (no --weights): the embeddings of an "
             "untrained network mean little; pass --weights DEFAULT, a weights file or an earlier run"
         )
-    check_input_size(net, name=cfg.model.name, in_channels=info["channels"], imgsz=info["imgsz"])
+    check_input_size(net, name=cfg.model.name, in_channels=info.channels, imgsz=info.imgsz)
     layer = classifier_name(net)
     if not isinstance(net.get_submodule(layer), nn.Linear):
         raise UserError(f"--head needs a model whose classifier is a Linear layer; {cfg.model.name}'s {layer} is not")
-    device = torch.device(session.accelerator)
+    device = torch.device(device_kind)
     net.to(device).eval()
     batch = cfg.data.batch or task.default_batch
     splits = {
@@ -153,17 +153,17 @@ def train_head(cfg: RunConfig, console: Console) -> Run:
         if index.samples(split)
     }
     train_x, train_y = splits["train"]
-    _check(cfg, task, train_y)
+    _check_classes_trained(cfg, task, train_y)
     fitted = fit_head(cfg.model.head, splits["train"], splits.get("val"))
     head = head_module(fitted, train_x, train_y, task)
     replace_module(net, layer, head.to(device))
-    info["head"] = {
+    info = info.model_copy(update={"head": {
         "kind": fitted.kind, "layer": layer, "dim": int(train_x.shape[1]), **fitted.param,
         **({"bank_size": len(train_x)} if fitted.kind == "knn" else {}), "search": fitted.search,
-    }  # fmt: skip
+    }})  # fmt: skip
     run = new_run_dir(cfg.out, cfg.task)
-    settings = default_settings(net, accelerator=session.accelerator, requested=cfg.train.precision)
-    session.write_run_files(run, index, info, settings, loaded)
+    settings = default_settings(net, accelerator=device_kind, requested=cfg.train.precision)
+    write_run_files(cfg, run, index, info, settings, loaded)
     weights = {k: v.cpu() for k, v in net.state_dict().items()}
     save_weights(run.last, weights)
     save_weights(run.best, weights)

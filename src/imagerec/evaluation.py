@@ -1,26 +1,25 @@
 """Evaluation data as `imagerec evaluate` measures it: the run's split re-created, classes in the model's order,
-and the task's metrics over it. Shared by the `evaluate` verb and the report."""
+and the task's metrics over it (engine.evaluate_split). Shared by the `evaluate` verb and the report."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import torch
-from lightning_fabric.utilities.apply_func import move_data_to_device
+from torch import nn
 from torch.utils.data import DataLoader
 
 from imagerec.config import build_config, merge
 from imagerec.data.formats import load_index
-from imagerec.data.index import DataIndex, Objects, Sample
+from imagerec.data.index import DataIndex
 from imagerec.data.split import apply_split_record
+from imagerec.data.targets import Objects, Sample
+from imagerec.engine.evaluate import SplitScores, evaluate_split
 from imagerec.errors import UserError
-from imagerec.models.detection import EVAL_SCORE_THRESHOLD
-from imagerec.outputs.predict import Predictor
+from imagerec.records import ModelInfo
 from imagerec.runs import RunDir
+from imagerec.tasks.base import Task
 from imagerec.tasks.build import data_format
-from imagerec.tasks.detection import DetectionTask
 
 
 def _remap(index: DataIndex, classes: list[str], data: Path) -> None:
@@ -70,17 +69,19 @@ def evaluation_index(run: RunDir, data: str | Path, *, split: str, classes: list
     return index
 
 
-def measure(predictor: Predictor, index: DataIndex, split: str, *, batch: int | None = None) -> dict[str, Any]:
-    """The task's metrics of the predictor's model on `split` of `index` (what `evaluate` reports)."""
-    task, model = predictor.task, predictor.model
-    if isinstance(task, DetectionTask):
-        model.set_thresholds(score=EVAL_SCORE_THRESHOLD)
-    if task.name == "segment" and not isinstance(task, DetectionTask):  # semantic: masks decode with the data's coding
-        task.coding = index.masks
-    dataset = task.dataset(index.samples(split), info=predictor.info, augment=None, cache=False)
-    metrics = task.metrics()
-    with torch.no_grad():
-        for batch_ in DataLoader(dataset, batch_size=batch or task.default_batch, collate_fn=task.collate()):
-            out = task.step(model, move_data_to_device(batch_, predictor.device))
-            metrics.update(out["outputs"], out["targets"])
-    return metrics.compute()
+def measure(
+    task: Task,
+    model: nn.Module,
+    info: ModelInfo,
+    index: DataIndex,
+    split: str,
+    *,
+    batch: int | None = None,
+    keep_outputs: bool = False,
+) -> SplitScores:
+    """The task's metrics of `model` (in evaluation mode, on its device) on `split` of `index`, and with
+    `keep_outputs` each image's output in the split's order (what the report draws)."""
+    dataset = task.dataset(index.samples(split), info=info, augment=None, cache=False, coding=index.masks)
+    loader = DataLoader(dataset, batch_size=batch or task.default_batch, collate_fn=task.collate())
+    device = next(model.parameters()).device
+    return evaluate_split(task, model, loader, device=device, keep_outputs=keep_outputs)

@@ -8,15 +8,15 @@ import io
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from imagerec.errors import UserError
+from imagerec.records import ModelInfo, Resolved, parse_model_info
 
-RUN_FORMAT = 1  # bumped when the files below change incompatibly
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR)  # the place, not the program
 
 
@@ -108,14 +108,22 @@ class RunDir:
     def evaluation(self, split: str) -> Path:
         return self.path / "evaluation" / f"{split}.json"
 
-    def read_model_info(self) -> dict[str, Any]:
-        return _read_json(self.model_info)
+    def read_model_info(self) -> ModelInfo:
+        """model.json as the typed record (older record versions upgraded)."""
+        return parse_model_info(_read_json(self.model_info), run=self.path)
+
+    def write_model_info(self, info: ModelInfo) -> None:
+        write_json(self.model_info, info.to_json())
 
     def read_config(self) -> dict[str, Any]:
         try:
             return yaml.safe_load(self.config.read_text()) or {}
         except FileNotFoundError:
             raise UserError(f"{self.path}: no run.yaml; not an imagerec run directory") from None
+
+    def read_resolved(self) -> Resolved:
+        """run.yaml's `resolved` part: versions, data fingerprint, numerics, weights loaded."""
+        return Resolved.model_validate(self.read_config().get("resolved") or {})
 
     def read_split(self) -> dict[str, list[str]] | None:
         return _read_json(self.split) if self.split.exists() else None
@@ -143,22 +151,22 @@ def new_run_dir(out: Path | None, task: str, root: Path = Path("runs")) -> RunDi
     return RunDir(root / f"{task}-{n:03d}")
 
 
-TASKS = ("classify", "detect", "segment")  # the tasks whose runs this version can load
-
-
-def open_run(path: Path | str, *, task: str | None = None) -> RunDir:
-    """A run directory that exists, has a compatible format and (optionally) belongs to `task`."""
+def open_run(path: Path | str) -> RunDir:
+    """A run directory that exists, with a model record this version reads (format, task, fields)."""
     run = RunDir(Path(path).expanduser())
     if not run.path.is_dir():
         raise UserError(f"{run.path}: no such run directory; give the folder `imagerec train` wrote")
-    info = run.read_model_info()
-    if info.get("format") != RUN_FORMAT:
-        raise UserError(
-            f"{run.path}: written by an incompatible imagerec (run format {info.get('format')}, this version reads "
-            f"{RUN_FORMAT}); retrain with this version"
-        )
-    if info.get("task") not in TASKS:
-        raise UserError(f"{run.path}: a {info.get('task')} run, but this imagerec handles {', '.join(TASKS)} runs")
-    if task is not None and info.get("task") != task:
-        raise UserError(f"{run.path}: a {info.get('task')} run, but a {task} run is needed here")
+    run.read_model_info()  # the record must parse: say so now rather than halfway through a command
     return run
+
+
+@dataclass
+class Run:
+    """A finished training run: where it lives and what it measured."""
+
+    path: Path
+    metrics: dict[str, Any] = field(default_factory=dict)  # on the test split when there is one, else val
+    best_epoch: int = 0
+    epochs: int = 0
+    split: str = ""  # which split `metrics` were measured on
+    primary: bool = True  # False in the other processes of a multi-process run, which should stay quiet

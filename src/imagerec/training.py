@@ -1,15 +1,18 @@
-"""One training run: config → data index → task, model, loaders → engine → run directory.
+"""One training run, built from small plain functions: config → data index and task → the model record →
+loaders → Fabric parts → engine → run directory.
 
-This is the glue the engine must not contain: it knows the concrete task, the data formats and the run layout.
+`train_run` composes them; `train --head knn|logistic` (embedding_head.py) and `--resume` reuse the same pieces.
+This is the glue the engine must not contain: it knows the data formats and the run layout, and asks the Task for
+everything task-specific.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from lightning_fabric import Fabric
@@ -19,65 +22,45 @@ from rich.console import Console
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from imagerec.config import RunConfig
+from imagerec.config import RunConfig, TrainConfig
 from imagerec.data.datasets import ClassificationDataset, channel_statistics
 from imagerec.data.formats import load_index
 from imagerec.data.images import image_channels, read_image
 from imagerec.data.index import DataIndex
 from imagerec.data.split import apply_split_record, ensure_splits
 from imagerec.engine.autotune import ComputeSettings, choose_cpu_settings, default_settings
-from imagerec.engine.checkpoint import Checkpointer, load_weights, rng_state, set_rng_state
+from imagerec.engine.checkpoint import Checkpointer, rng_state, set_rng_state
+from imagerec.engine.evaluate import SplitScores, evaluate_split
 from imagerec.engine.finetune import FineTuning, plan_finetuning
-from imagerec.engine.loop import FitLoop, FitState, evaluate, fit
+from imagerec.engine.loop import FitLoop, FitState, fit
 from imagerec.engine.optim import build_optimizer, build_scheduler, ema_with_warmup
 from imagerec.errors import UserError
 from imagerec.models.classification import check_input_size
-from imagerec.models.weights import LoadReport, apply_weights, fit_channels, weights_model, weights_preprocessing
-from imagerec.outputs.predict import Predictor, load
-from imagerec.runs import RUN_FORMAT, RunDir, new_run_dir, write_json, write_yaml
-from imagerec.tasks.build import build_task, check_task_data, data_format
-
-if TYPE_CHECKING:
-    from imagerec.tasks.build import AnyTask
-
-# Default input size: the data's median image size (shorter side for classification, longer for detection).
-AUTO_IMGSZ = {"classify": (32, 224), "detect": (64, 640), "segment": (32, 256)}  # segment: training crop size
+from imagerec.models.weights import LoadReport, apply_weights, fit_channels, weights_preprocessing
+from imagerec.records import RUN_FORMAT, Compute, ModelInfo, Resolved
+from imagerec.runs import Run, RunDir, new_run_dir, write_json, write_yaml
+from imagerec.tasks.base import Task
+from imagerec.tasks.build import build_task, check_task_data, data_format, pretrained_imgsz
+from imagerec.weights_io import load_weights
 
 
-@dataclass
-class Run:
-    """A finished training run: where it lives and what it measured."""
-
-    path: Path
-    metrics: dict[str, Any] = field(default_factory=dict)  # on the test split when there is one, else val
-    best_epoch: int = 0
-    epochs: int = 0
-    split: str = ""  # which split `metrics` were measured on
-    primary: bool = True  # False in the other processes of a multi-process run, which should stay quiet
-
-    def load(self, **kwargs: Any) -> Predictor:
-        return load(self.path, **kwargs)
+def accelerator(cfg: TrainConfig) -> str:
+    """The device kind to train on: `cfg.device`, with `auto` meaning CUDA when a GPU is visible, else the CPU."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu or auto")
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
 
 
-def _sampled(index: DataIndex, n: int = 64) -> list[Path]:
-    samples = index.samples("train")
-    step = max(1, len(samples) // n)
-    return [s.path for s in samples[::step]]
+def prepare_data(cfg: RunConfig, resume: RunDir | None = None) -> tuple[DataIndex, Task]:
+    """The split data index (the run's recorded split when resuming) and the task that learns from it."""
+    index = _index(cfg, resume.read_split() if resume is not None else None)
+    check_task_data(cfg, index)
+    return index, build_task(cfg, index)
 
 
-def _data_channels(index: DataIndex) -> int:
-    return max(image_channels(p) for p in _sampled(index))
-
-
-def _auto_imgsz(index: DataIndex, task: str) -> int:
-    side = max if task == "detect" else min
-    median = statistics.median(side(read_image(p).shape[1:]) for p in _sampled(index))
-    low, high = AUTO_IMGSZ[task]
-    size = int(min(high, max(low, median)))
-    return -(-size // 32) * 32 if task == "detect" else size  # detectors pad to a multiple of 32 anyway
-
-
-def _prepare_index(cfg: RunConfig, record: dict[str, list[str]] | None) -> DataIndex:
+def _index(cfg: RunConfig, record: dict[str, list[str]] | None) -> DataIndex:
     index = load_index(cfg.data.path, format=data_format(cfg))
     if record is not None and "all" in index.splits:
         index = apply_split_record(index, record)
@@ -89,11 +72,23 @@ def _prepare_index(cfg: RunConfig, record: dict[str, list[str]] | None) -> DataI
     return index
 
 
-def _model_info(cfg: RunConfig, index: DataIndex, task: AnyTask) -> dict[str, Any]:
-    channels = _data_channels(index)
-    pretrained = _pretrained_preprocessing(cfg)
-    same_task = pretrained is not None and pretrained.get("task") == cfg.task
-    imgsz = cfg.data.imgsz or (pretrained["imgsz"] if same_task else None) or _auto_imgsz(index, cfg.task)
+def _sampled(index: DataIndex, n: int = 64) -> list[Path]:
+    samples = index.samples("train")
+    step = max(1, len(samples) // n)
+    return [s.path for s in samples[::step]]
+
+
+def model_info(cfg: RunConfig, index: DataIndex, task: Task) -> ModelInfo:
+    """The new run's model record: classes, channels, input size and statistics (as given, else those of the
+    pretrained weights, else measured on the training images) and the task's preprocessing and fields."""
+    sampled = _sampled(index)
+    channels = max(image_channels(p) for p in sampled)
+    pretrained = _pretrained_preprocessing(cfg, task)
+    imgsz = (
+        cfg.data.imgsz
+        or pretrained_imgsz(cfg, pretrained)
+        or task.default_imgsz([tuple(read_image(p).shape[1:]) for p in sampled])
+    )
     for name, given in (("mean", cfg.data.mean), ("std", cfg.data.std)):
         if given is not None and len(given) != channels:
             raise UserError(f"--{name} has {len(given)} values but the images have {channels} channels")
@@ -104,21 +99,38 @@ def _model_info(cfg: RunConfig, index: DataIndex, task: AnyTask) -> dict[str, An
     else:  # measured on the training images only when the user did not give both
         stats_set = ClassificationDataset(index.samples("train"), channels=channels, num_classes=len(index.classes))
         mean, std = channel_statistics(stats_set, limit=500)
-    common = {"format": RUN_FORMAT, "task": cfg.task, "model": cfg.model.name, "classes": index.classes}
-    if index.category_ids:  # COCO ids, so predictions can be written back as COCO results
-        common["category_ids"] = index.category_ids
-    return {
-        **common, "channels": channels, "imgsz": imgsz, "mean": list(cfg.data.mean or mean),
-        "std": list(cfg.data.std or std), **task.model_fields(cfg.model),
-    }  # fmt: skip
+    mean, std = list(cfg.data.mean or mean), list(cfg.data.std or std)
+    extra = {"category_ids": index.category_ids} if index.category_ids else {}  # written back as COCO results
+    return ModelInfo(
+        format=RUN_FORMAT, record_version=ModelInfo.model_fields["record_version"].default, task=task.name,
+        kind=task.kind, model=cfg.model.name, classes=index.classes, **extra, channels=channels, imgsz=imgsz,
+        mean=mean, std=std, **task.record_fields(cfg.model),
+        preprocessing=task.preprocessing(channels=channels, imgsz=imgsz, mean=mean, std=std),
+    )  # fmt: skip
 
 
-def _pretrained_preprocessing(cfg: RunConfig) -> dict[str, Any] | None:
+def resumed_info(cfg: RunConfig, index: DataIndex, resume: RunDir) -> ModelInfo:
+    """The resumed run's model record, refused when the data's classes are no longer the run's."""
+    info = resume.read_model_info()
+    if info.classes != index.classes:
+        raise UserError(
+            f"{cfg.data.path}: the data's classes ({len(index.classes)}: {', '.join(index.classes[:5])}…) differ "
+            f"from the run's ({len(info.classes)}); resume with the data the run started on, or start a new run"
+        )
+    return info
+
+
+def _pretrained_preprocessing(cfg: RunConfig, task: Task) -> dict[str, Any] | None:
     if cfg.model.weights is None:
         return None
-    return weights_preprocessing(
-        cfg.model.weights, model_name=weights_model(cfg.task, cfg.model.name, cfg.model.backbone)
-    )
+    return weights_preprocessing(cfg.model.weights, model_name=task.weights_model(cfg.model))
+
+
+def load_pretrained(cfg: RunConfig, task: Task, net: torch.nn.Module) -> LoadReport | None:
+    """Load `--weights` into `net`, if given, and say what was loaded."""
+    if cfg.model.weights is None:
+        return None
+    return apply_weights(net, cfg.model.weights, model_name=task.weights_model(cfg.model))
 
 
 def make_loader(
@@ -144,268 +156,85 @@ def make_loader(
     )
 
 
+def make_loaders(cfg: RunConfig, index: DataIndex, info: ModelInfo, task: Task) -> dict[str, DataLoader]:
+    """One loader per split that has images: train augmented and shuffled, val and test as stored."""
+    d = cfg.data
+    loaders = {}
+    for split in ("train", "val", "test"):
+        if not index.samples(split):
+            continue
+        train = split == "train"
+        augment = d.augment if train else None
+        dataset = task.dataset(index.samples(split), info=info, augment=augment, cache=d.cache, coding=index.masks)
+        loaders[split] = make_loader(
+            dataset, batch=d.batch or task.default_batch, train=train, workers=d.workers,
+            collate=task.collate(augment), seed=cfg.train.seed if train else 0, balanced=train and d.balanced_sampler,
+        )  # fmt: skip
+    return loaders
+
+
+def compute_settings(
+    cfg: RunConfig, task: Task, model: torch.nn.Module, loader: DataLoader, *, device: str, resume: RunDir | None
+) -> ComputeSettings:
+    """Precision and memory format: the resumed run's, else measured on the CPU where the task allows, else the
+    requested (or default) ones."""
+    if resume is not None:  # keep the numerics the run started with
+        saved = resume.read_resolved().compute
+        if saved is not None:
+            return ComputeSettings(saved.precision, saved.channels_last)
+    requested = cfg.train.precision
+    if device != "cpu" or cfg.train.devices * cfg.train.num_nodes > 1 or not task.autotune:
+        return default_settings(model, accelerator=device, requested=requested)
+    images, targets = next(iter(loader))
+    probe = (images[:16], targets[:16])  # enough to rank settings, cheap for big models
+    return choose_cpu_settings(model, probe, lambda m, b: task.step(m, b)["loss"], requested=requested)
+
+
 def _versions() -> dict[str, str]:
     import lightning_fabric
     import torchvision
 
-    from imagerec import __version__
-
     return {
-        "imagerec": __version__,
+        "imagerec": version("imagerec"),
         "torch": str(torch.__version__),
         "torchvision": str(torchvision.__version__),
         "lightning_fabric": lightning_fabric.__version__,
     }
 
 
-class TrainingSession:
-    """Builds everything a run needs, then hands the loop to the engine."""
+def write_run_files(
+    cfg: RunConfig, run: RunDir, index: DataIndex, info: ModelInfo, settings: ComputeSettings, loaded: LoadReport | None
+) -> None:
+    """run.yaml (config, versions, data fingerprint, numerics, weights report), model.json and split.json."""
+    saved = cfg.model_dump(mode="json")
+    saved["data"]["path"] = str(Path(cfg.data.path).resolve())
+    saved["out"] = str(run.path)
+    resolved = Resolved(
+        format=RUN_FORMAT, versions=_versions(), data_fingerprint=index.fingerprint(), data_notes=index.notes,
+        compute=Compute(precision=settings.precision, channels_last=settings.channels_last,
+                        measured_images_per_s=settings.measured),
+        weights=loaded.to_dict() if loaded is not None else None,
+    )  # fmt: skip
+    write_yaml(run.config, {**saved, "resolved": resolved.model_dump(mode="json")})
+    run.write_model_info(info)
+    write_json(run.split, index.split_record())
 
-    def __init__(self, cfg: RunConfig, *, console: Console, resume: RunDir | None = None) -> None:
-        self.cfg, self.console, self.resume = cfg, console, resume
-        t = cfg.train
-        if t.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu or auto")
-        self.accelerator = (
-            "cuda" if t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available()) else t.device
+
+def resumable_state(cfg: RunConfig, resume: RunDir) -> dict[str, Any]:
+    """The saved training state, refused at once (before any set-up) when there is nothing left to train."""
+    saved = Checkpointer(resume).load_state()
+    state = FitState(**saved["fit"])
+    if state.epoch >= cfg.train.epochs or state.stopped_early:
+        reason = "stopped early" if state.stopped_early else f"finished all {state.epoch} epochs"
+        raise UserError(
+            f"{resume.path}: the run {reason}; nothing to resume. To train further pass --epochs with "
+            f"more than {state.epoch}, or start a new run"
         )
-        if self.accelerator == "auto":
-            self.accelerator = "cpu"
-        self.world = t.devices * t.num_nodes
-        seed_everything(t.seed, workers=True, verbose=False)
-
-    # -- preparation -------------------------------------------------------------------------------------------
-    def prepare_data(self) -> tuple[DataIndex, dict[str, Any], AnyTask]:
-        """The split data index, the model description (model.json) and the task."""
-        cfg = self.cfg
-        if self.resume is not None:
-            index = _prepare_index(cfg, self.resume.read_split())
-            info = self.resume.read_model_info()
-        else:
-            index = _prepare_index(cfg, None)
-            info = None
-        check_task_data(cfg, index)
-        task = build_task(cfg, index)
-        if info is None:
-            info = _model_info(cfg, index, task)
-        elif info["classes"] != index.classes:
-            raise UserError(
-                f"{cfg.data.path}: the data's classes ({len(index.classes)}: {', '.join(index.classes[:5])}…) differ "
-                f"from the run's ({len(info['classes'])}); resume with the data the run started on, or start a new run"
-            )
-        return index, info, task
-
-    def _loaders(self, index: DataIndex, info: dict[str, Any], task: AnyTask) -> dict[str, DataLoader]:
-        d = self.cfg.data
-        batch = d.batch or task.default_batch
-        loaders = {}
-        for split in ("train", "val", "test"):
-            if not index.samples(split):
-                continue
-            train = split == "train"
-            dataset = task.dataset(index.samples(split), info=info, augment=d.augment if train else None, cache=d.cache)
-            loaders[split] = make_loader(
-                dataset,
-                batch=batch,
-                train=train,
-                workers=d.workers,
-                collate=task.collate(d.augment if train else None),
-                seed=self.cfg.train.seed if train else 0,
-                balanced=train and d.balanced_sampler,
-            )
-        return loaders
-
-    def _compute_settings(self, model: torch.nn.Module, loader: DataLoader, task: AnyTask) -> ComputeSettings:
-        requested = self.cfg.train.precision
-        if self.resume is not None:  # keep the numerics the run started with
-            saved = self.resume.read_config().get("resolved", {}).get("compute", {})
-            if "precision" in saved:
-                return ComputeSettings(saved["precision"], bool(saved.get("channels_last")))
-        if self.accelerator != "cpu" or self.world > 1 or not task.autotune:
-            return default_settings(model, accelerator=self.accelerator, requested=requested)
-        images, targets = next(iter(loader))
-        probe = (images[:16], targets[:16])  # enough to rank settings, cheap for big models
-        return choose_cpu_settings(model, probe, lambda m, b: task.step(m, b)["loss"], requested=requested)
-
-    # -- the run ---------------------------------------------------------------------------------------------------
-    def run(self) -> Run:
-        cfg = self.cfg
-        saved = self._resumable() if self.resume is not None else None
-        index, info, task = self.prepare_data()
-        loaders = self._loaders(index, info, task)
-        net = task.build_model(cfg.model, info)
-        loaded = self.load_pretrained(net) if saved is None else None
-        check_input_size(net, name=cfg.model.name, in_channels=info["channels"], imgsz=info["imgsz"])
-        finetuning = plan_finetuning(
-            net, cfg.train, name=cfg.model.name, in_channels=info["channels"], imgsz=info["imgsz"]
-        )
-        settings = self._compute_settings(net, loaders["train"], task)
-        fabric = Fabric(
-            accelerator=self.accelerator,
-            devices=cfg.train.devices,
-            num_nodes=cfg.train.num_nodes,
-            precision=settings.precision,
-            strategy=self._strategy(),
-        )
-        fabric.launch()
-        # Rank 0 picks the run directory; the others must not race to pick their own.
-        run = self.resume or RunDir(Path(fabric.broadcast(str(new_run_dir(cfg.out, cfg.task).path), src=0)))
-        if fabric.is_global_zero:
-            self.write_run_files(run, index, info, settings, loaded)
-            counts = " / ".join(f"{len(index.samples(s))} {s}" for s in ("train", "val", "test"))
-            self.console.print(f"run directory: [bold]{run.path}[/]  ({settings.describe()}; {counts} images)")
-            for line in (loaded.summary() if loaded else "", finetuning.summary()):
-                if line:
-                    self.console.print(line, markup=False)
-        if settings.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        parts = self._optimization(fabric, net, loaders, finetuning)
-        checkpointer = Checkpointer(run, enabled=fabric.is_global_zero)
-        state = self._restore(saved, net, parts) if saved is not None else FitState()
-        logger = TensorBoardLogger(root_dir=run.path, name="tensorboard", version="") if fabric.is_global_zero else None
-        loop = FitLoop(
-            optimizer=parts.optimizer, scheduler=parts.scheduler, train_loader=parts.train_loader,
-            val_loader=parts.eval_loaders.get("val"), epochs=cfg.train.epochs,
-            monitor=self._monitor(task, "val" in parts.eval_loaders), patience=cfg.train.patience,
-            eval_every=cfg.train.eval_every,
-            accumulate=cfg.train.accumulate, clip_grad=cfg.train.clip_grad, seed=cfg.train.seed,
-            eval_model=parts.ema.module if parts.ema is not None else None,
-            on_step=(lambda: parts.ema.update_parameters(net)) if parts.ema is not None else None,
-            on_epoch_start=finetuning.apply,
-            save=_saver(checkpointer, net, parts, logger),
-        )  # fmt: skip
-        state = fit(fabric, task, parts.model, loop, state, self.console)
-        if logger is not None:
-            logger.finalize("success")
-        return self._finish(fabric, task, run, parts.ema.module if parts.ema is not None else net, parts, state)
-
-    def _strategy(self) -> str:
-        if self.world == 1:
-            return "auto"
-        # Gradual unfreezing brings parameters into training after DDP has wrapped the model: DDP must then look
-        # for parameters without gradients on every step, or it fails at the first step after the change.
-        return "ddp_find_unused_parameters_true" if self.cfg.train.finetune == "gradual" else "ddp"
-
-    def _optimization(
-        self, fabric: Fabric, net: torch.nn.Module, loaders: dict[str, DataLoader], finetuning: FineTuning
-    ) -> _Parts:
-        t = self.cfg.train
-        if t.finetune != "gradual":
-            finetuning.apply(1)  # before DDP wraps the model: it syncs the parameters that require grad at that time
-        model, optimizer = fabric.setup(net, build_optimizer(net, t, lr_scales=finetuning.lr_scales()))
-        train_loader = fabric.setup_dataloaders(loaders["train"])
-        # Every process evaluates the whole val/test set: exact metrics without gathering padded shards.
-        evals = {
-            k: fabric.setup_dataloaders(v, use_distributed_sampler=False) for k, v in loaders.items() if k != "train"
-        }
-        scheduler = build_scheduler(optimizer, t, steps_per_epoch=-(-len(train_loader) // t.accumulate))
-        ema = AveragedModel(net, avg_fn=ema_with_warmup(t.ema), use_buffers=True) if t.ema else None
-        return _Parts(model, optimizer, scheduler, train_loader, evals, ema)
-
-    def _monitor(self, task: AnyTask, has_val: bool) -> tuple[str, str]:
-        metric, mode = task.monitor
-        key = self.cfg.train.monitor or (f"val_{metric}" if has_val else "train_loss")
-        return key, "min" if key.endswith("loss") else mode
-
-    def load_pretrained(self, net: torch.nn.Module) -> LoadReport | None:
-        """Load `--weights` into `net`, if given, and say what was loaded."""
-        model = self.cfg.model
-        if model.weights is None:
-            return None
-        return apply_weights(net, model.weights, model_name=weights_model(self.cfg.task, model.name, model.backbone))
-
-    def write_run_files(
-        self, run: RunDir, index: DataIndex, info: dict[str, Any], settings: ComputeSettings, loaded: LoadReport | None
-    ) -> None:
-        """run.yaml (config, versions, data fingerprint, numerics, weights report), model.json and split.json."""
-        if self.resume is not None:
-            return
-        saved = self.cfg.model_dump(mode="json")
-        saved["data"]["path"] = str(Path(self.cfg.data.path).resolve())
-        saved["out"] = str(run.path)
-        write_yaml(run.config, {
-            **saved,
-            "resolved": {
-                "format": RUN_FORMAT, "versions": _versions(), "data_fingerprint": index.fingerprint(),
-                "data_notes": index.notes, "compute": {"precision": settings.precision,
-                "channels_last": settings.channels_last, "measured_images_per_s": settings.measured},
-                "weights": loaded.to_dict() if loaded is not None else None,
-            },
-        })  # fmt: skip
-        write_json(run.model_info, info)
-        write_json(run.split, index.split_record())
-
-    def _resumable(self) -> dict[str, Any]:
-        """The saved training state, refused at once (before any set-up) when there is nothing left to train."""
-        saved = Checkpointer(self.resume).load_state()
-        state = FitState(**saved["fit"])
-        if state.epoch >= self.cfg.train.epochs or state.stopped_early:
-            reason = "stopped early" if state.stopped_early else f"finished all {state.epoch} epochs"
-            raise UserError(
-                f"{self.resume.path}: the run {reason}; nothing to resume. To train further pass --epochs with "
-                f"more than {state.epoch}, or start a new run"
-            )
-        return saved
-
-    def _restore(self, saved: dict[str, Any], net: torch.nn.Module, parts: _Parts) -> FitState:
-        state = FitState(**saved["fit"])
-        net.load_state_dict(saved["model"])
-        parts.optimizer.load_state_dict(saved["optimizer"])
-        # Restore where the schedule stands, not its length: a resume may extend --epochs (OneCycleLR saves its total).
-        position = {k: v for k, v in saved["scheduler"].items() if k in ("last_epoch", "_step_count", "_last_lr")}
-        parts.scheduler.load_state_dict({**parts.scheduler.state_dict(), **position})
-        if parts.ema is not None and saved.get("ema") is not None:
-            parts.ema.load_state_dict(saved["ema"])
-        set_rng_state(saved["rng"])
-        self.console.print(f"resuming {self.resume.path} after epoch {state.epoch}")
-        return state
-
-    def _finish(
-        self,
-        fabric: Fabric,
-        task: AnyTask,
-        run: RunDir,
-        best: torch.nn.Module,
-        parts: _Parts,
-        state: FitState,
-    ) -> Run:
-        """Evaluate the best weights on the test split (or val) and record it."""
-        if run.best.exists():
-            best.load_state_dict({k: v.to(fabric.device) for k, v in load_weights(run.best).items()})
-        split = next((s for s in ("test", "val") if s in parts.eval_loaders), None)
-        metrics: dict[str, Any] = {}
-        if split is not None:
-            metrics = evaluate(fabric, task, best, parts.eval_loaders[split])
-            if fabric.is_global_zero:
-                write_json(run.evaluation(split), {"split": split, "data": str(self.cfg.data.path), **metrics})
-        if fabric.is_global_zero:
-            self._report(run, split, metrics)
-        return Run(
-            run.path,
-            metrics=metrics,
-            best_epoch=state.best_epoch,
-            epochs=state.epoch,
-            split=split or "",
-            primary=fabric.is_global_zero,
-        )
-
-    def _report(self, run: RunDir, split: str | None, metrics: dict[str, Any]) -> None:
-        """report.html in the run directory, on the split just measured; drawing it must never cost the run."""
-        from imagerec.outputs.report import write_report
-
-        measured = {"split": split, "data": str(self.cfg.data.path), **metrics} if split is not None else None
-        try:
-            device = "cpu" if self.accelerator == "cpu" else "auto"
-            path = write_report(run, split=split or "test", evaluate=split is not None, metrics=measured, device=device)
-        except Exception as error:  # a plotting bug or odd data must not lose a finished run
-            message = f"warning: report.html not written: {type(error).__name__}: {error}"
-            self.console.print(message, style="yellow", markup=False)
-        else:
-            self.console.print(f"report: {path}", markup=False)
+    return saved
 
 
 @dataclass
-class _Parts:
+class FitParts:
     """What Fabric set up for one run."""
 
     model: torch.nn.Module
@@ -416,8 +245,132 @@ class _Parts:
     ema: AveragedModel | None
 
 
+def fit_parts(
+    fabric: Fabric, cfg: TrainConfig, net: torch.nn.Module, loaders: dict[str, DataLoader], finetuning: FineTuning
+) -> FitParts:
+    """Model, optimizer and loaders set up by Fabric, the schedule and the EMA copy."""
+    if cfg.finetune != "gradual":
+        finetuning.apply(1)  # before DDP wraps the model: it syncs the parameters that require grad at that time
+    model, optimizer = fabric.setup(net, build_optimizer(net, cfg, lr_scales=finetuning.lr_scales()))
+    train_loader = fabric.setup_dataloaders(loaders["train"])
+    # Every process evaluates the whole val/test set: exact metrics without gathering padded shards.
+    evals = {k: fabric.setup_dataloaders(v, use_distributed_sampler=False) for k, v in loaders.items() if k != "train"}
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=-(-len(train_loader) // cfg.accumulate))
+    ema = AveragedModel(net, avg_fn=ema_with_warmup(cfg.ema), use_buffers=True) if cfg.ema else None
+    return FitParts(model, optimizer, scheduler, train_loader, evals, ema)
+
+
+def restore(saved: dict[str, Any], net: torch.nn.Module, parts: FitParts) -> FitState:
+    """Put the model, optimizer, schedule position, EMA and random state back where the saved epoch left them."""
+    net.load_state_dict(saved["model"])
+    parts.optimizer.load_state_dict(saved["optimizer"])
+    # Restore where the schedule stands, not its length: a resume may extend --epochs (OneCycleLR saves its total).
+    position = {k: v for k, v in saved["scheduler"].items() if k in ("last_epoch", "_step_count", "_last_lr")}
+    parts.scheduler.load_state_dict({**parts.scheduler.state_dict(), **position})
+    if parts.ema is not None and saved.get("ema") is not None:
+        parts.ema.load_state_dict(saved["ema"])
+    set_rng_state(saved["rng"])
+    return FitState(**saved["fit"])
+
+
+def _strategy(cfg: TrainConfig) -> str:
+    if cfg.devices * cfg.num_nodes == 1:
+        return "auto"
+    # Gradual unfreezing brings parameters into training after DDP has wrapped the model: DDP must then look
+    # for parameters without gradients on every step, or it fails at the first step after the change.
+    return "ddp_find_unused_parameters_true" if cfg.finetune == "gradual" else "ddp"
+
+
+def _monitor(cfg: TrainConfig, task: Task, has_val: bool) -> tuple[str, str]:
+    metric, mode = task.monitor
+    key = cfg.monitor or (f"val_{metric}" if has_val else "train_loss")
+    return key, "min" if key.endswith("loss") else mode
+
+
+def train_run(cfg: RunConfig, *, console: Console, resume: RunDir | None = None) -> tuple[Run, SplitScores | None]:
+    """Train `cfg` (or continue `resume`), then score the best weights on the test split (else val).
+
+    Returns the Run and those scores, with each image's outputs kept so that the report need not predict again.
+    """
+    device = accelerator(cfg.train)
+    seed_everything(cfg.train.seed, workers=True, verbose=False)
+    saved = resumable_state(cfg, resume) if resume is not None else None
+    index, task = prepare_data(cfg, resume)
+    info = resumed_info(cfg, index, resume) if resume is not None else model_info(cfg, index, task)
+    loaders = make_loaders(cfg, index, info, task)
+    net = task.build_model(info, dropout=cfg.model.dropout)
+    loaded = load_pretrained(cfg, task, net) if saved is None else None
+    check_input_size(net, name=cfg.model.name, in_channels=info.channels, imgsz=info.imgsz)
+    finetuning = plan_finetuning(net, cfg.train, name=cfg.model.name, in_channels=info.channels, imgsz=info.imgsz)
+    settings = compute_settings(cfg, task, net, loaders["train"], device=device, resume=resume)
+    fabric = Fabric(
+        accelerator=device, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes, precision=settings.precision,
+        strategy=_strategy(cfg.train),
+    )  # fmt: skip
+    fabric.launch()
+    # Rank 0 picks the run directory; the others must not race to pick their own.
+    run = resume or RunDir(Path(fabric.broadcast(str(new_run_dir(cfg.out, cfg.task).path), src=0)))
+    if fabric.is_global_zero:
+        if resume is None:
+            write_run_files(cfg, run, index, info, settings, loaded)
+        counts = " / ".join(f"{len(index.samples(s))} {s}" for s in ("train", "val", "test"))
+        console.print(f"run directory: [bold]{run.path}[/]  ({settings.describe()}; {counts} images)")
+        for line in (loaded.summary() if loaded else "", finetuning.summary()):
+            if line:
+                console.print(line, markup=False)
+    if settings.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    parts = fit_parts(fabric, cfg.train, net, loaders, finetuning)
+    checkpointer = Checkpointer(run, enabled=fabric.is_global_zero)
+    state = FitState()
+    if saved is not None:
+        state = restore(saved, net, parts)
+        console.print(f"resuming {run.path} after epoch {state.epoch}")
+    logger = TensorBoardLogger(root_dir=run.path, name="tensorboard", version="") if fabric.is_global_zero else None
+    t = cfg.train
+    loop = FitLoop(
+        optimizer=parts.optimizer, scheduler=parts.scheduler, train_loader=parts.train_loader,
+        val_loader=parts.eval_loaders.get("val"), epochs=t.epochs,
+        monitor=_monitor(t, task, "val" in parts.eval_loaders), patience=t.patience, eval_every=t.eval_every,
+        accumulate=t.accumulate, clip_grad=t.clip_grad, seed=t.seed,
+        eval_model=parts.ema.module if parts.ema is not None else None,
+        on_step=(lambda: parts.ema.update_parameters(net)) if parts.ema is not None else None,
+        on_epoch_start=finetuning.apply, save=_saver(checkpointer, net, parts, logger),
+    )  # fmt: skip
+    state = fit(fabric, task, parts.model, loop, state, console)
+    if logger is not None:
+        logger.finalize("success")
+    best = parts.ema.module if parts.ema is not None else net
+    return _test(fabric, cfg, task, run, best, parts.eval_loaders, state)
+
+
+def _test(
+    fabric: Fabric,
+    cfg: RunConfig,
+    task: Task,
+    run: RunDir,
+    best: torch.nn.Module,
+    loaders: dict[str, DataLoader],
+    state: FitState,
+) -> tuple[Run, SplitScores | None]:
+    """Score the best weights on the test split (or val) and record it in evaluation/<split>.json."""
+    if run.best.exists():
+        best.load_state_dict({k: v.to(fabric.device) for k, v in load_weights(run.best).items()})
+    split = next((s for s in ("test", "val") if s in loaders), None)
+    scores = None
+    if split is not None:
+        scores = evaluate_split(
+            task, best, loaders[split], autocast=fabric.autocast, keep_outputs=fabric.is_global_zero
+        )
+        if fabric.is_global_zero:
+            write_json(run.evaluation(split), {"split": split, "data": str(cfg.data.path), **scores.as_dict()})
+    metrics = scores.as_dict() if scores is not None else {}
+    ran = Run(run.path, metrics, state.best_epoch, state.epoch, split or "", primary=fabric.is_global_zero)
+    return ran, scores
+
+
 def _saver(
-    checkpointer: Checkpointer, net: torch.nn.Module, parts: _Parts, logger: TensorBoardLogger | None
+    checkpointer: Checkpointer, net: torch.nn.Module, parts: FitParts, logger: TensorBoardLogger | None
 ) -> Callable[[FitState, bool], None]:
     """The end-of-epoch callback: checkpoint everything --resume needs, then log to TensorBoard."""
 

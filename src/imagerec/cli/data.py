@@ -201,7 +201,7 @@ def convert(
     from imagerec.data.convert import convert_index
     from imagerec.data.formats import load_index
 
-    report = convert_index(load_index(data, format=format), out, to=to)  # type: ignore[arg-type]
+    report = convert_index(load_index(data, format=format), out, to=to)
     print(
         f"wrote {report.images} images and {report.boxes} boxes to {report.out} as {report.format} "
         f"({report.linked} hard-linked, {report.copied} copied)"

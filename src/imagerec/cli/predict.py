@@ -12,11 +12,11 @@ from rich.progress import Progress
 from rich.table import Table
 
 from imagerec.errors import UserError
-from imagerec.outputs.results import Detections, SegmentationMask
 from imagerec.runs import write_text
+from imagerec.tasks.results import Detections, SegmentationMask
 
 Opt = typer.Option
-MAX_PIXELS = 2048 * 2048  # imagerec.outputs.predict.MAX_PIXELS, repeated so `--help` needs no torch import
+MAX_PIXELS = 2048 * 2048  # imagerec.tasks.base.MAX_PIXELS, repeated so `--help` needs no torch import
 
 
 def print_metrics(console: Console, metrics: dict[str, Any], *, title: str) -> None:
@@ -108,10 +108,9 @@ def predict(
     from imagerec.outputs.writers import check_format, render, save_outputs
 
     predictor = load(run, imgsz=imgsz)
-    task = predictor.info["task"]
-    check_format(fmt, predictor.info)
+    check_format(fmt, predictor.task.result_type)
     options = {"topk": topk, "conf": conf, "iou": iou, "tile": tile, "overlap": overlap, "max_pixels": max_pixels}
-    if save_masks is not None and not (task == "segment" and not predictor.info.get("instance")):
+    if save_masks is not None and not issubclass(predictor.task.result_type, SegmentationMask):
         raise UserError("--save-masks applies to semantic segmentation runs")
     files = expand_sources(sources)
     console = Console(stderr=True)

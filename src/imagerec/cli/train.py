@@ -16,7 +16,10 @@ Opt = typer.Option
 def train(
     data: Annotated[Path | None, typer.Argument(help="Image folder or CSV (omit with --resume).")] = None,
     task: Annotated[str, Opt(help="classify | detect | segment")] = "classify",
-    model: Annotated[str | None, Opt(help="Model name; see `imagerec models --task TASK`.")] = None,
+    model: Annotated[
+        str | None,
+        Opt(help="Model name (default: seed_cnn, fcos_lite or unet by task); see `imagerec models --task TASK`."),
+    ] = None,
     backbone: Annotated[str | None, Opt(help="Detection: classifier under a fcos/retinanet/fasterrcnn head.")] = None,
     epochs: Annotated[int | None, Opt(help="Training epochs.")] = None,
     imgsz: Annotated[

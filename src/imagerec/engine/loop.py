@@ -1,4 +1,4 @@
-"""train_one_epoch, evaluate and fit: plain functions over the Task contract, on Lightning Fabric."""
+"""train_one_epoch and fit: plain functions over the Task contract, on Lightning Fabric (scoring: engine.evaluate)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader
 
+from imagerec.engine.evaluate import evaluate_split
 from imagerec.errors import UserError
 from imagerec.tasks.base import Task
 
@@ -105,24 +106,6 @@ def train_one_epoch(
     }
 
 
-@torch.no_grad()
-def evaluate(fabric: Fabric, task: Task, model: nn.Module, loader: DataLoader) -> dict[str, Any]:
-    """Loss and task metrics over `loader` (every process sees the whole loader, so metrics are exact)."""
-    model.eval()
-    metrics = task.metrics()
-    loss_sum, seen = 0.0, 0
-    for batch in loader:
-        with fabric.autocast():
-            out = task.step(model, batch)
-        metrics.update(out["outputs"], out["targets"])
-        if "loss" in out:  # detectors compute no loss in evaluation mode
-            size = task.batch_size(batch)
-            loss_sum += float(out["loss"]) * size
-            seen += size
-    loss = {"loss": round(loss_sum / seen, 6)} if seen else {}
-    return {**loss, **metrics.compute()}
-
-
 def _improved(score: float, best: float | None, mode: str) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(score)
@@ -166,7 +149,9 @@ def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitS
             )  # fmt: skip
             validated = loop.val_loader is not None and (epoch % loop.eval_every == 0 or epoch == loop.epochs)
             if validated:
-                val = evaluate(fabric, task, loop.eval_model or model, loop.val_loader)
+                val = evaluate_split(
+                    task, loop.eval_model or model, loop.val_loader, autocast=fabric.autocast
+                ).as_dict()
                 row |= {f"val_{k}": v for k, v in val.items() if isinstance(v, int | float)}
             state.epoch, state.history = epoch, [*state.history, row]
             best = _judge(state, row, loop.monitor) if validated or loop.val_loader is None else False

@@ -21,11 +21,10 @@ def create_model(
     `encoder` picks an smp encoder; instance models (Mask R-CNN) take `num_outputs` classes, no background, and
     optional `mean` and `std` (default: none, images are taken as they are).
     """
-    if task == "classify":
-        return create_classifier(name, num_outputs=num_outputs, in_channels=in_channels, imgsz=imgsz, **kwargs)
-    if task == "segment":
-        return _create_segmenter(name, num_outputs=num_outputs, in_channels=in_channels, imgsz=imgsz, **kwargs)
-    raise ValueError(f"no models for task {task!r}")
+    builders = {"classify": create_classifier, "segment": _create_segmenter}
+    if task not in builders:
+        raise ValueError(f"no models for task {task!r}")
+    return builders[task](name, num_outputs=num_outputs, in_channels=in_channels, imgsz=imgsz, **kwargs)
 
 
 def _create_segmenter(
@@ -69,14 +68,19 @@ def _create_segmenter(
 
 def list_models(task: str = "classify") -> list[dict[str, str]]:
     """Names `--model` accepts for `task`, with where each comes from."""
-    if task == "detect":
-        from imagerec.models.detection import list_detectors
-
-        return list_detectors()
-    if task == "segment":
-        from imagerec.models.segmentation import list_segmenters
-
-        return list_segmenters()
-    if task != "classify":
+    listings = {"classify": list_classifiers, "detect": _list_detectors, "segment": _list_segmenters}
+    if task not in listings:
         raise UserError(f"unknown task {task!r}: use classify, detect or segment")
-    return list_classifiers()
+    return listings[task]()
+
+
+def _list_detectors() -> list[dict[str, str]]:
+    from imagerec.models.detection import list_detectors  # detection models load only when listed
+
+    return list_detectors()
+
+
+def _list_segmenters() -> list[dict[str, str]]:
+    from imagerec.models.segmentation import list_segmenters
+
+    return list_segmenters()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +23,7 @@ Reshape = Callable[[torch.Tensor], torch.Tensor] | None
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-def cam_layer(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, Reshape]:
+def cam_layer(model: nn.Module, *, name: str, channels: int, imgsz: int) -> tuple[nn.Module, Reshape]:
     """The layer whose activations a class activation map weighs, and how to bring its output to N×C×h×w.
 
     - ViTs (torchvision's and timm's): the first norm of the last block, whose patch tokens still reach the class
@@ -43,7 +42,7 @@ def cam_layer(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, Reshap
     except UserError:  # a segmenter with neither `encoder` nor `backbone`: look through the whole model
         found = None
     prefix = "" if found is None else found[0]
-    x = torch.zeros(1, info["channels"], info["imgsz"], info["imgsz"], device=next(model.parameters()).device)
+    x = torch.zeros(1, channels, imgsz, imgsz, device=next(model.parameters()).device)
     calls, outputs, body = _probe(model, x, keep=prefix)
     inside = [n for n in outputs if n == prefix or n.startswith(prefix + "." if prefix else "")]
     wanted = _pyramid_input(model, body) if isinstance(model, Detector) else None
@@ -53,7 +52,7 @@ def cam_layer(model: nn.Module, info: dict[str, Any]) -> tuple[nn.Module, Reshap
         candidates = [(calls[n].exit, n) for n in inside if n != prefix and _spatial(calls[n], outputs[n])]
     if not candidates:
         raise UserError(
-            f"{info['model']}: no convolutional feature map or ViT token grid to take a class activation map from; "
+            f"{name}: no convolutional feature map or ViT token grid to take a class activation map from; "
             "use --method integrated-gradients, which works with any model"
         )
     name = max(candidates)[1]

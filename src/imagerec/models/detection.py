@@ -10,8 +10,11 @@ torchvision's GeneralizedRCNNTransform, which also maps boxes back to the origin
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,12 +77,48 @@ class Detector(nn.Module):
             return out
         return [{**o, "labels": o["labels"] - self.offset} for o in out]
 
-    def set_thresholds(self, *, score: float | None = None, iou: float | None = None) -> None:
-        """Minimum score to keep a box and the IoU above which non-maximum suppression merges two boxes."""
-        owner = self.model.roi_heads if isinstance(self.model, FasterRCNN) else self.model
-        for name, value in (("score_thresh", score), ("nms_thresh", iou)):
-            if value is not None:
-                setattr(owner, name, value)
+    def thresholds_owner(self) -> nn.Module:
+        """The torchvision module whose post-processing reads `score_thresh` and `nms_thresh`."""
+        return self.model.roi_heads if isinstance(self.model, FasterRCNN) else self.model
+
+
+@contextmanager
+def thresholds(*, score: float | None = None, iou: float | None = None) -> Iterator[None]:
+    """Within this block, detectors keep boxes scoring at least `score` and merge boxes overlapping above `iou`
+    (None: the model's own). The values live in a context variable, never in the model, so two threads
+    predicting with one model and different thresholds (a server's requests) cannot see each other's."""
+    overrides = {k: v for k, v in (("score_thresh", score), ("nms_thresh", iou)) if v is not None}
+    token = _THRESHOLDS.set({**(_THRESHOLDS.get() or {}), **overrides})
+    try:
+        yield
+    finally:
+        _THRESHOLDS.reset(token)
+
+
+_THRESHOLDS: ContextVar[dict[str, float] | None] = ContextVar("detection_thresholds", default=None)
+
+
+class _ThresholdView:
+    """A torchvision head seen with the current block's thresholds: its post-processing reads them from `self`
+    and sets nothing, so it can run on this view while every other attribute comes from the head itself."""
+
+    def __init__(self, owner: nn.Module, overrides: dict[str, float]) -> None:
+        self._owner, self._overrides = owner, overrides
+
+    def __getattr__(self, name: str) -> Any:
+        return self._overrides[name] if name in self._overrides else getattr(self._owner, name)
+
+
+class _PostProcess:
+    """Installed as the head's `postprocess_detections`: torchvision's own, called on a `_ThresholdView`."""
+
+    def __init__(self, owner: nn.Module) -> None:
+        self.owner = owner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        overrides = _THRESHOLDS.get()
+        target = _ThresholdView(self.owner, overrides) if overrides else self.owner
+        return type(self.owner).postprocess_detections(target, *args, **kwargs)
 
 
 def _transform(model: nn.Module, *, imgsz: int, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -144,7 +183,9 @@ def finish_detector(model: nn.Module, spec: DetectorSpec, *, replace_conv: bool 
     if isinstance(model, FasterRCNN):
         _scale_proposals(model, imgsz=spec.imgsz)
     detector = Detector(model, background=isinstance(model, FasterRCNN | SSD))
-    detector.set_thresholds(score=EVAL_SCORE_THRESHOLD)
+    owner = detector.thresholds_owner()
+    owner.score_thresh = EVAL_SCORE_THRESHOLD
+    owner.postprocess_detections = _PostProcess(owner)
     return detector
 
 

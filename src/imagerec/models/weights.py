@@ -357,7 +357,7 @@ def _run_state(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     if not weights.exists():
         raise UserError(f"{path}: the run has no saved weights yet (no best.safetensors or last.safetensors)")
     info = run.read_model_info()
-    return load_weights(weights), f"{path} (a {info.get('task', '?')} run of {info.get('model', '?')})"
+    return load_weights(weights), f"{path} (a {info.task} run of {info.model})"
 
 
 def resolve_state(source: str, *, model_name: str) -> tuple[dict[str, torch.Tensor], str]:
@@ -369,21 +369,6 @@ def resolve_state(source: str, *, model_name: str) -> tuple[dict[str, torch.Tens
         return read_state_dict(path), str(path)
     published = _published(source, model_name)
     return read_state_dict(_fetch(published)), published.name
-
-
-def weights_model(task: str, name: str, backbone: str | None) -> str:
-    """The classifier whose published weights `DEFAULT` means: the model itself, or the backbone it is built on."""
-    if backbone:
-        return backbone
-    from imagerec.models.detection import BACKBONE_HEADS, DEFAULT_BACKBONE
-
-    if task == "detect" and name in BACKBONE_HEADS:
-        return DEFAULT_BACKBONE
-    if task == "segment" and name.startswith("smp_"):
-        from imagerec.models.segmentation import DEFAULT_ENCODER
-
-        return DEFAULT_ENCODER
-    return name
 
 
 def apply_weights(model: nn.Module, source: str, *, model_name: str) -> LoadReport:
@@ -402,7 +387,7 @@ def weights_preprocessing(source: str, *, model_name: str) -> dict[str, Any] | N
         from imagerec.runs import open_run
 
         info = open_run(path).read_model_info()
-        return {"mean": info["mean"], "std": info["std"], "imgsz": info["imgsz"], "task": info.get("task")}
+        return {"mean": info.mean, "std": info.std, "imgsz": info.imgsz, "task": info.task}
     if path.exists() or not is_published(source):
         return None
     published = _published(source, model_name)

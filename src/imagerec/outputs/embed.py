@@ -24,6 +24,7 @@ from imagerec.data.images import to_channels
 from imagerec.errors import UserError
 from imagerec.models.embedding import backbone_name, check_layer, classifier_name, extract
 from imagerec.outputs.predict import DecodedImages, ImageLike, expand_sources, load, pick_device, to_tensor
+from imagerec.tasks.results import Classification, Detections
 
 INDEX_FORMAT = 1  # bumped when the files' layout changes incompatibly
 SUFFIXES = (".parquet", ".npz")
@@ -138,12 +139,14 @@ class Embedder:
         per_image: bool,
         meta: dict[str, Any],
         device: torch.device,
+        image_list: bool = False,
     ) -> None:
         self.model, self.preprocess, self.meta, self.device = model.to(device).eval(), preprocess, meta, device
         self.layer, self.use_input = layer, use_input
         # Detectors and segmenters take images of any size: batching would pad them, and an image's embedding
         # would then depend on its batch; one at a time keeps it a function of the image alone.
         self.per_image = per_image
+        self.image_list = image_list  # detectors take a list of images, the others one N×C×H×W tensor
 
     @torch.no_grad()
     def vectors(self, images: list[torch.Tensor]) -> torch.Tensor:
@@ -153,7 +156,7 @@ class Embedder:
         return self._features(images)
 
     def _features(self, images: list[torch.Tensor]) -> torch.Tensor:
-        if self.meta["task"] == "detect" or self.meta.get("instance"):
+        if self.image_list:
             inputs: Any = [image.to(self.device) for image in images]
         else:
             inputs = torch.stack(images).to(self.device)
@@ -199,14 +202,14 @@ def open_embedder(
 def _run_embedder(path: Path, *, layer: str | None, imgsz: int | None, device: str) -> Embedder:
     predictor = load(path, device=device, imgsz=imgsz)
     info, model = predictor.info, predictor.model
-    classify = info["task"] == "classify"
+    classify = issubclass(predictor.task.result_type, Classification)
     if layer is not None:
-        check_layer(model, layer, what=f"the {info['model']} model of {path}")
+        check_layer(model, layer, what=f"the {info.model} model of {path}")
     weights_file = predictor.run.best if predictor.run.best.exists() else predictor.run.last
     meta = {
-        "format": INDEX_FORMAT, "run": str(path.resolve()), "model": info["model"], "task": info["task"],
-        "instance": bool(info.get("instance")), "weights": None, "weights_digest": _digest(weights_file),
-        "layer": layer, "imgsz": info["imgsz"],
+        "format": INDEX_FORMAT, "run": str(path.resolve()), "model": info.model, "task": info.task,
+        "instance": bool(info.instance), "weights": None, "weights_digest": _digest(weights_file),
+        "layer": layer, "imgsz": info.imgsz,
     }  # fmt: skip
     return Embedder(
         model,
@@ -216,6 +219,7 @@ def _run_embedder(path: Path, *, layer: str | None, imgsz: int | None, device: s
         per_image=not classify,
         meta=meta,
         device=predictor.device,
+        image_list=issubclass(predictor.task.result_type, Detections),
     )
 
 

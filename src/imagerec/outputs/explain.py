@@ -27,8 +27,10 @@ from torch import nn
 from imagerec.data.images import to_channels
 from imagerec.errors import UserError
 from imagerec.models.cam_layers import cam_layer
+from imagerec.models.detection import thresholds
 from imagerec.outputs.predict import ImageLike, Predictor, expand_sources, load, source_name, to_tensor
 from imagerec.runs import RunDir, write_json
+from imagerec.tasks.results import Classification, Detections
 
 METHODS = ("gradcam", "gradcam++", "scorecam", "hirescam", "integrated-gradients")
 CAM_METHODS = METHODS[:4]
@@ -155,39 +157,42 @@ class Explainer:
         self.info, self.classes = self.predictor.info, self.predictor.classes
         if target is not None and target not in self.classes:
             raise UserError(f"--target {target!r} is not a class of this model; its classes: {', '.join(self.classes)}")
-        self.kind = _kind(self.info)
+        gives = self.predictor.task.result_type  # labels, boxes (with or without masks) or a class per pixel
+        self.labels, self.boxes = issubclass(gives, Classification), issubclass(gives, Detections)
         method = method or DEFAULT_METHOD
-        self.method, self.target, self.max_boxes = method, target, max_boxes
-        if self.kind == "detect" and method not in CAM_METHODS:
+        self.method, self.target, self.max_boxes, self.conf = method, target, max_boxes, conf
+        if self.boxes and method not in CAM_METHODS:
             raise UserError(
                 f"--method {method} does not apply to detectors (their boxes come from non-differentiable "
                 f"selection); use {', '.join(CAM_METHODS)}"
             )
         self.model = self.predictor.model
-        if self.kind == "detect":
-            self.model.set_thresholds(score=conf)
-        self.layer, self.reshape = (None, None) if method not in CAM_METHODS else cam_layer(self.model, self.info)
+        self.layer, self.reshape = None, None
+        if method in CAM_METHODS:
+            info = self.info
+            self.layer, self.reshape = cam_layer(self.model, name=info.model, channels=info.channels, imgsz=info.imgsz)
 
     def read(self, source: ImageLike) -> torch.Tensor:
         """`source` as a C×H×W float image in [0, 1] with the model's channels; UserError when unreadable."""
-        return to_channels(to_tensor(source), self.info["channels"])
+        return to_channels(to_tensor(source), self.info.channels)
 
     def explain_image(self, image: torch.Tensor, name: str = "<image>") -> list[Explanation]:
         """The explanations of one C×H×W image in [0, 1] (see `explain`); a UserError for a segmenter's image above
         MAX_PIXELS."""
-        if self.kind == "classify":
+        if self.labels:
             return self._classify(name, image)
         height, width = image.shape[-2:]
-        if self.kind == "segment" and height * width > MAX_PIXELS:
+        if not self.boxes and height * width > MAX_PIXELS:
             raise UserError(
                 f"{name}: {width}×{height} pixels is above the {MAX_PIXELS:,} pixels a segmenter is explained on "
                 "whole (the backward pass keeps every activation); crop the region to explain"
             )
         x = image[None].to(self.predictor.device)
-        jobs = self._detect_jobs(x) if self.kind == "detect" else self._segment_jobs(x)
-        return [
-            Explanation(name, j.target, self.method, j.score, self._heatmap(x, j), box=j.box) for j in jobs
-        ]  # fmt: skip
+        with thresholds(score=self.conf):  # a detector keeps boxes down to --conf, in every forward pass here
+            jobs = self._detect_jobs(x) if self.boxes else self._segment_jobs(x)
+            return [
+                Explanation(name, j.target, self.method, j.score, self._heatmap(x, j), box=j.box) for j in jobs
+            ]  # fmt: skip
 
     def _classify(self, name: str, image: torch.Tensor) -> list[Explanation]:
         x = self.predictor.preprocess(image)[None].to(self.predictor.device)
@@ -201,13 +206,13 @@ class Explainer:
             return sign * logits[:, channel]
 
         job = _Job(self.classes[index], float(probs[index]), lambda out: sign * out[..., channel], scores)
-        heat, crop = _uncrop(self._heatmap(x, job, baseline=self._black(x)), image.shape[-2:], self.info["imgsz"])
+        heat, crop = _uncrop(self._heatmap(x, job, baseline=self._black(x)), image.shape[-2:], self.info.imgsz)
         return [Explanation(name, job.target, self.method, job.score, heat, crop=crop)]
 
     def _black(self, x: torch.Tensor) -> torch.Tensor:
         """A black image after the classifier's normalisation: the integrated-gradients baseline."""
-        mean = torch.tensor(self.info["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.info["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        mean = torch.tensor(self.info.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.info.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return ((0 - mean) / std).expand_as(x)
 
     @torch.no_grad()
@@ -269,14 +274,6 @@ class Explainer:
             cam.activations_and_grads.release()
             self.model.zero_grad(set_to_none=True)
         return np.clip(np.nan_to_num(heat), 0, 1).astype(np.float32)
-
-
-def _kind(info: dict[str, Any]) -> str:
-    if info["task"] == "classify":
-        return "classify"
-    if info["task"] == "detect" or info.get("instance"):
-        return "detect"
-    return "segment"
 
 
 class _BoxScore:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from imagerec.errors import UserError
 from imagerec.outputs.embed import Embeddings, open_embedder, read_embeddings, with_labels
+from imagerec.runs import open_run
 
 CHUNK_VALUES = 1 << 24  # similarities held at once
 MAX_PAIRS = 1_000_000  # more pairs than this above the threshold means the threshold is too low to be useful
@@ -143,7 +144,9 @@ def neighbors(
     found = index if isinstance(index, Embeddings) else read_embeddings(index)
     check_made_by(found, run_or_model, where=where)
     meta = found.meta
-    imgsz = meta["imgsz"] if meta["run"] is None or meta["task"] == "detect" else None
+    imgsz = meta["imgsz"]
+    if meta["run"] is not None and open_run(run_or_model).read_model_info().imgsz == imgsz:
+        imgsz = None  # the run's own size; only a detector's index can have been made at another one
     embedder = open_embedder(run_or_model, layer=meta["layer"], weights=meta["weights"], imgsz=imgsz, device=device)
     if embedder.meta.get("weights_digest") != meta.get("weights_digest"):
         raise UserError(

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from imagerec.outputs.results import Classification, Detections, InstanceMasks, SegmentationMask
 from imagerec.runs import atomic_write
+from imagerec.tasks.results import Classification, Detections, InstanceMasks, SegmentationMask
 
 MIN_LABELLED_SIDE = 192  # small images (8×8 digit scans, 28 px medical crops) are enlarged so their labels fit
 # Okabe & Ito's colour-blind-safe palette (black dropped: it vanishes on dark images).

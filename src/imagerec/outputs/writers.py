@@ -10,27 +10,26 @@ from pathlib import Path
 from typing import Any
 
 from imagerec.errors import UserError
-from imagerec.outputs.results import Classification, Detections, InstanceMasks, SegmentationMask, coco_results
+from imagerec.records import ModelInfo
+from imagerec.tasks.results import Classification, Detections, InstanceMasks, Result, SegmentationMask, coco_results
 
-Result = Classification | Detections | SegmentationMask
 FORMATS = ("table", "json", "csv", "coco")
 
 
-def check_format(fmt: str, info: dict[str, Any]) -> None:
-    """Refuse an output format the run's task cannot give."""
+def check_format(fmt: str, result_type: type[Result]) -> None:
+    """Refuse an output format that results of `result_type` (the run's task's) cannot give."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: use {', '.join(FORMATS)}")
-    boxes = info["task"] == "detect" or info.get("instance")
-    if fmt == "coco" and not boxes:
+    if fmt == "coco" and not issubclass(result_type, Detections):
         raise UserError("--format coco writes boxes: it applies to detection and instance segmentation runs")
 
 
-def render(results: Sequence[Result], fmt: str, info: dict[str, Any]) -> str:
+def render(results: Sequence[Result], fmt: str, info: ModelInfo) -> str:
     """`results` as JSON, CSV or (boxes) COCO results JSON text."""
     if fmt == "json":
         return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
     if fmt == "coco":
-        return json.dumps(coco_results(results, info["classes"], info.get("category_ids")), indent=2) + "\n"
+        return json.dumps(coco_results(results, info.classes, info.category_ids), indent=2) + "\n"
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     for row in _csv_rows(results):
@@ -63,7 +62,7 @@ def _csv_rows(results: Sequence[Result]) -> list[list[Any]]:
     return rows
 
 
-def save_outputs(result: Result, info: dict[str, Any], *, images: Path | None, masks: Path | None) -> None:
+def save_outputs(result: Result, info: ModelInfo, *, images: Path | None, masks: Path | None) -> None:
     """Write `result`'s drawn image to `images` and its index mask to `masks` (each when given), named after
     the source file's stem."""
     if result.error is not None or (images is None and masks is None):
@@ -85,11 +84,11 @@ def save_outputs(result: Result, info: dict[str, Any], *, images: Path | None, m
         return
     image = read_image(Path(result.source))
     if isinstance(result, Classification):
-        drawn = draw_classification(image, result, info["classes"])
+        drawn = draw_classification(image, result, info.classes)
     elif isinstance(result, SegmentationMask):
-        drawn = draw_class_map(image, result, info.get("colours"))
+        drawn = draw_class_map(image, result, info.colours)
     elif isinstance(result, InstanceMasks):
-        drawn = draw_instances(image, result, info["classes"])
+        drawn = draw_instances(image, result, info.classes)
     else:
-        drawn = draw_detections(image, result, info["classes"])
+        drawn = draw_detections(image, result, info.classes)
     save_png(drawn, images / f"{stem}.png")

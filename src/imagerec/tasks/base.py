@@ -1,11 +1,70 @@
-"""The Task contract: the only thing the engine knows about a task."""
+"""The Task contract: everything training, evaluation, prediction and reports ask of a task, and nothing else.
+
+Code outside `tasks/` holds a Task (from `tasks.build.build_task` or `task_from_info`) and calls these members; it
+never asks which kind of task it holds.
+"""
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
+
+from imagerec.config import ModelConfig
+from imagerec.data.masks import MaskCoding
+from imagerec.data.targets import Sample
+from imagerec.errors import UserError
+from imagerec.records import ModelInfo, Preprocessing, TaskKind, TaskName
+from imagerec.tasks.results import Result
+
+# Whole-image segmentation above this many pixels needs --tile: a 2048×2048 image. At 4096×4096 the compact
+# U-Net alone peaked at 8.6 GiB, against 1.7 GiB in 512 px tiles (docs/benchmarks.md, tiling).
+MAX_PIXELS = 2048 * 2048
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Per-call prediction options; each task reads those that apply to it and never stores them in the model.
+
+    `topk`: labels per image (classification). `conf`: minimum score of a box, `iou`: overlap above which
+    non-maximum suppression merges boxes (None: the model's own). `tile`, `overlap`: sliding-window inference for
+    semantic segmentation, required above `max_pixels`.
+    """
+
+    topk: int = 5
+    conf: float = 0.25
+    iou: float | None = None
+    tile: int | None = None
+    overlap: int = 64
+    max_pixels: int = MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.topk < 1:
+            raise UserError(f"--topk {self.topk}: must be at least 1")
+        if not 0 <= self.conf <= 1 or (self.iou is not None and not 0 < self.iou <= 1):
+            raise UserError("--conf must be in [0, 1] and --iou in (0, 1]")
+        if self.tile is not None and not 0 <= self.overlap < self.tile:
+            raise UserError(
+                f"--tile {self.tile} --overlap {self.overlap}: the overlap must be at least 0 and below the tile size"
+            )
+
+
+def median_side(shapes: Sequence[tuple[int, int]], *, longest: bool, low: int, high: int, multiple: int = 1) -> int:
+    """The median longest (or shortest) side of images of (height, width) `shapes`, clamped to [low, high] and
+    rounded up to `multiple`: a task's default input size."""
+    median = statistics.median((max if longest else min)(shape) for shape in shapes)
+    size = int(min(high, max(low, median)))
+    return -(-size // multiple) * multiple
+
+
+def keep_imgsz(info: ModelInfo, imgsz: int) -> ModelInfo:
+    """`Task.with_imgsz` of tasks whose input size is fixed by training."""
+    raise UserError("--imgsz at prediction applies to detection runs; a classifier keeps its input size")
 
 
 class Metrics(Protocol):
@@ -17,20 +76,65 @@ class Metrics(Protocol):
 
 
 class Task(Protocol):
-    """What a task provides to the engine.
+    """What a task provides.
 
-    `step` runs the model on one collated batch and returns at least `{"loss": scalar}`; in evaluation it
-    also returns `outputs` and `targets` to feed `metrics().update`. `monitor` names the validation metric
-    that picks the best checkpoint and whether higher ("max") or lower ("min") is better.
+    `step` runs the model on one collated batch and returns at least `{"loss": scalar}` in training; in evaluation
+    it returns `outputs` and `targets` to feed `metrics().update` (and `loss` where the task has one). `monitor`
+    names the validation metric that picks the best checkpoint and whether higher ("max") or lower ("min") is
+    better. `result_type` is the class of what `predict` returns.
     """
 
-    name: str
+    name: TaskName
+    kind: TaskKind
+    default_model: str  # what `--model` means when it is not given
+    classes: list[str]
+    default_batch: int
+    autotune: bool  # whether CPU precision and memory format may be chosen by measuring (engine.autotune)
+    result_type: type[Result]
 
     @property
     def monitor(self) -> tuple[str, str]: ...
 
-    def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]: ...
+    def record_fields(self, cfg: ModelConfig) -> dict[str, Any]: ...
+
+    def default_imgsz(self, shapes: Sequence[tuple[int, int]]) -> int: ...
+
+    def weights_model(self, cfg: ModelConfig) -> str: ...
+
+    def preprocessing(
+        self, *, channels: int, imgsz: int, mean: Sequence[float], std: Sequence[float]
+    ) -> Preprocessing: ...
+
+    def build_model(self, info: ModelInfo, *, dropout: float = 0.0) -> nn.Module: ...
+
+    def dataset(
+        self,
+        samples: Sequence[Sample],
+        *,
+        info: ModelInfo,
+        augment: str | None,
+        cache: bool | None,
+        coding: MaskCoding | None = None,
+    ) -> Dataset: ...
+
+    def collate(self, preset: str | None = None) -> Callable[[list], Any]: ...
+
+    def with_imgsz(self, info: ModelInfo, imgsz: int) -> ModelInfo: ...
+
+    def predict_transform(self, info: ModelInfo) -> Callable[[torch.Tensor], torch.Tensor] | None: ...
+
+    def step(self, model: nn.Module, batch: Any) -> dict[str, Any]: ...
 
     def metrics(self) -> Metrics: ...
 
     def batch_size(self, batch: Any) -> int: ...
+
+    def per_image(self, out: dict[str, Any], batch: Any) -> list[Any]: ...
+
+    def results(self, outputs: Sequence[Any], sources: Sequence[str]) -> list[Result]: ...
+
+    def predict(
+        self, model: nn.Module, images: Sequence[torch.Tensor], sources: Sequence[str], options: PredictOptions
+    ) -> list[Result]: ...
+
+    def failed(self, source: str, error: str) -> Result: ...

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from imagerec.config import RunConfig
-from imagerec.data.index import DataIndex, MaskFile, Objects
+from imagerec.data.index import DataIndex
+from imagerec.data.targets import MaskFile, Objects
 from imagerec.errors import UserError
+from imagerec.records import ModelInfo
+from imagerec.tasks.base import Task
 from imagerec.tasks.classification import ClassificationTask, inverse_frequency_weights
-from imagerec.tasks.detection import DetectionTask
+from imagerec.tasks.detection import DetectionTask, InstanceSegmentationTask
 
-if TYPE_CHECKING:  # segmentation models and metrics load only for segmentation runs
-    from imagerec.tasks.segmentation import SegmentationTask
-
-    AnyTask = ClassificationTask | DetectionTask | SegmentationTask
 TARGETS = {"classify": "class labels", "detect": "boxes", "segment": "masks"}
 
 
@@ -33,6 +33,18 @@ def data_format(cfg: RunConfig) -> str:
     from imagerec.data.formats.masks import is_masks
 
     return "masks" if is_masks(Path(cfg.data.path)) else "auto"
+
+
+def pretrained_imgsz(cfg: RunConfig, pretrained: dict[str, Any] | None) -> int | None:
+    """The input size pretrained weights were trained at, when they were trained for this task (a detector's
+    size means nothing to a classifier)."""
+    return pretrained["imgsz"] if pretrained is not None and pretrained.get("task") == cfg.task else None
+
+
+def check_head(cfg: RunConfig) -> None:
+    """`--head knn|logistic` fits a classifier on embeddings: refused at once for another task."""
+    if cfg.task != "classify":
+        raise UserError(f"--head {cfg.model.head} fits a classifier on embeddings; it applies to --task classify")
 
 
 def _kind(index: DataIndex) -> str:
@@ -55,6 +67,8 @@ def check_task_data(cfg: RunConfig, index: DataIndex) -> None:
             f"train it with --task {kind} or point to data with {needs}"
         )
     if cfg.task == "classify":
+        if cfg.model.head != "network" and index.multilabel:
+            raise UserError(f"--head {cfg.model.head} fits single-label data; for multi-label data use --head network")
         return
     if cfg.data.balanced_sampler or cfg.train.class_weights:
         raise UserError(f"balanced_sampler and class_weights apply to classification; drop them for --task {cfg.task}")
@@ -73,12 +87,12 @@ def _check_classes_trained(cfg: RunConfig, index: DataIndex) -> None:
             )
 
 
-def build_task(cfg: RunConfig, index: DataIndex) -> AnyTask:
+def build_task(cfg: RunConfig, index: DataIndex) -> Task:
     """The task object for training `cfg` on `index`."""
     if cfg.task == "detect":
         return DetectionTask(index.classes, flip=cfg.data.flip)
     if cfg.task == "segment" and is_instance_model(cfg.model.name):
-        return DetectionTask(index.classes, flip=cfg.data.flip, masks=True, name="segment")
+        return InstanceSegmentationTask(index.classes, flip=cfg.data.flip)
     if cfg.task == "segment":
         from imagerec.tasks.segmentation import SegmentationTask
 
@@ -100,15 +114,29 @@ def build_task(cfg: RunConfig, index: DataIndex) -> AnyTask:
     )
 
 
-def task_from_info(info: dict[str, Any]) -> AnyTask:
-    """The task object of a trained run, rebuilt from its model.json (for predict and evaluate)."""
-    classes = info["classes"]
-    if info["task"] == "detect":
-        return DetectionTask(classes)
-    if info["task"] == "segment" and info.get("instance"):
-        return DetectionTask(classes, masks=True, name="segment")
-    if info["task"] == "segment":
+def default_model(task: str) -> str:
+    """The model `--task TASK` trains when no --model is given (semantic segmentation for `segment`)."""
+    if task == "segment":
         from imagerec.tasks.segmentation import SegmentationTask
 
-        return SegmentationTask(classes, binary_head=info["binary_head"], ignore_index=info["ignore_index"])
-    return ClassificationTask(classes, multilabel=info["multilabel"], binary_head=info["binary_head"])
+        return SegmentationTask.default_model
+    return {"classify": ClassificationTask, "detect": DetectionTask}[task].default_model
+
+
+def task_from_info(info: ModelInfo) -> Task:
+    """The task object of a trained run, rebuilt from its model.json (for predict, evaluate and reports)."""
+    return _FROM_INFO[info.kind](info)
+
+
+def _segmentation_task(info: ModelInfo) -> Task:
+    from imagerec.tasks.segmentation import SegmentationTask  # segmentation models load only for segmentation runs
+
+    return SegmentationTask(info.classes, binary_head=info.binary_head, ignore_index=info.ignore_index)
+
+
+_FROM_INFO: dict[str, Callable[[ModelInfo], Task]] = {
+    "classify": lambda info: ClassificationTask(info.classes, multilabel=info.multilabel, binary_head=info.binary_head),
+    "detect": lambda info: DetectionTask(info.classes),
+    "instance": lambda info: InstanceSegmentationTask(info.classes),
+    "segment": _segmentation_task,
+}

@@ -13,11 +13,14 @@ from torch.utils.data import default_collate
 
 from imagerec.config import ModelConfig
 from imagerec.data.datasets import ClassificationDataset
-from imagerec.data.index import Sample
+from imagerec.data.masks import MaskCoding
+from imagerec.data.targets import Sample
 from imagerec.metrics.classification import MONITOR, ClassificationMetrics
 from imagerec.models import create_model
 from imagerec.models.embedding import build_head, replace_module
-from imagerec.outputs.results import Classification
+from imagerec.records import ModelInfo, Preprocessing
+from imagerec.tasks.base import PredictOptions, keep_imgsz, median_side
+from imagerec.tasks.results import Classification
 from imagerec.transforms import classification as presets
 
 
@@ -31,8 +34,11 @@ class ClassificationTask:
     label_smoothing: float = 0.0
     class_weights: torch.Tensor | None = None
     name: str = "classify"
+    kind: str = "classify"
+    default_model: str = "seed_cnn"  # trains in seconds on a CPU; --weights DEFAULT with resnet18 when online
     default_batch: int = 64
     autotune: bool = True  # CPU precision and memory format chosen by measuring (engine.autotune)
+    result_type: type = Classification
 
     @property
     def num_classes(self) -> int:
@@ -50,23 +56,19 @@ class ClassificationTask:
     def monitor(self) -> tuple[str, str]:
         return MONITOR["multilabel" if self.multilabel else "single"]
 
-    def build_model(self, cfg: ModelConfig, info: dict[str, Any]) -> nn.Module:
-        """A fresh model for the input described by `info` (model.json: channels, imgsz; `head` when a k-NN or
-        logistic-regression head fitted on embeddings replaces the network's classifier)."""
+    def build_model(self, info: ModelInfo, *, dropout: float = 0.0) -> nn.Module:
+        """A fresh model for the input described by `info` (its `head` when a k-NN or logistic-regression head
+        fitted on embeddings replaces the network's classifier)."""
         model = create_model(
-            self.name,
-            cfg.name,
-            num_outputs=self.num_outputs,
-            in_channels=info["channels"],
-            imgsz=info["imgsz"],
-            dropout=cfg.dropout,
-        )
-        if info.get("head"):
-            head = build_head(info["head"], num_classes=self.num_classes, num_outputs=self.num_outputs)
-            replace_module(model, info["head"]["layer"], head)
+            self.name, info.model, num_outputs=self.num_outputs, in_channels=info.channels, imgsz=info.imgsz,
+            dropout=dropout,
+        )  # fmt: skip
+        if info.head:
+            head = build_head(info.head, num_classes=self.num_classes, num_outputs=self.num_outputs)
+            replace_module(model, info.head["layer"], head)
         return model
 
-    def model_fields(self, cfg: ModelConfig) -> dict[str, Any]:
+    def record_fields(self, cfg: ModelConfig) -> dict[str, Any]:
         """What model.json records for this task besides classes, channels, size and statistics."""
         return {
             "multilabel": self.multilabel,
@@ -75,17 +77,38 @@ class ClassificationTask:
             "resize": "shorter side to imgsz, centre crop imgsz, bilinear, antialias",
         }
 
+    def default_imgsz(self, shapes: Sequence[tuple[int, int]]) -> int:
+        """The median shorter side, within 32–224 px."""
+        return median_side(shapes, longest=False, low=32, high=224)
+
+    def weights_model(self, cfg: ModelConfig) -> str:
+        """The classifier whose published weights `--weights DEFAULT` means: the model itself."""
+        return cfg.backbone or cfg.name
+
+    def preprocessing(self, *, channels: int, imgsz: int, mean: Sequence[float], std: Sequence[float]) -> Preprocessing:
+        """Resized, cropped and normalised before the network (presets.eval_transform)."""
+        return Preprocessing(
+            channels=channels, size=imgsz, resize="shorter_side_centre_crop", mean=tuple(mean), std=tuple(std),
+            inside_model=False,
+        )  # fmt: skip
+
     def dataset(
-        self, samples: Sequence[Sample], *, info: dict[str, Any], augment: str | None, cache: bool | None
+        self,
+        samples: Sequence[Sample],
+        *,
+        info: ModelInfo,
+        augment: str | None,
+        cache: bool | None,
+        coding: MaskCoding | None = None,
     ) -> ClassificationDataset:
         """Images and targets of `samples`, augmented with preset `augment` (None: evaluation preprocessing)."""
-        size = {"imgsz": info["imgsz"], "mean": info["mean"], "std": info["std"]}
+        size = {"imgsz": info.imgsz, "mean": info.mean, "std": info.std}
         if augment is None:
             transform = self.eval_transform(**size)
         else:
-            transform = self.train_transform(augment, channels=info["channels"], **size)
+            transform = self.train_transform(augment, channels=info.channels, **size)
         return ClassificationDataset(
-            samples, channels=info["channels"], num_classes=self.num_classes, transform=transform, cache=cache
+            samples, channels=info.channels, num_classes=self.num_classes, transform=transform, cache=cache
         )
 
     def train_transform(self, preset: str, *, imgsz: int, channels: int, mean: Sequence[float], std: Sequence[float]):
@@ -94,8 +117,10 @@ class ClassificationTask:
     def eval_transform(self, *, imgsz: int, mean: Sequence[float], std: Sequence[float]):
         return presets.eval_transform(imgsz=imgsz, mean=mean, std=std)
 
-    def predict_transform(self, info: dict[str, Any]) -> Callable:
-        return self.eval_transform(imgsz=info["imgsz"], mean=info["mean"], std=info["std"])
+    with_imgsz = staticmethod(keep_imgsz)
+
+    def predict_transform(self, info: ModelInfo) -> Callable:
+        return self.eval_transform(imgsz=info.imgsz, mean=info.mean, std=info.std)
 
     def failed(self, source: str, error: str) -> Classification:
         """The result for an image that could not be read."""
@@ -148,7 +173,24 @@ class ClassificationTask:
     def batch_size(self, batch: Any) -> int:
         return len(batch[0])
 
-    def results(self, probs: torch.Tensor, sources: Sequence[str], topk: int = 5) -> list[Classification]:
+    def per_image(self, out: dict[str, Any], batch: Any) -> list[torch.Tensor]:
+        """Each image's class probabilities from an evaluation step."""
+        return list(out["outputs"].float().cpu())
+
+    def results(self, outputs: Sequence[torch.Tensor], sources: Sequence[str]) -> list[Classification]:
+        """Every class of each image, most probable first (multi-label: those above 0.5), from `per_image`."""
+        probs = torch.stack(list(outputs)) if outputs else torch.zeros(0, self.num_classes)
+        return self.top_labels(probs, sources, topk=self.num_classes)
+
+    def predict(
+        self, model: nn.Module, images: Sequence[torch.Tensor], sources: Sequence[str], options: PredictOptions
+    ) -> list[Classification]:
+        """Top-k labels of preprocessed images."""
+        device = next(model.parameters()).device
+        probs = self.probabilities(model(torch.stack(list(images)).to(device))).cpu()
+        return self.top_labels(probs, sources, topk=options.topk)
+
+    def top_labels(self, probs: torch.Tensor, sources: Sequence[str], topk: int) -> list[Classification]:
         """Typed results: the top-k labels (multi-label: every label above 0.5, at least the best one)."""
         k = min(topk, self.num_classes)
         values, indices = probs.topk(k, dim=1)

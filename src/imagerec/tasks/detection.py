@@ -1,4 +1,5 @@
-"""Object detection: boxes with a class and a score, COCO mAP, one loss dict per step."""
+"""Object detection: boxes with a class and a score, COCO mAP, one loss dict per step; and instance segmentation
+(Mask R-CNN), detection whose objects also carry a mask."""
 
 from __future__ import annotations
 
@@ -11,10 +12,20 @@ from torch import nn
 
 from imagerec.config import ModelConfig
 from imagerec.data.datasets import DetectionDataset
-from imagerec.data.index import Sample
+from imagerec.data.masks import MaskCoding
+from imagerec.data.targets import Sample
 from imagerec.metrics.detection import DetectionMetrics
-from imagerec.models.detection import Detector, DetectorSpec, create_detector
-from imagerec.outputs.results import Detections, InstanceMasks, rle
+from imagerec.models.detection import (
+    BACKBONE_HEADS,
+    DEFAULT_BACKBONE,
+    Detector,
+    DetectorSpec,
+    create_detector,
+    thresholds,
+)
+from imagerec.records import ModelInfo, Preprocessing
+from imagerec.tasks.base import PredictOptions, keep_imgsz, median_side
+from imagerec.tasks.results import Detections, InstanceMasks, rle
 from imagerec.transforms import detection as presets
 
 Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
@@ -40,41 +51,33 @@ def _training_targets(targets: list[dict[str, torch.Tensor]]) -> list[dict[str, 
 
 @dataclass
 class DetectionTask:
-    """Loss, post-processing and metrics for detection over `classes` (0-based: no background class).
-
-    With `masks` it is instance segmentation (Mask R-CNN): targets carry each object's mask, mAP is measured on
-    masks, and results are InstanceMasks.
-    """
+    """Loss, post-processing and metrics for detection over `classes` (0-based: no background class)."""
 
     classes: list[str]
-    masks: bool = False
+    flip: bool = True  # horizontal flips in augmentation: wrong for text and digits, whose mirror is another class
     name: str = "detect"
+    kind: str = "detect"
+    default_model: str = "fcos_lite"  # the small detector that trains on a CPU in minutes
     monitor: tuple[str, str] = MONITOR
     autotune: bool = False  # detection ops (RoIAlign, NMS) gain little from bf16 on CPU; stay in fp32 there
     default_batch: int = 8
-    flip: bool = True  # horizontal flips in augmentation: wrong for text and digits, whose mirror is another class
+    result_type: type = Detections
+    masks: bool = False  # objects carry masks: targets, metrics (mask mAP) and results
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def build_model(self, cfg: ModelConfig, info: dict[str, Any]) -> Detector:
-        spec = DetectorSpec(
-            num_classes=self.num_classes,
-            in_channels=info["channels"],
-            imgsz=info["imgsz"],
-            mean=info["mean"],
-            std=info["std"],
-            anchor_sizes=cfg.anchor_sizes,
-            backbone=cfg.backbone,
-        )
-        if self.masks:
-            from imagerec.models.segmentation import create_instance_segmenter
+    def build_model(self, info: ModelInfo, *, dropout: float = 0.0) -> Detector:
+        return create_detector(info.model, self._spec(info))
 
-            return create_instance_segmenter(cfg.name, spec)
-        return create_detector(cfg.name, spec)
+    def _spec(self, info: ModelInfo) -> DetectorSpec:
+        return DetectorSpec(
+            num_classes=self.num_classes, in_channels=info.channels, imgsz=info.imgsz, mean=info.mean,
+            std=info.std, anchor_sizes=info.anchor_sizes, backbone=info.backbone,
+        )  # fmt: skip
 
-    def model_fields(self, cfg: ModelConfig) -> dict[str, Any]:
+    def record_fields(self, cfg: ModelConfig) -> dict[str, Any]:
         """What model.json records for detection besides classes, channels, size and statistics."""
         return {
             "instance": self.masks,
@@ -84,26 +87,54 @@ class DetectionTask:
             "boxes mapped back to the original image",
         }
 
+    def default_imgsz(self, shapes: Sequence[tuple[int, int]]) -> int:
+        """The median longer side, within 64–640 px, rounded up to a multiple of 32 (detectors pad to it anyway)."""
+        return median_side(shapes, longest=True, low=64, high=640, multiple=32)
+
+    def weights_model(self, cfg: ModelConfig) -> str:
+        """The classifier whose published weights `--weights DEFAULT` means: the backbone under the head."""
+        if cfg.backbone:
+            return cfg.backbone
+        return DEFAULT_BACKBONE if cfg.name in BACKBONE_HEADS else cfg.name
+
+    def preprocessing(self, *, channels: int, imgsz: int, mean: Sequence[float], std: Sequence[float]) -> Preprocessing:
+        """Resized (longest side), padded and normalised inside the model (GeneralizedRCNNTransform)."""
+        return Preprocessing(
+            channels=channels, size=imgsz, resize="longest_side_pad", pad_multiple=32, mean=tuple(mean),
+            std=tuple(std), inside_model=True,
+        )  # fmt: skip
+
     def dataset(
-        self, samples: Sequence[Sample], *, info: dict[str, Any], augment: str | None, cache: bool | None
+        self,
+        samples: Sequence[Sample],
+        *,
+        info: ModelInfo,
+        augment: str | None,
+        cache: bool | None,
+        coding: MaskCoding | None = None,
     ) -> DetectionDataset:
         """Images with their boxes, augmented with preset `augment` (None: as stored; the model resizes)."""
         transform = mosaic = None
         if augment is not None:
-            transform = presets.train_transform(augment, imgsz=info["imgsz"], flip=self.flip)
+            transform = presets.train_transform(augment, imgsz=info.imgsz, flip=self.flip)
             # Mosaic and mixup combine boxes only; with instance masks they stay off.
-            mosaic = None if self.masks else presets.mosaic_transform(augment, imgsz=info["imgsz"])
+            mosaic = None if self.masks else presets.mosaic_transform(augment, imgsz=info.imgsz)
         return DetectionDataset(
-            samples, channels=info["channels"], transform=transform, mosaic=mosaic, cache=cache, masks=self.masks
+            samples, channels=info.channels, transform=transform, mosaic=mosaic, cache=cache, masks=self.masks
         )
 
-    def predict_transform(self, info: dict[str, Any]) -> None:
+    def with_imgsz(self, info: ModelInfo, imgsz: int) -> ModelInfo:
+        """`info` for predicting at another input size (the model resizes, and maps boxes back)."""
+        preprocessing = info.preprocessing.model_copy(update={"size": imgsz})
+        return info.model_copy(update={"imgsz": imgsz, "preprocessing": preprocessing})
+
+    def predict_transform(self, info: ModelInfo) -> None:
         """None: detectors resize and normalise inside the model, and map boxes back to the image."""
         return None
 
     def failed(self, source: str, error: str) -> Detections:
         """The result for an image that could not be read."""
-        return InstanceMasks(source, error=error) if self.masks else Detections(source, error=error)
+        return self.result_type(source, error=error)
 
     def collate(self, preset: str | None = None) -> Callable[[list], Batch]:
         return collate
@@ -123,13 +154,36 @@ class DetectionTask:
     def batch_size(self, batch: Batch) -> int:
         return len(batch[0])
 
-    def results(
+    def per_image(self, out: dict[str, Any], batch: Batch) -> list[tuple[dict[str, torch.Tensor], tuple[int, int]]]:
+        """Each image's detections (at the model's own score threshold) and its (width, height)."""
+        images, _ = batch
+        return [
+            ({k: v.cpu() for k, v in o.items()}, (image.shape[-1], image.shape[-2]))
+            for o, image in zip(out["outputs"], images, strict=True)
+        ]
+
+    def results(self, outputs: Sequence[tuple[dict[str, torch.Tensor], tuple[int, int]]], sources: Sequence[str]):
+        """Every detection `per_image` kept, as typed results."""
+        return self._typed([o for o, _ in outputs], sources, sizes=[s for _, s in outputs], conf=0.0)
+
+    def predict(
+        self, model: nn.Module, images: Sequence[torch.Tensor], sources: Sequence[str], options: PredictOptions
+    ) -> list[Detections]:
+        """Boxes scoring at least `options.conf`, merged above `options.iou`, in each image's own pixels."""
+        device = next(model.parameters()).device
+        batch = [image.to(device) for image in images]
+        with thresholds(score=options.conf, iou=options.iou):
+            outputs = [{k: v.cpu() for k, v in o.items()} for o in model(batch)]
+        sizes = [(image.shape[-1], image.shape[-2]) for image in images]
+        return self._typed(outputs, sources, sizes=sizes, conf=options.conf)
+
+    def _typed(
         self,
         outputs: Sequence[dict[str, torch.Tensor]],
         sources: Sequence[str],
         *,
         sizes: Sequence[tuple[int, int]],
-        conf: float = 0.0,
+        conf: float,
     ) -> list[Detections]:
         """Typed results, boxes with a score of at least `conf`, best first; `sizes` are the images' (w, h)."""
         results = []
@@ -149,3 +203,29 @@ class DetectionTask:
             else:
                 results.append(Detections(source, **found))
         return results
+
+
+@dataclass
+class InstanceSegmentationTask(DetectionTask):
+    """Instance segmentation (Mask R-CNN): detection whose targets carry each object's mask; mAP is measured on
+    masks and results are InstanceMasks. It trains with `--task segment` on COCO objects with masks."""
+
+    name: str = "segment"
+    kind: str = "instance"
+    default_model: str = "maskrcnn_resnet50_fpn"
+    result_type: type = InstanceMasks
+    masks: bool = True
+
+    def default_imgsz(self, shapes: Sequence[tuple[int, int]]) -> int:
+        """As semantic segmentation: the median shorter side, within 32–256 px."""
+        return median_side(shapes, longest=False, low=32, high=256)
+
+    def weights_model(self, cfg: ModelConfig) -> str:
+        return cfg.backbone or cfg.name
+
+    with_imgsz = staticmethod(keep_imgsz)
+
+    def build_model(self, info: ModelInfo, *, dropout: float = 0.0) -> Detector:
+        from imagerec.models.segmentation import create_instance_segmenter
+
+        return create_instance_segmenter(info.model, self._spec(info))

@@ -1,6 +1,6 @@
 """Semantic segmentation: a class per pixel, IoU and Dice, masks at the input's own size.
 
-Instance segmentation (Mask R-CNN) is detection with masks: see `DetectionTask(masks=True)`.
+Instance segmentation (Mask R-CNN) is detection with masks: see `tasks.detection.InstanceSegmentationTask`.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,12 +16,17 @@ from torch import nn
 
 from imagerec.config import ModelConfig
 from imagerec.data.datasets import SegmentationDataset
-from imagerec.data.index import Sample
+from imagerec.data.formats._boxes import image_size
 from imagerec.data.masks import MaskCoding
+from imagerec.data.targets import Sample
+from imagerec.errors import UserError
 from imagerec.metrics.segmentation import SegmentationMetrics
-from imagerec.models.segmentation import SegmenterSpec, create_segmenter
-from imagerec.outputs.results import SegmentationMask
+from imagerec.models.segmentation import DEFAULT_ENCODER, SegmenterSpec, create_segmenter
+from imagerec.models.tiling import predict_tiled
+from imagerec.records import ModelInfo, Preprocessing
+from imagerec.tasks.base import PredictOptions, keep_imgsz, median_side
 from imagerec.tasks.losses import build_loss
+from imagerec.tasks.results import SegmentationMask
 from imagerec.transforms import segmentation as presets
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -53,9 +59,12 @@ class SegmentationTask:
     flip: bool = True
     ignore_index: int = DEFAULT_IGNORE_INDEX
     name: str = "segment"
+    kind: str = "segment"
+    default_model: str = "unet"  # semantic: what `--task segment` trains when no --model is given
     monitor: tuple[str, str] = MONITOR
     default_batch: int = 8
     autotune: bool = True
+    result_type: type = SegmentationMask
 
     def __post_init__(self) -> None:
         if self.coding is not None:
@@ -76,17 +85,34 @@ class SegmentationTask:
         """Two classes with one logit (BCE + Dice), the default for foreground/background data."""
         return self.num_classes == 2 and self.binary_head == "sigmoid"
 
-    def build_model(self, cfg: ModelConfig, info: dict[str, Any]) -> nn.Module:
+    def build_model(self, info: ModelInfo, *, dropout: float = 0.0) -> nn.Module:
         spec = SegmenterSpec(
             num_classes=self.num_classes,
-            in_channels=info["channels"],
-            imgsz=info["imgsz"],
+            in_channels=info.channels,
+            imgsz=info.imgsz,
             num_outputs=1 if self.binary else self.num_classes,
-            encoder=cfg.backbone,
+            encoder=info.backbone,
         )
-        return Normalized(create_segmenter(cfg.name, spec), info["mean"], info["std"])
+        return Normalized(create_segmenter(info.model, spec), info.mean, info.std)
 
-    def model_fields(self, cfg: ModelConfig) -> dict[str, Any]:
+    def default_imgsz(self, shapes: Sequence[tuple[int, int]]) -> int:
+        """The training crop: the median shorter side, within 32–256 px."""
+        return median_side(shapes, longest=False, low=32, high=256)
+
+    def weights_model(self, cfg: ModelConfig) -> str:
+        """The classifier whose published weights `--weights DEFAULT` means: the smp encoder, or the model."""
+        if cfg.backbone:
+            return cfg.backbone
+        return DEFAULT_ENCODER if cfg.name.startswith("smp_") else cfg.name
+
+    def preprocessing(self, *, channels: int, imgsz: int, mean: Sequence[float], std: Sequence[float]) -> Preprocessing:
+        """Whole images at their own size, normalised (and padded to a multiple of 32) inside the model."""
+        return Preprocessing(
+            channels=channels, size=imgsz, resize="none", pad_multiple=32, mean=tuple(mean), std=tuple(std),
+            inside_model=True,
+        )  # fmt: skip
+
+    def record_fields(self, cfg: ModelConfig) -> dict[str, Any]:
         """What model.json records for segmentation besides classes, channels, size and statistics."""
         return {
             "binary_head": cfg.binary_head,
@@ -97,21 +123,29 @@ class SegmentationTask:
         }
 
     def dataset(
-        self, samples: Sequence[Sample], *, info: dict[str, Any], augment: str | None, cache: bool | None
+        self,
+        samples: Sequence[Sample],
+        *,
+        info: ModelInfo,
+        augment: str | None,
+        cache: bool | None,
+        coding: MaskCoding | None = None,
     ) -> SegmentationDataset:
-        """Images with their masks: random imgsz crops with preset `augment`, or whole images (None)."""
+        """Images with their masks (decoded by `coding`, default the training data's): random imgsz crops with
+        preset `augment`, or whole images (None)."""
         transform = None
         if augment is not None:
             transform = presets.train_transform(
-                augment, imgsz=info["imgsz"], flip=self.flip, ignore_index=self.ignore_index
+                augment, imgsz=info.imgsz, flip=self.flip, ignore_index=self.ignore_index
             )
-        if self.coding is None:
+        coding = coding or self.coding
+        if coding is None:
             raise ValueError("SegmentationTask.dataset needs the data's mask coding")
-        return SegmentationDataset(
-            samples, channels=info["channels"], coding=self.coding, transform=transform, cache=cache
-        )
+        return SegmentationDataset(samples, channels=info.channels, coding=coding, transform=transform, cache=cache)
 
-    def predict_transform(self, info: dict[str, Any]) -> None:
+    with_imgsz = staticmethod(keep_imgsz)
+
+    def predict_transform(self, info: ModelInfo) -> None:
         """None: the model normalises its input, and takes whole images at their own size."""
         return None
 
@@ -138,7 +172,40 @@ class SegmentationTask:
     def batch_size(self, batch: Batch) -> int:
         return len(batch[0])
 
-    def results(self, class_maps: Sequence[torch.Tensor], sources: Sequence[str]) -> list[SegmentationMask]:
+    def per_image(self, out: dict[str, Any], batch: Batch) -> list[torch.Tensor]:
+        """Each image's class map from an evaluation step (padded to the batch's size; `results` crops it)."""
+        return list(out["outputs"].to(torch.uint8 if self.num_classes <= 256 else torch.int64).cpu())
+
+    def results(self, outputs: Sequence[torch.Tensor], sources: Sequence[str]) -> list[SegmentationMask]:
+        """Typed results from `per_image`, each class map cropped to its image file's size."""
+        cropped = []
+        for class_map, source in zip(outputs, sources, strict=True):
+            width, height = image_size(Path(source)) or (class_map.shape[-1], class_map.shape[-2])
+            cropped.append(class_map[:height, :width].long())
+        return self._typed(cropped, sources)
+
+    def predict(
+        self, model: nn.Module, images: Sequence[torch.Tensor], sources: Sequence[str], options: PredictOptions
+    ) -> list[SegmentationMask]:
+        """Each image's class map at its own size, whole or (with `options.tile`) tile by tile."""
+        maps = [self._class_map(model, image, source, options) for image, source in zip(images, sources, strict=True)]
+        return self._typed(maps, sources)
+
+    def _class_map(self, model: nn.Module, image: torch.Tensor, source: str, options: PredictOptions) -> torch.Tensor:
+        device = next(model.parameters()).device
+        height, width = image.shape[-2:]
+        if options.tile is None:
+            if height * width > options.max_pixels:
+                raise UserError(
+                    f"{source}: {width}×{height} pixels is above the {options.max_pixels:,}-pixel limit for "
+                    "whole-image inference; pass --tile 1024 (tiles with blended overlaps) or raise --max-pixels"
+                )
+            logits = model(image[None].to(device))[0]
+        else:
+            logits = predict_tiled(lambda x: model(x.to(device)), image, tile=options.tile, overlap=options.overlap)
+        return self.class_map(logits[None].float()).cpu()[0]
+
+    def _typed(self, class_maps: Sequence[torch.Tensor], sources: Sequence[str]) -> list[SegmentationMask]:
         """Typed results: each image's class map (H×W, its own size) and pixels per class."""
         results = []
         for source, class_map in zip(sources, class_maps, strict=True):

@@ -1,27 +1,28 @@
 """Run reports: one self-contained report.html, with its PNGs beside it, showing how a run trained and, on
 evaluation data, where its model is right and wrong.
 
-`build_context` gathers the run's files and, on a split of evaluation data, the Predictor's results and the
-metrics `imagerec evaluate` measures; `report_sections` turns that into sections (the shared ones around the
-task's); `html.render` writes the page. `write_report` does all three.
+`build_context` gathers the run's files and, on a split of evaluation data, the results and metrics of one
+scoring pass (`evaluation.measure`, what `imagerec evaluate` runs; after training, the scores training just
+measured); `report_sections` turns that into sections (the shared ones around the task's); `html.render` writes
+the page. `write_report` does all three.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from imagerec.data.index import SPLIT_NAMES
+from imagerec.engine.evaluate import SplitScores
 from imagerec.errors import UserError
 from imagerec.outputs.report.blocks import ReportContext, Section
 from imagerec.runs import RunDir, open_run
+from imagerec.tasks.build import task_from_info
 
 __all__ = ["build_context", "report_sections", "write_report"]
 
-TASK_MODULES = {"classify": "classification", "detect": "detection", "segment": "segmentation"}
+# The module whose `sections(ctx)` draws each task kind's part of the report.
+TASK_MODULES = {"classify": "classification", "detect": "detection", "instance": "detection", "segment": "segmentation"}
 
 
 def write_report(
@@ -32,18 +33,18 @@ def write_report(
     out: str | Path | None = None,
     device: str = "auto",
     evaluate: bool = True,
-    metrics: dict[str, Any] | None = None,
+    scores: SplitScores | None = None,
 ) -> Path:
     """Write report.html and its PNGs for `run` into `out` (default: the run directory); returns its path.
 
     The model is evaluated on `split` of `data`, by default the data the run was trained on (with its recorded
     split). `evaluate=False` leaves the evaluation out (training curves, schedule, speed and configuration only).
-    `metrics`, what the caller has just measured on that split, saves detection and segmentation a pass over it;
-    classification computes them from the probabilities its curves are drawn from, in the same pass.
+    `scores`, what training has just measured on that split of its own data (with each image's outputs), are
+    used instead of predicting again.
     """
     from imagerec.outputs.report.html import render
 
-    ctx = build_context(run, data=data, split=split, out=out, device=device, evaluate=evaluate, metrics=metrics)
+    ctx = build_context(run, data=data, split=split, out=out, device=device, evaluate=evaluate, scores=scores)
     return render(ctx, report_sections(ctx))
 
 
@@ -55,7 +56,7 @@ def build_context(
     out: str | Path | None = None,
     device: str = "auto",
     evaluate: bool = True,
-    metrics: dict[str, Any] | None = None,
+    scores: SplitScores | None = None,
     batch: int | None = None,
 ) -> ReportContext:
     """The run's files and, unless `evaluate` is False, its predictions and metrics on `split` of `data` (default:
@@ -63,15 +64,17 @@ def build_context(
     from imagerec.outputs.report.common import read_history
 
     run_dir = run if isinstance(run, RunDir) else open_run(run)
+    info = run_dir.read_model_info()
     ctx = ReportContext(
         run=run_dir,
-        info=run_dir.read_model_info(),
+        info=info,
+        task=task_from_info(info),
         config=run_dir.read_config(),
         history=read_history(run_dir),
         out=Path(out) if out is not None else run_dir.path,
     )
     if evaluate:
-        _evaluate(ctx, data, split=split, device=device, metrics=metrics, batch=batch)
+        _evaluate(ctx, data, split=split, device=device, scores=scores, batch=batch)
     return ctx
 
 
@@ -81,12 +84,7 @@ def report_sections(ctx: ReportContext) -> list[Section]:
     from imagerec.outputs.report import common
 
     first, last = common.sections(ctx)
-    try:
-        module = importlib.import_module(f"imagerec.outputs.report.{TASK_MODULES[ctx.info['task']]}")
-    except ModuleNotFoundError as error:
-        if error.name != f"imagerec.outputs.report.{TASK_MODULES[ctx.info['task']]}":
-            raise
-        return first + last
+    module = importlib.import_module(f"imagerec.outputs.report.{TASK_MODULES[ctx.task.kind]}")
     return first + module.sections(ctx) + last
 
 
@@ -117,10 +115,11 @@ def _evaluate(
     *,
     split: str,
     device: str,
-    metrics: dict[str, Any] | None,
+    scores: SplitScores | None,
     batch: int | None,
 ) -> None:
-    """Fill `ctx` with the split's samples, the Predictor's results for them and `imagerec evaluate`'s metrics."""
+    """Fill `ctx` with the split's samples, each one's result and `imagerec evaluate`'s metrics: from `scores` when
+    given (training's, on its own data), else from one scoring pass of the run's model."""
     from imagerec.evaluation import evaluation_index, measure
     from imagerec.outputs.predict import Predictor
 
@@ -131,46 +130,8 @@ def _evaluate(
     index = evaluation_index(ctx.run, path, split=split, classes=predictor.classes)
     ctx.predictor, ctx.index, ctx.split = predictor, index, split
     ctx.samples = list(index.samples(split))
-    paths = [s.path for s in ctx.samples]
-    batch = batch or predictor.task.default_batch
-    if ctx.info["task"] == "classify":  # one pass: evaluate's metrics computed from the same probabilities
-        probs = probabilities(predictor, paths, batch=batch)
-        ctx.probabilities = probs.numpy()
-        ctx.results = predictor.task.results(probs, [str(p) for p in paths], topk=len(predictor.classes))
-        # Always from these probabilities (never the caller's `metrics`, which training may have measured under
-        # mixed precision), so that the counts, curves and galleries describe the same predictions.
-        measured = predictor.task.metrics()
-        measured.update(probs, _targets(ctx.samples, len(predictor.classes)))
-        ctx.metrics = {"split": split, "data": str(path), **measured.compute()}
-        return
-    from imagerec.models.detection import EVAL_SCORE_THRESHOLD
-    from imagerec.tasks.detection import DetectionTask
-
-    if metrics is None:  # first: measuring sets the thresholds and mask coding that evaluate uses
-        metrics = {"split": split, "data": str(path), **measure(predictor, index, split, batch=batch)}
-    ctx.metrics = metrics
-    # Detection keeps boxes down to evaluate's score threshold, so that its curves can reach the measured mAP.
-    options = {"conf": EVAL_SCORE_THRESHOLD} if isinstance(predictor.task, DetectionTask) else {}
-    ctx.results = list(predictor.predict_iter(paths, batch=batch, **options))
-    failed = next((r for r in ctx.results if r.error is not None), None)
-    if failed is not None:
-        raise UserError(failed.error)
-
-
-def _targets(samples: list[Any], k: int) -> torch.Tensor:
-    """Class indices, or N×K multi-hot for multi-label samples (as the classification dataset gives them)."""
-    if samples and isinstance(samples[0].target, tuple):
-        hot = torch.zeros(len(samples), k, dtype=torch.int64)
-        for i, sample in enumerate(samples):
-            hot[i, list(sample.target)] = 1
-        return hot
-    return torch.tensor([s.target for s in samples], dtype=torch.int64)
-
-
-def probabilities(predictor: Any, paths: list[Path], *, batch: int) -> torch.Tensor:
-    """N×K class probabilities of the images at `paths` (a classification run's Predictor), in order."""
-    chunks = []
-    for start in range(0, len(paths), batch):
-        images = torch.stack([predictor.preprocess(p) for p in paths[start : start + batch]])
-        chunks.append(predictor.probabilities(images))
-    return torch.cat(chunks) if chunks else torch.zeros(0, len(predictor.classes))
+    if scores is None:
+        scores = measure(predictor.task, predictor.model, predictor.info, index, split, batch=batch, keep_outputs=True)
+    ctx.metrics = {"split": split, "data": str(path), **scores.metrics}
+    ctx.outputs = scores.outputs
+    ctx.results = predictor.task.results(scores.outputs, [str(s.path) for s in ctx.samples])

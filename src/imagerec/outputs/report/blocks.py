@@ -12,9 +12,12 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
 
-    from imagerec.data.index import DataIndex, Sample
+    from imagerec.data.index import DataIndex
+    from imagerec.data.targets import Sample
     from imagerec.outputs.predict import Predictor
+    from imagerec.records import ModelInfo
     from imagerec.runs import RunDir
+    from imagerec.tasks.base import Task
 
 
 @dataclass
@@ -85,7 +88,8 @@ class ReportContext:
     """
 
     run: RunDir
-    info: dict[str, Any]  # model.json
+    info: ModelInfo  # model.json
+    task: Task
     config: dict[str, Any]  # run.yaml
     history: list[dict[str, Any]]  # metrics.csv rows, numbers parsed
     out: Path  # the folder report.html and its PNGs are written to
@@ -95,4 +99,4 @@ class ReportContext:
     samples: list[Sample] = field(default_factory=list)
     results: list[Any] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
-    probabilities: np.ndarray | None = None  # classification: N×K class probabilities, `samples` order
+    outputs: list[Any] = field(default_factory=list)  # each image's raw output (Task.per_image), `samples` order

@@ -3,7 +3,7 @@ precision–recall curves, a reliability diagram with the expected calibration e
 confident errors and the least confident correct predictions.
 
 Counts and per-class values are `imagerec evaluate`'s (`ctx.metrics`); curves, calibration and galleries come
-from the full probability vectors of the same images (`ctx.probabilities`). Multi-label runs get the per-label
+from the full probability vectors of the same images (`ctx.outputs`). Multi-label runs get the per-label
 table and curves; the sections built on one predicted class per image are left out, and the report says so.
 """
 
@@ -31,11 +31,11 @@ LINE_STYLES = ("-", "--", ":", "-.")
 
 def sections(ctx: ReportContext) -> list[Section]:
     """The classification sections of the report; none without evaluation data."""
-    if ctx.split is None or not ctx.samples or ctx.probabilities is None:
+    if ctx.split is None or not ctx.samples:
         return []
-    classes = list(ctx.info["classes"])
-    probs = np.asarray(ctx.probabilities, dtype=np.float64)
-    if ctx.info.get("multilabel"):
+    classes = list(ctx.info.classes)
+    probs = torch.stack(ctx.outputs).double().numpy()  # N×K: each image's class probabilities
+    if ctx.info.multilabel:
         truth = multi_hot([s.target for s in ctx.samples], len(classes))
         return [
             per_class_section(ctx.metrics, classes, multilabel=True),

@@ -66,12 +66,10 @@ def _number(text: str) -> Any:
 
 def monitor(ctx: ReportContext) -> tuple[str, str]:
     """The metrics.csv column that picked the best epoch, and whether higher (max) or lower (min) is better."""
-    from imagerec.tasks.build import task_from_info
-
     key = ctx.config.get("train", {}).get("monitor")
     if key:
-        return key, "min" if key.endswith("loss") else task_from_info(ctx.info).monitor[1]
-    metric, mode = task_from_info(ctx.info).monitor
+        return key, "min" if key.endswith("loss") else ctx.task.monitor[1]
+    metric, mode = ctx.task.monitor
     if any(f"val_{metric}" in row for row in ctx.history):
         return f"val_{metric}", mode
     return "train_loss", "min"
@@ -101,16 +99,16 @@ def sections(ctx: ReportContext) -> tuple[list[Section], list[Section]]:
 
 def summary_section(ctx: ReportContext, key: str, mode: str) -> Section:
     info, train = ctx.info, ctx.config.get("train", {})
-    classes = list(info.get("classes", []))
+    classes = list(info.classes)
     shown = ", ".join(classes[:12]) + (f", … ({len(classes)} in all)" if len(classes) > 12 else "")
-    model = info.get("model", "?") + (f" on {info['backbone']}" if info.get("backbone") else "")
+    model = info.model + (f" on {info.backbone}" if info.backbone else "")
     best = best_epoch(ctx.history, key, mode)
     rows: list[list[Any]] = [
         ["run", str(ctx.run.path)],
-        ["task", info.get("task", "?") + (" (multi-label)" if info.get("multilabel") else "")],
+        ["task", info.task + (" (multi-label)" if info.multilabel else "")],
         ["model", model],
         ["classes", shown],
-        ["input", f"{info.get('imgsz')} px, {info.get('channels')} channel(s)"],
+        ["input", f"{info.imgsz} px, {info.channels} channel(s)"],
         ["epochs trained", f"{len(ctx.history)} of {train.get('epochs', '?')}"],
         ["best epoch", DASH if best is None else f"{best} (by {key})"],
     ]

@@ -19,11 +19,11 @@ from matplotlib.figure import Figure as MplFigure
 from torchvision.ops import box_iou
 from torchvision.utils import draw_segmentation_masks
 
-from imagerec.data.index import Objects
+from imagerec.data.targets import Objects
 from imagerec.metrics.detection import NO_GROUND_TRUTH, DetectionMetrics
 from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table, Text
-from imagerec.outputs.results import Detections, InstanceMasks
 from imagerec.outputs.visualize import class_colour, draw_boxes, draw_legend
+from imagerec.tasks.results import Detections, InstanceMasks
 
 DEFAULT_CONF = 0.25  # `imagerec predict`'s default --conf
 MATCH_IOU = 0.5  # VOC's and COCO's AP50 rule
@@ -56,7 +56,7 @@ def sections(ctx: ReportContext, *, conf: float = DEFAULT_CONF) -> list[Section]
     counts and galleries (the curves use every prediction)."""
     if ctx.split is None or not ctx.samples:
         return []
-    classes = list(ctx.info["classes"])
+    classes = list(ctx.info.classes)
     counts = [match(s.target, r, classes, conf=conf) for s, r in zip(ctx.samples, ctx.results, strict=True)]
     metrics, values = coco_metrics(ctx)
     return [
@@ -107,8 +107,8 @@ def coco_metrics(ctx: ReportContext) -> tuple[DetectionMetrics, dict[str, Any]]:
     """`DetectionMetrics` (box mAP, or mask mAP for instance runs, as `imagerec evaluate` measures) computed over
     `ctx.samples` and `ctx.results`, and the values it computed; its `coco_eval` holds the precision arrays (None
     without ground truth)."""
-    classes = list(ctx.info["classes"])
-    instance = bool(ctx.info.get("instance"))
+    classes = list(ctx.info.classes)
+    instance = issubclass(ctx.task.result_type, InstanceMasks)
     metrics = DetectionMetrics(classes, iou_type="segm" if instance else "bbox")
     lookup = {name: i for i, name in enumerate(classes)}
     for sample, result in zip(ctx.samples, ctx.results, strict=True):
@@ -348,7 +348,7 @@ def _thumbnail(ctx: ReportContext, i: int, counts: Counts, conf: float) -> tuple
         image = read_image(Path(sample.path))
     except UserError as error:  # an unreadable image is shown as its caption alone
         return np.zeros((16, THUMBNAIL, 3), dtype=np.uint8), f"{caption} · unreadable: {error}"
-    drawn = draw_comparison(image, sample.target, result, list(ctx.info["classes"]), conf=conf)
+    drawn = draw_comparison(image, sample.target, result, list(ctx.info.classes), conf=conf)
     return np.ascontiguousarray(drawn.permute(1, 2, 0).numpy()), caption
 
 

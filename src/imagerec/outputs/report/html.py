@@ -136,7 +136,7 @@ def document(ctx: ReportContext, sections: list[Section], pictures: Pictures) ->
     info = ctx.info
     when = datetime.now(timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M %Z")
     version = ctx.config.get("resolved", {}).get("versions", {}).get("imagerec", "")
-    subtitle = f"{info.get('task', '')} · {info.get('model', '')} · {len(info.get('classes', []))} classes"
+    subtitle = f"{info.task} · {info.model} · {len(info.classes)} classes"
     if ctx.split is not None:
         subtitle += f" · evaluated on the {ctx.split} split ({len(ctx.samples)} images)"
     toc = "\n".join(f'<li><a href="#{_e(s.id)}">{_e(s.title)}</a></li>' for s in sections)

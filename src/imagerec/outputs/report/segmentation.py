@@ -21,8 +21,8 @@ from torchvision.utils import draw_segmentation_masks
 
 from imagerec.metrics.segmentation import SegmentationMetrics, confusion_matrix
 from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table, Text
-from imagerec.outputs.results import SegmentationMask
 from imagerec.outputs.visualize import class_colour, draw_class_map, draw_legend, to_uint8_rgb
+from imagerec.tasks.results import SegmentationMask
 
 GALLERY_SIZE = 6
 PANEL = 192  # longest side of each of the three panels of a gallery image, in pixels
@@ -46,13 +46,9 @@ class ImageScore:
 
 def sections(ctx: ReportContext) -> list[Section]:
     """The segmentation sections of the report; none without evaluation data."""
-    if ctx.info.get("instance"):  # Mask R-CNN: objects with masks, measured by mask AP
-        from imagerec.outputs.report import detection
-
-        return detection.sections(ctx)
     if ctx.split is None or not ctx.samples:
         return []
-    classes = list(ctx.info["classes"])
+    classes = list(ctx.info.classes)
     scores, measured = score_images(ctx)
     metrics = ctx.metrics if {"per_class", "confusion_matrix"} <= set(ctx.metrics) else measured
     return [
@@ -66,7 +62,7 @@ def sections(ctx: ReportContext) -> list[Section]:
 def score_images(ctx: ReportContext) -> tuple[list[ImageScore], dict[str, Any]]:
     """Each image's score, and the metrics of all of them (what `imagerec evaluate` computes from the same
     predictions)."""
-    classes = list(ctx.info["classes"])
+    classes = list(ctx.info.classes)
     if ctx.index is None or ctx.index.masks is None:
         raise ValueError("segmentation sections read the truth masks through ctx.index.masks: set ctx.index")
     coding = ctx.index.masks
@@ -243,8 +239,8 @@ def _thumbnail(ctx: ReportContext, i: int, score: ImageScore) -> tuple[np.ndarra
         read_image(Path(sample.path)),
         truth,
         torch.from_numpy(result.mask.astype(np.int64)),
-        list(ctx.info["classes"]),
-        colours=ctx.info.get("colours"),
+        list(ctx.info.classes),
+        colours=ctx.info.colours,
         ignore_index=ctx.index.masks.ignore_index,
     )
     caption = f"{Path(sample.path).name} · IoU {score.iou:.2f} · Dice {score.dice:.2f}"

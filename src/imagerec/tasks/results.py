@@ -131,3 +131,6 @@ class InstanceMasks(Detections):
         for entry, mask in zip(data["objects"], self.masks, strict=True):
             entry["mask"] = mask
         return data
+
+
+Result = Classification | Detections | SegmentationMask  # InstanceMasks are Detections
