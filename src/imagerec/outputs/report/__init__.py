@@ -70,6 +70,7 @@ def build_context(
         info=info,
         task=task_from_info(info),
         config=run_dir.read_config(),
+        resolved=run_dir.read_resolved(),
         history=read_history(run_dir),
         out=Path(out) if out is not None else run_dir.path,
     )

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imagerec.records import Resolved
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
 
@@ -100,3 +102,4 @@ class ReportContext:
     results: list[Any] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     outputs: list[Any] = field(default_factory=list)  # each image's raw output (Task.per_image), `samples` order
+    resolved: Resolved = field(default_factory=Resolved)  # run.yaml's resolved part, typed

@@ -221,14 +221,14 @@ def speed_section(ctx: ReportContext) -> Section:
     section = Section("speed", "Time and throughput")
     epochs, seconds = _series(ctx.history, "epoch_time_s")
     _, speeds = _series(ctx.history, "images_per_s")
-    compute = ctx.config.get("resolved", {}).get("compute", {})
+    compute = ctx.resolved.compute
     rows: list[list[Any]] = [
         ["training time (sum of epochs)", f"{sum(seconds):.1f} s" if seconds else DASH],
         ["time per epoch (median)", f"{statistics.median(seconds):.2f} s" if seconds else DASH],
         ["training images/s (median after epoch 1)", _steady(speeds)],
         ["device", ctx.config.get("train", {}).get("device", "?")],
-        ["precision", compute.get("precision", "?")],
-        ["channels last", compute.get("channels_last", "?")],
+        ["precision", compute.precision if compute else "?"],
+        ["channels last", compute.channels_last if compute else "?"],
     ]
     section.blocks.append(Table(["", ""], rows, "Epoch times cover the training pass only, not validation."))
     if epochs:
@@ -253,23 +253,23 @@ def _steady(speeds: list[float]) -> str:
 
 
 def configuration_section(ctx: ReportContext) -> Section:
-    config, resolved = ctx.config, ctx.config.get("resolved", {})
+    config, resolved = ctx.config, ctx.resolved
     section = Section("configuration", "Configuration and versions")
     for part in ("data", "model", "train"):
         values = config.get(part, {})
         if values:
             section.blocks.append(Table([f"{part} setting", "value"], [[k, _value(v)] for k, v in values.items()]))
-    data_rows = [["fingerprint", resolved.get("data_fingerprint", DASH)]]
-    data_rows += [["note", note] for note in resolved.get("data_notes") or []]
+    data_rows = [["fingerprint", resolved.data_fingerprint or DASH]]
+    data_rows += [["note", note] for note in resolved.data_notes]
     split = ctx.run.read_split()
     if split:
         data_rows.append(["recorded split", ", ".join(f"{len(paths)} {name}" for name, paths in split.items())])
     about = "The fingerprint hashes every file's path, size and label: it changes with the data."
     section.blocks.append(Table(["data", ""], data_rows, about))
-    versions = resolved.get("versions") or {}
+    versions = resolved.versions
     section.blocks.append(Table(["library", "version"], [[k, v] for k, v in versions.items()], "Library versions."))
-    if resolved.get("weights"):
-        rows = [[k, _value(v)] for k, v in resolved["weights"].items()]
+    if resolved.weights:
+        rows = [[k, _value(v)] for k, v in resolved.weights.items()]
         section.blocks.append(Table(["starting weights", ""], rows))
     return section
 

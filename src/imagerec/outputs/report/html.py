@@ -135,7 +135,7 @@ def document(ctx: ReportContext, sections: list[Section], pictures: Pictures) ->
     name = ctx.run.path.resolve().name
     info = ctx.info
     when = datetime.now(timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    version = ctx.config.get("resolved", {}).get("versions", {}).get("imagerec", "")
+    version = ctx.resolved.versions.get("imagerec", "")
     subtitle = f"{info.task} · {info.model} · {len(info.classes)} classes"
     if ctx.split is not None:
         subtitle += f" · evaluated on the {ctx.split} split ({len(ctx.samples)} images)"
