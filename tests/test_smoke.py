@@ -1,0 +1,70 @@
+"""The smoke matrix: every verb on every task, given only the data and `--task` (and the outputs a verb cannot do
+without, such as embed's `--out`), through the command line as a user types it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import invoke
+from imagerec.data.samples import write_digit_scenes
+
+TASKS = ("classify", "detect", "segment")
+
+
+@pytest.fixture(scope="module")
+def data(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small real data per task: 12 digits of each class; 16 digit scenes (boxes, and masks for segment)."""
+    root = tmp_path_factory.mktemp("smoke")
+    digits = root / "digits"
+    for folder in sorted(digits_dir.iterdir()):
+        (digits / folder.name).mkdir(parents=True)
+        for image in sorted(folder.glob("*.png"))[:12]:
+            shutil.copy(image, digits / folder.name / image.name)
+    scenes = write_digit_scenes(root / "scenes", n_train=16, n_val=4, n_test=4, size=64)
+    return {"classify": digits, "detect": scenes, "segment": scenes}
+
+
+def _image(task: str, data: Path) -> Path:
+    return next((data / "0").glob("*.png")) if task == "classify" else next((data / "images" / "test").glob("*.png"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASKS)
+def test_every_verb_runs_on_every_task_with_no_options(
+    task: str, data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # runs/ is written here
+    source = data[task]
+    image = _image(task, source)
+    trained = invoke("train", source, "--task", task)
+    assert trained.exit_code == 0, trained.output
+    run = tmp_path / "runs" / f"{task}-001"
+    info = json.loads((run / "model.json").read_text())
+    assert info["kind"] == task
+    assert (run / "report.html").is_file()
+
+    evaluated = invoke("evaluate", run, source, "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads(evaluated.stdout)
+    measured_in_training = json.loads((run / "evaluation" / "test.json").read_text())
+    assert {k: v for k, v in metrics.items() if k != "data"} == {
+        k: measured_in_training[k] for k in metrics if k != "data"
+    }  # the same weights, numerics and batches: the same numbers
+
+    predicted = invoke("predict", run, image, "--format", "json")
+    assert predicted.exit_code == 0, predicted.output
+    assert json.loads(predicted.stdout)[0]["source"] == str(image)
+
+    for args in (("report", run), ("explain", run, image), ("embed", run, image.parent, "--out", tmp_path / "e.npz")):
+        result = invoke(*args)
+        assert result.exit_code == 0, (args[0], result.output)
+    assert list((run / "explanations").glob("*.png"))
+    found = invoke("neighbors", run, image, "--index", tmp_path / "e.npz", "--json")
+    assert found.exit_code == 0, found.output
+    matches = json.loads(found.stdout)[0]["matches"]
+    assert matches
+    assert all(Path(m["path"]).parent == image.parent and Path(m["path"]) != image for m in matches)
