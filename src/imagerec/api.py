@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 
 from imagerec.config import SECTIONS, RunConfig, TrainConfig, build_config, merge, read_yaml
@@ -98,7 +97,7 @@ def report_after_training(run: Run, cfg: RunConfig, scores: SplitScores | None, 
     from imagerec.outputs.report import write_report
 
     try:
-        device = "cpu" if cfg.train.device == "cpu" or not torch.cuda.is_available() else "auto"
+        device = "cpu" if cfg.train.device == "cpu" else "auto"  # auto: the GPU training used, if there was one
         path = write_report(
             run.path, split=run.split or "test", evaluate=scores is not None, scores=scores, device=device
         )
