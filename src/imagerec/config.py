@@ -53,6 +53,9 @@ class ModelConfig(_Config):
         "network",
         description="classify: the network's own head, or scikit-learn k-NN / logistic regression on frozen embeddings",
     )
+    positive: str | None = Field(
+        None, description="binary classification: the class sensitivity is about (default: the minority class)"
+    )
     weights: str | None = Field(
         None,
         description="start from: DEFAULT, a named weight (IMAGENET1K_V1, timm:resnet50.a1_in1k), a file or a run",
@@ -88,6 +91,12 @@ class TrainConfig(_Config):
         None, gt=0, le=1, description="learning rate × this per stage below the head (e.g. 0.7)"
     )
     backbone_lr_mult: float | None = Field(None, gt=0, description="learning rate × this for the whole backbone")
+    threshold_by: str = Field(
+        "auto",
+        pattern=r"^(auto|youden|f1|(sensitivity|specificity)=(0?\.\d+|1(\.0*)?))$",
+        description="how the decision threshold is chosen on validation: youden | f1 | sensitivity=0.95 | "
+        "specificity=0.9 (auto: youden for binary classification, f1 for detection)",
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     devices: int = Field(1, gt=0)

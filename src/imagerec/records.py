@@ -49,6 +49,24 @@ class Preprocessing(_Record):
     inside_model: bool
 
 
+class Decision(_Record):
+    """How a run turns scores into answers, chosen on validation data after training and used by predict,
+    evaluate and the report.
+
+    Binary classification: `positive` is the class the threshold is about (sensitivity is its recall) and an
+    image is called `positive` when that class's probability is at least `threshold`. Detection: `threshold` is
+    the lowest box score kept. `rule` names how it was chosen (`youden`, `f1`, `sensitivity=0.95`) and `score` the
+    rule's value on `split`; `split` is None when there was no validation data and the threshold is the default.
+    """
+
+    positive: str | None = None
+    threshold: float
+    rule: str
+    split: str | None = None
+    score: float | None = None
+    note: str | None = None  # what the user should know about the choice, e.g. a rule that could not be met
+
+
 class ModelInfo(_Record):
     """model.json: which task and architecture, the classes, the input and how to preprocess it.
 
@@ -75,6 +93,7 @@ class ModelInfo(_Record):
     ignore_index: int | None = None
     colours: list[list[int]] | None = None
     head: dict[str, Any] | None = None  # a k-NN or logistic-regression head fitted on embeddings
+    decision: Decision | None = None  # the decision threshold chosen on validation after training
     resize: str  # the preprocessing in words, as record version 1 gave it
     preprocessing: Preprocessing
 

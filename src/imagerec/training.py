@@ -341,21 +341,24 @@ def train_run(cfg: RunConfig, *, console: Console, resume: RunDir | None = None)
     if logger is not None:
         logger.finalize("success")
     best = parts.ema.module if parts.ema is not None else net
-    return _test(fabric, cfg, task, run, best, parts.eval_loaders, state)
+    return _test(fabric, cfg, task, info, run, best, parts.eval_loaders, state)
 
 
 def _test(
     fabric: Fabric,
     cfg: RunConfig,
     task: Task,
+    info: ModelInfo,
     run: RunDir,
     best: torch.nn.Module,
     loaders: dict[str, DataLoader],
     state: FitState,
 ) -> tuple[Run, SplitScores | None]:
-    """Score the best weights on the test split (or val) and record it in evaluation/<split>.json."""
+    """Choose the decision threshold on val, then score the best weights at it on the test split (or val) and
+    record it in evaluation/<split>.json."""
     if run.best.exists():
         best.load_state_dict({k: v.to(fabric.device) for k, v in load_weights(run.best).items()})
+    task = _decide(fabric, cfg, task, info, run, best, loaders.get("val"))
     split = next((s for s in ("test", "val") if s in loaders), None)
     scores = None
     if split is not None:
@@ -367,6 +370,29 @@ def _test(
     metrics = scores.as_dict() if scores is not None else {}
     ran = Run(run.path, metrics, state.best_epoch, state.epoch, split or "", primary=fabric.is_global_zero)
     return ran, scores
+
+
+def _decide(
+    fabric: Fabric,
+    cfg: RunConfig,
+    task: Task,
+    info: ModelInfo,
+    run: RunDir,
+    best: torch.nn.Module,
+    val: DataLoader | None,
+) -> Task:
+    """The task at the decision threshold `--threshold-by` picks on the validation split, saved in model.json
+    (the task as it is when it has no threshold to choose or there is no validation split)."""
+    if val is None:
+        return task
+    metrics = task.metrics()
+    evaluate_split(task, best, val, autocast=fabric.autocast, metrics=metrics)
+    decision = metrics.decide(cfg.train.threshold_by)
+    if decision is None:
+        return task
+    if fabric.is_global_zero:
+        run.write_model_info(info.model_copy(update={"decision": decision}))
+    return task.with_decision(decision)
 
 
 def _saver(

@@ -13,7 +13,7 @@ from lightning_fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torch.utils.data import DataLoader
 
-from imagerec.tasks.base import Task
+from imagerec.tasks.base import Metrics, Task
 
 
 @dataclass
@@ -39,14 +39,16 @@ def evaluate_split(
     device: torch.device | None = None,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
     keep_outputs: bool = False,
+    metrics: Metrics | None = None,
 ) -> SplitScores:
     """Run `model` in evaluation mode over `loader` and score it with the task's metrics.
 
     Batches are moved to `device` when it is given (a Fabric loader has already placed them) and run under
-    `autocast`. Every process of a multi-process run sees the whole loader, so the metrics are exact.
+    `autocast`. Every process of a multi-process run sees the whole loader, so the metrics are exact. `metrics`
+    (default: a fresh `task.metrics()`) is left holding what it accumulated, for `Metrics.decide`.
     """
     model.eval()
-    metrics = task.metrics()
+    metrics = task.metrics() if metrics is None else metrics
     loss_sum, seen, outputs = 0.0, 0, []
     for batch in loader:
         if device is not None:

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 import torchmetrics.classification as tmc
 
+from imagerec.records import Decision
+
 # Main metric and whether higher is better, used for best checkpoints and early stopping.
 MONITOR = {"single": ("accuracy", "max"), "multilabel": ("map", "max")}
 
@@ -28,6 +30,10 @@ class ClassificationMetrics:
     def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
         self._probs.append(probs.detach().float().cpu())
         self._targets.append(targets.detach().cpu())
+
+    def decide(self, rule: str) -> Decision | None:
+        """The decision threshold `rule` picks on the accumulated outputs (None: nothing to choose)."""
+        return None
 
     def compute(self) -> dict[str, Any]:
         if not self._probs:

@@ -17,6 +17,8 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from imagerec.records import Decision
+
 # Main metric and whether higher is better, used for best checkpoints and early stopping.
 MONITOR = ("map", "max")
 
@@ -99,6 +101,10 @@ class DetectionMetrics:
         self._dets.append(dets)
         self._gts.append(gts)
         self.image_ids.extend(t.get("image_id") for t in targets)
+
+    def decide(self, rule: str) -> Decision | None:
+        """The decision threshold `rule` picks on the accumulated outputs (None: nothing to choose)."""
+        return None
 
     def compute(self) -> dict[str, Any]:
         """Runs COCOeval over everything added since the last reset; the keys are listed in the class docstring."""

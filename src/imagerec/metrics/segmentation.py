@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from imagerec.records import Decision
+
 # Main metric and whether higher is better, used for best checkpoints and early stopping.
 MONITOR = ("miou", "max")
 
@@ -90,6 +92,10 @@ class SegmentationMetrics:
         batch = confusion_matrix(preds, targets, len(self.classes), ignore_index=self.ignore_index)
         self._confusion = batch if self._confusion is None else self._confusion + batch.to(self._confusion.device)
         self._count += int(targets.shape[0]) if targets.ndim == 3 else 1
+
+    def decide(self, rule: str) -> Decision | None:
+        """No threshold to choose: each pixel takes its most probable class."""
+        return None
 
     def compute(self) -> dict[str, Any]:
         """The values listed in the class docstring, as plain Python numbers and None."""

@@ -19,7 +19,7 @@ from imagerec.config import ModelConfig
 from imagerec.data.masks import MaskCoding
 from imagerec.data.targets import Sample
 from imagerec.errors import UserError
-from imagerec.records import ModelInfo, Preprocessing, TaskKind, TaskName
+from imagerec.records import Decision, ModelInfo, Preprocessing, TaskKind, TaskName
 from imagerec.tasks.results import Result
 
 # Whole-image segmentation above this many pixels needs --tile: a 2048×2048 image. At 4096×4096 the compact
@@ -74,14 +74,19 @@ class Metrics(Protocol):
 
     def reset(self) -> None: ...
 
+    def decide(self, rule: str) -> Decision | None:
+        """The decision threshold `rule` picks on what was accumulated (None: the task has no threshold)."""
+        ...
+
 
 class Task(Protocol):
     """What a task provides.
 
-    `step` runs the model on one collated batch and returns at least `{"loss": scalar}` in training; in evaluation
-    it returns `outputs` and `targets` to feed `metrics().update` (and `loss` where the task has one). `monitor`
-    names the validation metric that picks the best checkpoint and whether higher ("max") or lower ("min") is
-    better. `result_type` is the class of what `predict` returns.
+        `step` runs the model on one collated batch and returns at least `{"loss": scalar}` in training; in evaluation
+        it returns `outputs` and `targets` to feed `metrics().update` (and `loss` where the task has one). `monitor`
+        names the validation metric that picks the best checkpoint and whether higher ("max") or lower ("min") is
+        better. `result_type` is the class of what `predict` returns. After training, the metrics of the validation
+    split `decide` the run's threshold (`Decision`); `with_decision` gives the task that scores and predicts at it.
     """
 
     name: TaskName
@@ -91,6 +96,7 @@ class Task(Protocol):
     default_batch: int
     autotune: bool  # whether CPU precision and memory format may be chosen by measuring (engine.autotune)
     result_type: type[Result]
+    decision: Decision | None  # the run's decision threshold, used by metrics and predict (None: not chosen)
 
     @property
     def monitor(self) -> tuple[str, str]: ...
@@ -126,6 +132,8 @@ class Task(Protocol):
     def step(self, model: nn.Module, batch: Any) -> dict[str, Any]: ...
 
     def metrics(self) -> Metrics: ...
+
+    def with_decision(self, decision: Decision | None) -> Task: ...
 
     def batch_size(self, batch: Any) -> int: ...
 

@@ -125,7 +125,7 @@ def default_model(task: str) -> str:
 
 def task_from_info(info: ModelInfo) -> Task:
     """The task object of a trained run, rebuilt from its model.json (for predict, evaluate and reports)."""
-    return _FROM_INFO[info.kind](info)
+    return _FROM_INFO[info.kind](info).with_decision(info.decision)
 
 
 def _segmentation_task(info: ModelInfo) -> Task:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from imagerec.data.targets import Sample
 from imagerec.metrics.classification import MONITOR, ClassificationMetrics
 from imagerec.models import create_model
 from imagerec.models.embedding import build_head, replace_module
-from imagerec.records import ModelInfo, Preprocessing
+from imagerec.records import Decision, ModelInfo, Preprocessing
 from imagerec.tasks.base import PredictOptions, keep_imgsz, median_side
 from imagerec.tasks.results import Classification
 from imagerec.transforms import classification as presets
@@ -39,6 +39,7 @@ class ClassificationTask:
     default_batch: int = 64
     autotune: bool = True  # CPU precision and memory format chosen by measuring (engine.autotune)
     result_type: type = Classification
+    decision: Decision | None = None  # chosen on validation after training (Task.with_decision)
 
     @property
     def num_classes(self) -> int:
@@ -169,6 +170,10 @@ class ClassificationTask:
 
     def metrics(self) -> ClassificationMetrics:
         return ClassificationMetrics(self.classes, multilabel=self.multilabel)
+
+    def with_decision(self, decision: Decision | None) -> Self:
+        """This task scoring and predicting at `decision`."""
+        return replace(self, decision=decision)
 
     def batch_size(self, batch: Any) -> int:
         return len(batch[0])

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from imagerec.models.detection import (
     create_detector,
     thresholds,
 )
-from imagerec.records import ModelInfo, Preprocessing
+from imagerec.records import Decision, ModelInfo, Preprocessing
 from imagerec.tasks.base import PredictOptions, keep_imgsz, median_side
 from imagerec.tasks.results import Detections, InstanceMasks, rle
 from imagerec.transforms import detection as presets
@@ -63,6 +63,7 @@ class DetectionTask:
     default_batch: int = 8
     result_type: type = Detections
     masks: bool = False  # objects carry masks: targets, metrics (mask mAP) and results
+    decision: Decision | None = None  # chosen on validation after training (Task.with_decision)
 
     @property
     def num_classes(self) -> int:
@@ -150,6 +151,10 @@ class DetectionTask:
 
     def metrics(self) -> DetectionMetrics:
         return DetectionMetrics(self.classes, iou_type="segm" if self.masks else "bbox")
+
+    def with_decision(self, decision: Decision | None) -> Self:
+        """This task scoring and predicting at `decision`."""
+        return replace(self, decision=decision)
 
     def batch_size(self, batch: Batch) -> int:
         return len(batch[0])

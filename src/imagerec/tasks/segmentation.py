@@ -6,10 +6,10 @@ Instance segmentation (Mask R-CNN) is detection with masks: see `tasks.detection
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from imagerec.errors import UserError
 from imagerec.metrics.segmentation import SegmentationMetrics
 from imagerec.models.segmentation import DEFAULT_ENCODER, SegmenterSpec, create_segmenter
 from imagerec.models.tiling import predict_tiled
-from imagerec.records import ModelInfo, Preprocessing
+from imagerec.records import Decision, ModelInfo, Preprocessing
 from imagerec.tasks.base import PredictOptions, keep_imgsz, median_side
 from imagerec.tasks.losses import build_loss
 from imagerec.tasks.results import SegmentationMask
@@ -65,6 +65,7 @@ class SegmentationTask:
     default_batch: int = 8
     autotune: bool = True
     result_type: type = SegmentationMask
+    decision: Decision | None = None  # chosen on validation after training (Task.with_decision)
 
     def __post_init__(self) -> None:
         if self.coding is not None:
@@ -168,6 +169,10 @@ class SegmentationTask:
 
     def metrics(self) -> SegmentationMetrics:
         return SegmentationMetrics(self.classes, ignore_index=self.ignore_index, binary=self.num_classes == 2)
+
+    def with_decision(self, decision: Decision | None) -> Self:
+        """This task scoring and predicting at `decision`."""
+        return replace(self, decision=decision)
 
     def batch_size(self, batch: Batch) -> int:
         return len(batch[0])
