@@ -66,6 +66,17 @@ class Decision(_Record):
     score: float | None = None
     note: str | None = None  # what the user should know about the choice, e.g. a rule that could not be met
 
+    def describe(self) -> str:
+        """One line, e.g. "threshold 0.31 for malignant, chosen on val by Youden's J (0.62)"."""
+        kind, _, target = self.rule.partition("=")
+        words = {"youden": "Youden's J", "f1": "F1"}.get(kind, f"{kind} ≥ {target}" if target else kind)
+        line = f"threshold {self.threshold:.3g}" + (f" for {self.positive}" if self.positive else "")
+        if self.note is not None:
+            return f"{line}: {self.note}"
+        if self.split is None:
+            return f"{line}, the default (no validation data to choose it on)"
+        return f"{line}, chosen on {self.split} by {words}" + (f" ({self.score:.3f})" if self.score is not None else "")
+
 
 class ModelInfo(_Record):
     """model.json: which task and architecture, the classes, the input and how to preprocess it.

@@ -111,7 +111,33 @@ def build_task(cfg: RunConfig, index: DataIndex) -> Task:
         binary_head=cfg.model.binary_head,
         label_smoothing=cfg.train.label_smoothing,
         class_weights=inverse_frequency_weights(index.counts("train")) if cfg.train.class_weights else None,
+        positive=positive_class(cfg, index),
     )
+
+
+def positive_class(cfg: RunConfig, index: DataIndex) -> int | None:
+    """The index of binary data's positive class: `model.positive`, else the class with fewer training images
+    (the second on a tie), stated in the data notes; None for other data."""
+    chosen, classes = cfg.model.positive, index.classes
+    if len(classes) != 2 or index.multilabel:
+        if chosen is not None:
+            raise UserError(
+                f"--positive {chosen}: a positive class applies to two-class single-label data, and "
+                f"{cfg.data.path} has {'multi-label ' if index.multilabel else ''}classes {', '.join(classes)}"
+            )
+        return None
+    if chosen is not None:
+        if chosen not in classes:
+            raise UserError(f"--positive {chosen}: not a class of {cfg.data.path}; choose one of {', '.join(classes)}")
+        index.notes.append(f"positive class {chosen} (as configured)")
+        return classes.index(chosen)
+    counts = index.counts("train")
+    positive = 0 if counts[0] < counts[1] else 1
+    index.notes.append(
+        f"positive class {classes[positive]}: the minority class in train ({counts[positive]} of {sum(counts)} "
+        "images; ties: the second class); set model.positive or --positive to choose another"
+    )
+    return positive
 
 
 def default_model(task: str) -> str:

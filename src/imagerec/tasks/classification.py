@@ -40,6 +40,7 @@ class ClassificationTask:
     autotune: bool = True  # CPU precision and memory format chosen by measuring (engine.autotune)
     result_type: type = Classification
     decision: Decision | None = None  # chosen on validation after training (Task.with_decision)
+    positive: int | None = None  # binary data: the index of the class sensitivity is about (tasks.build)
 
     @property
     def num_classes(self) -> int:
@@ -168,11 +169,20 @@ class ClassificationTask:
             targets = targets.argmax(dim=1)
         return {"loss": loss, "outputs": self.probabilities(logits.detach()), "targets": targets}
 
+    @property
+    def binary(self) -> bool:
+        """Two classes, one per image: the data has a positive class and a decision threshold."""
+        return not self.multilabel and self.num_classes == 2
+
     def metrics(self) -> ClassificationMetrics:
-        return ClassificationMetrics(self.classes, multilabel=self.multilabel)
+        return ClassificationMetrics(
+            self.classes, multilabel=self.multilabel, positive=self.positive, decision=self.decision
+        )
 
     def with_decision(self, decision: Decision | None) -> Self:
-        """This task scoring and predicting at `decision`."""
+        """This task scoring and predicting at `decision`; its positive class is the decision's."""
+        if decision is not None and decision.positive in self.classes and self.binary:
+            return replace(self, decision=decision, positive=self.classes.index(decision.positive))
         return replace(self, decision=decision)
 
     def batch_size(self, batch: Any) -> int:
@@ -196,9 +206,11 @@ class ClassificationTask:
         return self.top_labels(probs, sources, topk=options.topk)
 
     def top_labels(self, probs: torch.Tensor, sources: Sequence[str], topk: int) -> list[Classification]:
-        """Typed results: the top-k labels (multi-label: every label above 0.5, at least the best one)."""
+        """Typed results: the top-k labels (multi-label: every label above 0.5, at least the best one). A binary
+        task with a decision puts the positive class first when its probability reaches the threshold, the other
+        class first otherwise; the probabilities are the model's either way."""
         k = min(topk, self.num_classes)
-        values, indices = probs.topk(k, dim=1)
+        values, indices = self._ranked(probs, k)
         results = []
         for source, vals, idx in zip(sources, values.tolist(), indices.tolist(), strict=True):
             if self.multilabel:
@@ -206,6 +218,17 @@ class ClassificationTask:
                 vals, idx = [vals[j] for j in keep], [idx[j] for j in keep]
             results.append(Classification(source, tuple(self.classes[i] for i in idx), tuple(vals)))
         return results
+
+    def _ranked(self, probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `k` classes of each image in the order answered: most probable first, or as the decision
+        calls it."""
+        if self.decision is None or self.positive is None or not len(probs):
+            return probs.topk(k, dim=1)
+        other = 1 - self.positive
+        called = probs[:, self.positive] >= self.decision.threshold
+        first = torch.where(called, self.positive, other)
+        indices = torch.stack([first, (self.positive + other) - first], dim=1)[:, :k]
+        return probs.gather(1, indices), indices
 
 
 def inverse_frequency_weights(counts: Sequence[int]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Classification report sections: the confusion matrix, precision, recall and F1 per class, ROC and
-precision–recall curves, a reliability diagram with the expected calibration error, and galleries of the most
-confident errors and the least confident correct predictions.
+precision–recall curves, for binary data the scores at the decision threshold, a reliability diagram with the
+expected calibration error, and galleries of the most confident errors and the least confident correct predictions.
 
 Counts and per-class values are `imagerec evaluate`'s (`ctx.metrics`); curves, calibration and galleries come
 from the full probability vectors of the same images (`ctx.outputs`). Multi-label runs get the per-label
@@ -19,6 +19,7 @@ from matplotlib.figure import Figure as MplFigure
 from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table, Text, shrink
 from imagerec.outputs.report.common import plain_figure
 from imagerec.outputs.visualize import class_colour, to_uint8_rgb
+from imagerec.records import Decision
 
 ECE_BINS = 15
 GALLERY_SIZE = 12
@@ -39,17 +40,29 @@ def sections(ctx: ReportContext) -> list[Section]:
         truth = multi_hot([s.target for s in ctx.samples], len(classes))
         return [
             per_class_section(ctx.metrics, classes, multilabel=True),
-            curves_section(probs, truth, classes, binary=False),
+            curves_section(probs, truth, classes),
             Section("omitted", "Not shown for multi-label runs", [Text(MULTILABEL_OMITTED)]),
         ]
     targets = np.array([s.target for s in ctx.samples], dtype=np.int64)
     return [
         confusion_section(ctx.metrics, classes),
         per_class_section(ctx.metrics, classes, multilabel=False),
-        curves_section(probs, np.eye(len(classes), dtype=np.int64)[targets], classes, binary=len(classes) == 2),
+        *_curves(ctx, probs, np.eye(len(classes), dtype=np.int64)[targets], classes),
         calibration_section(probs, targets),
         gallery_section(ctx, probs, targets, classes),
         *_explanations(ctx, probs, targets, classes),
+    ]
+
+
+def _curves(ctx: ReportContext, probs: np.ndarray, truth: np.ndarray, classes: list[str]) -> list[Section]:
+    """One-vs-rest curves; binary data (its metrics name the positive class): that class's curves with the
+    decision threshold marked, and the scores at that threshold."""
+    if "positive" not in ctx.metrics:
+        return [curves_section(probs, truth, classes)]
+    positive = classes.index(ctx.metrics["positive"])
+    return [
+        curves_section(probs, truth, classes, positive=positive, point=operating_point(ctx.metrics)),
+        decision_section(ctx.metrics, ctx.info.decision, ctx.split),
     ]
 
 
@@ -147,9 +160,17 @@ def per_class_section(metrics: dict[str, Any], classes: list[str], *, multilabel
 
 
 # -- ROC and precision–recall ---------------------------------------------------------------------------------------
-def curves_section(probs: np.ndarray, truth: np.ndarray, classes: list[str], *, binary: bool) -> Section:
-    """ROC and precision–recall curves from `probs` (N×K) against `truth` (N×K, 0/1): with `binary`, for the
-    positive class (the second) alone; otherwise one-vs-rest for each class (each label, multi-label)."""
+def curves_section(
+    probs: np.ndarray,
+    truth: np.ndarray,
+    classes: list[str],
+    *,
+    positive: int | None = None,
+    point: dict[str, float] | None = None,
+) -> Section:
+    """ROC and precision–recall curves from `probs` (N×K) against `truth` (N×K, 0/1): for the `positive` class
+    alone when given (binary data), with the operating `point` marked; otherwise one-vs-rest for each class (each
+    label, multi-label)."""
     from torchmetrics.functional.classification import (
         binary_auroc,
         binary_average_precision,
@@ -157,7 +178,7 @@ def curves_section(probs: np.ndarray, truth: np.ndarray, classes: list[str], *, 
         binary_roc,
     )
 
-    shown = [1] if binary else list(range(len(classes)))
+    shown = [positive] if positive is not None else list(range(len(classes)))
     figure = plain_figure(11, 4.6, columns=2)
     roc_ax, pr_ax = figure.subplots(1, 2)
     rows, missing = [], []
@@ -175,6 +196,12 @@ def curves_section(probs: np.ndarray, truth: np.ndarray, classes: list[str], *, 
         roc_ax.plot(fpr, tpr, label=f"{classes[k]} (AUC {roc_auc:.3f})", **style)
         pr_ax.step(recall, precision, where="post", label=f"{classes[k]} (AP {ap:.3f})", **style)
         rows.append([classes[k], int(y.sum()), float(roc_auc), float(ap)])
+    if point is not None and not missing:
+        marker = {"color": "black", "marker": "o", "linestyle": "none", "zorder": 3, "clip_on": False}
+        label = f"threshold {point['threshold']:.3g}"
+        roc_ax.plot(point["fpr"], point["tpr"], label=label, **marker)
+        if point.get("precision") is not None:
+            pr_ax.plot(point["tpr"], point["precision"], label=label, **marker)
     roc_ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1)
     roc_ax.set(title="ROC", xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02))
     pr_ax.set(title="precision–recall", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
@@ -182,16 +209,62 @@ def curves_section(probs: np.ndarray, truth: np.ndarray, classes: list[str], *, 
         ax.grid(alpha=0.3)
         if len(shown) <= LEGEND_LIMIT:
             ax.legend(fontsize="small", frameon=False, loc="lower right" if ax is roc_ax else "lower left")
-    what = f"for {classes[1]} as the positive class" if binary else "one-vs-rest for each class"
+    what = f"for {classes[positive]} as the positive class" if positive is not None else "one-vs-rest for each class"
     caption = (
         f"ROC (left) and precision–recall (right) curves {what}, from the predicted probabilities; AUC is the area "
         "under the ROC curve, AP the average precision (the step-wise area under the precision–recall curve)."
     )
+    if point is not None and not missing:
+        caption += f" The dot marks the decision threshold ({point['threshold']:.3g}), scored in the next section."
     section = Section("roc-pr", "ROC and precision–recall curves", [Figure("roc_pr.png", figure, caption)])
     section.blocks.append(Table(["class", "positives", "ROC AUC", "AP"], rows))
     if missing:
         section.blocks.append(Text(f"No curves for {', '.join(missing)}: the split has no image on one side."))
     return section
+
+
+# -- the decision threshold ----------------------------------------------------------------------------------------
+# key in the metrics, row name, and the confusion counts over and under its fraction
+RATES = (
+    ("sensitivity", "sensitivity (recall of {positive})", ("tp",), ("tp", "fn")),
+    ("specificity", "specificity (recall of the rest)", ("tn",), ("tn", "fp")),
+    ("ppv", "PPV (precision of {positive})", ("tp",), ("tp", "fp")),
+    ("npv", "NPV (precision of the rest)", ("tn",), ("tn", "fn")),
+    ("accuracy_at_threshold", "accuracy", ("tp", "tn"), ("tp", "fp", "fn", "tn")),
+)
+
+
+def operating_point(metrics: dict[str, Any]) -> dict[str, float] | None:
+    """Where the decision threshold puts the positive class on the ROC and precision–recall curves."""
+    if metrics.get("sensitivity") is None or metrics.get("specificity") is None:
+        return None
+    return {
+        "threshold": metrics["threshold"], "fpr": 1 - metrics["specificity"], "tpr": metrics["sensitivity"],
+        "precision": metrics.get("ppv"),
+    }  # fmt: skip
+
+
+def decision_section(metrics: dict[str, Any], decision: Decision | None, split: str | None) -> Section:
+    """Sensitivity, specificity, PPV, NPV and accuracy at the decision threshold, with 95% Wilson intervals."""
+    positive, counts = metrics["positive"], metrics.get("counts_at_threshold", {})
+    rows = []
+    for key, name, hits, parts in RATES:
+        value, interval = metrics.get(key), metrics.get(f"{key}_ci")
+        found, total = (sum(counts.get(part, 0) for part in group) for group in (hits, parts))
+        shown = "—" if interval is None else f"{interval[0]:.3f}–{interval[1]:.3f}"
+        rows.append([name.format(positive=positive), "—" if value is None else value, shown, f"{found} / {total}"])
+    if decision is None:
+        how = f"threshold {metrics['threshold']:g} for {positive} (no threshold chosen for this run: the default)"
+    else:
+        how = decision.describe()
+    caption = (
+        f"{how[0].upper()}{how[1:]}. An image is called {positive} when its probability of {positive} is at least "
+        f"the threshold; the scores are measured on {split}. The intervals are 95% Wilson score intervals; the last "
+        f"column counts the images behind each proportion (sensitivity: {positive} images found / all {positive} "
+        "images). Accuracy elsewhere in the report takes the most probable class."
+    )
+    table = Table(["measure", "value", "95% interval", "images"], rows, caption)
+    return Section("decision", f"At the decision threshold for {positive}", [table])
 
 
 # -- calibration ------------------------------------------------------------------------------------------------------
