@@ -91,8 +91,14 @@ def predict(
     sources: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
     fmt: Annotated[str, Opt("--format", help="table | json | csv | coco (boxes as COCO results JSON)")] = "table",
     topk: Annotated[int, Opt(help="Classification: labels per image.")] = 5,
-    conf: Annotated[float, Opt(help="Detection: minimum score of a box.")] = 0.25,
+    conf: Annotated[
+        float | None, Opt(help="Detection: minimum score of a box (default: the run's threshold, else 0.25).")
+    ] = None,
     iou: Annotated[float | None, Opt(help="Detection: IoU above which overlapping boxes are merged (NMS).")] = None,
+    agnostic_nms: Annotated[
+        bool, Opt("--agnostic-nms", help="Detection: merge overlapping boxes across classes, not within each.")
+    ] = False,
+    max_det: Annotated[int | None, Opt(help="Detection: at most this many boxes per image, best first.")] = None,
     imgsz: Annotated[int | None, Opt(help="Detection: input size (longest side) instead of the trained one.")] = None,
     tile: Annotated[int | None, Opt(help="Segmentation: predict in tiles of this size (large images).")] = None,
     overlap: Annotated[int, Opt(help="Segmentation: pixels shared by neighbouring tiles, blended.")] = 64,
@@ -109,7 +115,10 @@ def predict(
 
     predictor = load(run, imgsz=imgsz)
     check_format(fmt, predictor.task.result_type)
-    options = {"topk": topk, "conf": conf, "iou": iou, "tile": tile, "overlap": overlap, "max_pixels": max_pixels}
+    options = {
+        "topk": topk, "conf": conf, "iou": iou, "agnostic": agnostic_nms, "max_det": max_det, "tile": tile,
+        "overlap": overlap, "max_pixels": max_pixels,
+    }  # fmt: skip
     if save_masks is not None and not issubclass(predictor.task.result_type, SegmentationMask):
         raise UserError("--save-masks applies to semantic segmentation runs")
     files = expand_sources(sources)

@@ -1,5 +1,6 @@
 """COCO detection metrics: pycocotools' COCOeval (the reference) run on results gathered in memory, for boxes
-and for instance masks.
+and for instance masks; and the counts at a confidence threshold (true and false positives, missed objects) from
+which the run's threshold is chosen by F1 and the report's error tables are made.
 
 The key names are the JSON contract of `imagerec evaluate`; docs/detection.md explains each one.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from torchvision.ops import box_iou
 
 from imagerec.records import Decision
 
@@ -39,6 +42,9 @@ SUMMARY_KEYS = (
 )
 
 NO_GROUND_TRUTH = "no ground-truth objects (other than ignored ones): every AP and AR is undefined"
+DEFAULT_CONF = 0.25  # a detector's minimum box score until a run has chosen one on validation
+MATCH_IOU = 0.5  # VOC's and COCO's AP50 rule: a prediction finds an object when box IoU reaches this
+TRUE_POSITIVE, FALSE_POSITIVE, NEITHER = 1, 0, -1  # a prediction's outcome (NEITHER: it lies on an ignored object)
 
 
 class DetectionMetrics:
@@ -72,11 +78,12 @@ class DetectionMetrics:
     max detections 1/10/100) and `eval["recall"]` is [T, K, A, M]; the PR curves of the report read them.
     """
 
-    def __init__(self, classes: list[str], *, iou_type: str = "bbox") -> None:
+    def __init__(self, classes: list[str], *, iou_type: str = "bbox", decision: Decision | None = None) -> None:
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"iou_type must be 'bbox' or 'segm', not {iou_type!r}")
         self.classes = classes
         self.iou_type = iou_type
+        self.decision = decision
         self.coco_eval: COCOeval | None = None
         self.image_ids: list[Any] = []
         self._dets: list[dict[str, np.ndarray]] = []
@@ -102,9 +109,35 @@ class DetectionMetrics:
         self._gts.append(gts)
         self.image_ids.extend(t.get("image_id") for t in targets)
 
-    def decide(self, rule: str) -> Decision | None:
-        """The decision threshold `rule` picks on the accumulated outputs (None: nothing to choose)."""
-        return None
+    def decide(self, rule: str, *, split: str = "val") -> Decision:
+        """The confidence threshold `rule` picks on the accumulated outputs of `split` (see `choose_threshold`)."""
+        return choose_threshold(self.curve(), rule, split=split)
+
+    def curve(self) -> ConfidenceCurve:
+        """Precision, recall and F1 over all classes at every confidence threshold the accumulated outputs allow,
+        predictions matched to objects by box IoU ≥ MATCH_IOU (`match_boxes`; for instance runs too)."""
+        dets, gts = _concat(self._dets), _concat(self._gts)
+        if not dets:
+            return ConfidenceCurve.from_outcomes(np.zeros(0), np.zeros(0, dtype=np.int64), objects=0)
+        count = len(self.image_ids)
+        det_at = np.searchsorted(dets["image"], np.arange(count + 1))  # images were added in order
+        gt_at = np.searchsorted(gts["image"], np.arange(count + 1))
+        outcomes = np.concatenate([
+            match_boxes(
+                dets["boxes"][det_at[i] : det_at[i + 1]], dets["scores"][det_at[i] : det_at[i + 1]],
+                dets["labels"][det_at[i] : det_at[i + 1]], gts["boxes"][gt_at[i] : gt_at[i + 1]],
+                gts["labels"][gt_at[i] : gt_at[i + 1]], gts["ignore"][gt_at[i] : gt_at[i + 1]],
+            )
+            for i in range(count)
+        ])  # fmt: skip
+        return ConfidenceCurve.from_outcomes(dets["scores"], outcomes, objects=int((~gts["ignore"]).sum()))
+
+    def at_threshold(self, threshold: float | None = None) -> dict[str, Any]:
+        """`conf_threshold` (default: the decision's, else DEFAULT_CONF) and the `precision`, `recall`, `f1`,
+        `tp`, `fp` and `fn` over all classes of the predictions scoring at least that."""
+        if threshold is None:
+            threshold = DEFAULT_CONF if self.decision is None else self.decision.threshold
+        return {"conf_threshold": threshold, **self.curve().at(threshold)}
 
     def compute(self) -> dict[str, Any]:
         """Runs COCOeval over everything added since the last reset; the keys are listed in the class docstring."""
@@ -149,6 +182,168 @@ class DetectionMetrics:
             coco_eval.accumulate()
             coco_eval.summarize()
         return coco_eval
+
+
+@dataclass(frozen=True)
+class Counts:
+    """True positives, false positives and false negatives per class (arrays of length K) in one image."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+
+    @property
+    def f1(self) -> float:
+        """2·TP / (2·TP + FP + FN); 1.0 for an image with nothing to find and nothing found."""
+        tp, errors = int(self.tp.sum()), int(self.fp.sum() + self.fn.sum())
+        return 1.0 if tp + errors == 0 else 2 * tp / (2 * tp + errors)
+
+
+def match_boxes(
+    boxes: Any, scores: Any, labels: Any, truth_boxes: Any, truth_labels: Any, ignore: Any, *, iou: float = MATCH_IOU
+) -> np.ndarray:
+    """Each prediction's outcome in one image (TRUE_POSITIVE, FALSE_POSITIVE or NEITHER), in the order given.
+
+    Predictions, best score first, each take the unmatched object of their class they overlap most, when box IoU
+    ≥ `iou` (a true positive); one left without is a false positive, unless it overlaps an ignored object (VOC
+    difficult, COCO crowd) of its class by `iou`, when it counts neither way (VOC's rule; COCOeval measures a
+    crowd's overlap by intersection over the prediction's area). A prediction's outcome depends only on the better
+    ones, so the outcomes of those scoring at least any threshold are the outcomes of matching them alone.
+    """
+    scores = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    truth = torch.as_tensor(np.asarray(truth_labels, dtype=np.int64))
+    ignored = torch.as_tensor(np.asarray(ignore, dtype=bool))
+    order = torch.argsort(scores, descending=True, stable=True)
+    overlap = box_iou(_box_tensor(boxes)[order], _box_tensor(truth_boxes))
+    overlap[labels[order][:, None] != truth[None, :]] = -1.0  # a box of another class never matches
+    taken = ignored.clone()
+    outcomes = np.full(len(order), FALSE_POSITIVE, dtype=np.int64)
+    for rank, d in enumerate(order.tolist()):
+        free = overlap[rank].masked_fill(taken, -1.0)
+        best = int(free.argmax()) if len(free) else -1
+        if best >= 0 and free[best] >= iou:
+            taken[best] = True
+            outcomes[d] = TRUE_POSITIVE
+        elif bool((overlap[rank][ignored] >= iou).any()):
+            outcomes[d] = NEITHER
+    return outcomes
+
+
+def count_outcomes(
+    outcomes: np.ndarray, scores: Any, labels: Any, truth_labels: Any, ignore: Any, *, conf: float, num_classes: int
+) -> Counts:
+    """One image's counts per class among the predictions scoring at least `conf` (outcomes from `match_boxes`);
+    objects left unmatched, ignored ones aside, are false negatives."""
+    kept = np.asarray(scores, dtype=np.float64) >= conf
+    labels = np.asarray(labels, dtype=np.int64)
+    tp = np.bincount(labels[kept & (outcomes == TRUE_POSITIVE)], minlength=num_classes)
+    fp = np.bincount(labels[kept & (outcomes == FALSE_POSITIVE)], minlength=num_classes)
+    truth = np.asarray(truth_labels, dtype=np.int64)[~np.asarray(ignore, dtype=bool)]
+    return Counts(tp, fp, np.bincount(truth, minlength=num_classes) - tp)
+
+
+def _box_tensor(boxes: Any) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(boxes, dtype=np.float64)).reshape(-1, 4)
+
+
+@dataclass(frozen=True)
+class ConfidenceCurve:
+    """Counts over all classes when predictions scoring at least `thresholds[i]` are kept (thresholds: the
+    distinct prediction scores, highest first): `tp`, `fp`, and `objects` to find; precision, recall and F1
+    follow from them."""
+
+    thresholds: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    objects: int
+
+    @classmethod
+    def from_outcomes(cls, scores: np.ndarray, outcomes: np.ndarray, *, objects: int) -> ConfidenceCurve:
+        counted = outcomes != NEITHER
+        scores, outcomes = np.asarray(scores, dtype=np.float64)[counted], outcomes[counted]
+        order = np.argsort(-scores, kind="stable")
+        scores, hits = scores[order], outcomes[order] == TRUE_POSITIVE
+        tp, fp = np.cumsum(hits), np.cumsum(~hits)
+        last = np.ones(len(scores), dtype=bool)  # a threshold keeps every prediction tied at it
+        last[:-1] = scores[1:] != scores[:-1]
+        return cls(scores[last], tp[last], fp[last], objects)
+
+    @property
+    def precision(self) -> np.ndarray:
+        return self.tp / np.maximum(self.tp + self.fp, 1)
+
+    @property
+    def recall(self) -> np.ndarray:
+        return self.tp / max(self.objects, 1)
+
+    @property
+    def f1(self) -> np.ndarray:
+        return 2 * self.tp / np.maximum(self.tp + self.fp + self.objects, 1)
+
+    def at(self, threshold: float) -> dict[str, Any]:
+        """Precision, recall, F1 (None where undefined), TP, FP and FN keeping the scores ≥ `threshold`."""
+        kept = np.flatnonzero(self.thresholds >= threshold)
+        tp, fp = (int(self.tp[kept[-1]]), int(self.fp[kept[-1]])) if kept.size else (0, 0)
+        fn = self.objects - tp
+        return {
+            "precision": _ratio(tp, tp + fp),
+            "recall": _ratio(tp, self.objects),
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+        }
+
+
+def choose_threshold(curve: ConfidenceCurve, rule: str, *, split: str) -> Decision:
+    """The Decision `rule` makes on `curve`. `auto` and `f1`: the threshold of highest F1 over all classes (the
+    higher threshold on a tie); `sensitivity=X`: the highest threshold whose recall reaches X. `youden` and
+    `specificity=X` need true negatives, which boxes do not have: the F1 choice is made instead, and `note` says
+    so. Without objects, predictions or any true positive, or when recall X is out of reach, the threshold is
+    DEFAULT_CONF and `note` says why. The threshold stored lies between the chosen score and the next lower one,
+    so that models which keep scores strictly above it (torchvision's) and predict, which keeps scores at least
+    it, keep the same boxes."""
+    kind, _, target = ("f1" if rule == "auto" else rule).partition("=")
+    chosen = "sensitivity" if kind == "sensitivity" else "f1"
+    name = rule if chosen == "sensitivity" else "f1"
+    note = None
+    if chosen != kind:
+        note = f"{rule} does not apply to detection (boxes have no true negatives); chosen by F1 instead"
+    if curve.objects == 0 or not curve.tp.any():
+        why = "no ground-truth objects" if curve.objects == 0 else "no prediction matching an object"
+        default = f"{split} has {why}, so the threshold is the default {DEFAULT_CONF:g}"
+        return Decision(threshold=DEFAULT_CONF, rule=name, split=split, note=default)
+    if chosen == "sensitivity":
+        reached = np.flatnonzero(curve.recall >= float(target))
+        if not reached.size:
+            best = float(curve.recall.max())
+            default = f"no threshold reaches {rule} on {split} (best recall: {best:.3f}); threshold {DEFAULT_CONF:g}"
+            return Decision(threshold=DEFAULT_CONF, rule=name, split=split, note=default)
+        index, score = int(reached[0]), float(curve.recall[reached[0]])
+    else:
+        index = int(np.argmax(curve.f1))
+        score = float(curve.f1[index])
+    lower = curve.thresholds[index + 1] if index + 1 < len(curve.thresholds) else None
+    threshold = _between(lower, float(curve.thresholds[index]))
+    return Decision(threshold=threshold, rule=name, split=split, score=round(score, 6), note=note)
+
+
+def _between(low: float | None, high: float) -> float:
+    """The shortest decimal strictly between `low` and `high` as float32 sees them (scores are float32), else
+    the float32 just below `high`; with no `low`, the float32 just below `high`."""
+    below = float(np.nextafter(np.float32(high), np.float32(0)))
+    if low is None or np.float32(low) >= np.float32(below):
+        return below
+    for digits in range(1, 9):
+        value = round((low + high) / 2, digits)
+        if np.float32(low) < np.float32(value) < np.float32(high):
+            return value
+    return below
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return round(numerator / denominator, 6) if denominator else None
 
 
 def _gather_outputs(outputs: Sequence[dict[str, Any]], first: int, *, segm: bool) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, nms
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from imagerec.errors import UserError
@@ -83,26 +83,31 @@ class Detector(nn.Module):
 
 
 @contextmanager
-def thresholds(*, score: float | None = None, iou: float | None = None) -> Iterator[None]:
-    """Within this block, detectors keep boxes scoring at least `score` and merge boxes overlapping above `iou`
-    (None: the model's own). The values live in a context variable, never in the model, so two threads
-    predicting with one model and different thresholds (a server's requests) cannot see each other's."""
-    overrides = {k: v for k, v in (("score_thresh", score), ("nms_thresh", iou)) if v is not None}
-    token = _THRESHOLDS.set({**(_THRESHOLDS.get() or {}), **overrides})
+def thresholds(
+    *, score: float | None = None, iou: float | None = None, agnostic: bool | None = None, max_det: int | None = None
+) -> Iterator[None]:
+    """Within this block, detectors keep boxes scoring at least `score`, merge boxes overlapping above `iou`
+    (non-maximum suppression: within each class, or across classes when `agnostic`), and keep at most `max_det`
+    boxes per image, best first (None: the enclosing block's value, else the model's own). The values live in a
+    context variable, never in the model, so two threads predicting with one model and different options (a
+    server's requests) cannot see each other's."""
+    given = {"score_thresh": score, "nms_thresh": iou, "agnostic": agnostic, "detections_per_img": max_det}
+    token = _THRESHOLDS.set({**(_THRESHOLDS.get() or {}), **{k: v for k, v in given.items() if v is not None}})
     try:
         yield
     finally:
         _THRESHOLDS.reset(token)
 
 
-_THRESHOLDS: ContextVar[dict[str, float] | None] = ContextVar("detection_thresholds", default=None)
+_THRESHOLDS: ContextVar[dict[str, Any] | None] = ContextVar("detection_thresholds", default=None)
+KEEP_ALL_IOU = 1.0  # torchvision suppresses a box overlapping a better one by IoU > this: none at 1.0
 
 
 class _ThresholdView:
     """A torchvision head seen with the current block's thresholds: its post-processing reads them from `self`
     and sets nothing, so it can run on this view while every other attribute comes from the head itself."""
 
-    def __init__(self, owner: nn.Module, overrides: dict[str, float]) -> None:
+    def __init__(self, owner: nn.Module, overrides: dict[str, Any]) -> None:
         self._owner, self._overrides = owner, overrides
 
     def __getattr__(self, name: str) -> Any:
@@ -110,15 +115,39 @@ class _ThresholdView:
 
 
 class _PostProcess:
-    """Installed as the head's `postprocess_detections`: torchvision's own, called on a `_ThresholdView`."""
+    """Installed as the head's `postprocess_detections`: torchvision's own, called on a `_ThresholdView`.
+
+    Class-agnostic suppression runs torchvision's post-processing with per-class suppression and the box cap
+    switched off, then `torchvision.ops.nms` over all classes at once and the cap: the same candidates (score
+    threshold, top-k per level) suppressed regardless of class. Mask R-CNN's masks are computed afterwards, on the
+    boxes kept."""
 
     def __init__(self, owner: nn.Module) -> None:
         self.owner = owner
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        overrides = _THRESHOLDS.get()
-        target = _ThresholdView(self.owner, overrides) if overrides else self.owner
-        return type(self.owner).postprocess_detections(target, *args, **kwargs)
+        overrides = dict(_THRESHOLDS.get() or {})
+        if not overrides.pop("agnostic", False):
+            target = _ThresholdView(self.owner, overrides) if overrides else self.owner
+            return type(self.owner).postprocess_detections(target, *args, **kwargs)
+        view = _ThresholdView(self.owner, overrides)
+        iou, cap = view.nms_thresh, view.detections_per_img
+        # keep[:None] in torchvision's code keeps every box for the suppression across classes that follows.
+        overrides |= {"nms_thresh": KEEP_ALL_IOU, "detections_per_img": None}
+        out = type(self.owner).postprocess_detections(_ThresholdView(self.owner, overrides), *args, **kwargs)
+        return _suppress_across_classes(out, iou=iou, cap=cap)
+
+
+def _suppress_across_classes(out: Any, *, iou: float, cap: int) -> Any:
+    """Post-processed detections after class-agnostic NMS: one dict per image (FCOS, RetinaNet, SSD), or
+    (boxes, scores, labels) lists (the region-based heads)."""
+
+    if isinstance(out, tuple):
+        boxes, scores, labels = out
+        keeps = [nms(b, s, iou)[:cap] for b, s in zip(boxes, scores, strict=True)]
+        return tuple([v[k] for v, k in zip(values, keeps, strict=True)] for values in (boxes, scores, labels))
+    keeps = [nms(o["boxes"], o["scores"], iou)[:cap] for o in out]
+    return [{name: value[k] for name, value in o.items()} for o, k in zip(out, keeps, strict=True)]
 
 
 def _transform(model: nn.Module, *, imgsz: int, mean: Sequence[float], std: Sequence[float]) -> None:

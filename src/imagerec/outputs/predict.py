@@ -87,9 +87,11 @@ class Predictor:
     """A trained model with the preprocessing it was trained with, ready to predict.
 
     Classification runs give `Classification` results (options: `topk`); detection runs give `Detections`
-    (options: `conf`, the minimum score, and `iou`, the non-maximum-suppression overlap), instance segmentation
-    `InstanceMasks` (same options); semantic segmentation gives `SegmentationMask` (options: `tile` and `overlap`
-    for sliding-window inference, `max_pixels` above which an image needs a tile size).
+    (options: `conf`, the minimum score, by default the threshold the run chose on validation (`conf_threshold`),
+    else 0.25; `iou`, the non-maximum-suppression overlap; `agnostic`, suppression across classes; `max_det`, the
+    most boxes per image), instance segmentation `InstanceMasks` (same options); semantic segmentation gives
+    `SegmentationMask` (options: `tile` and `overlap` for sliding-window inference, `max_pixels` above which an
+    image needs a tile size).
     """
 
     def __init__(self, run: RunDir, *, device: str = "auto", weights: str = "best", imgsz: int | None = None) -> None:

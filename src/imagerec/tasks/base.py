@@ -31,14 +31,18 @@ MAX_PIXELS = 2048 * 2048
 class PredictOptions:
     """Per-call prediction options; each task reads those that apply to it and never stores them in the model.
 
-    `topk`: labels per image (classification). `conf`: minimum score of a box, `iou`: overlap above which
-    non-maximum suppression merges boxes (None: the model's own). `tile`, `overlap`: sliding-window inference for
-    semantic segmentation, required above `max_pixels`.
+    `topk`: labels per image (classification). Detection: `conf`, the minimum score of a box (None: the run's
+    decision threshold, chosen on validation, else 0.25); `iou`, the overlap above which non-maximum
+    suppression merges boxes (None: the model's own); `agnostic`, suppression across classes instead of within
+    each; `max_det`, the most boxes per image (None: the model's own). `tile`, `overlap`: sliding-window
+    inference for semantic segmentation, required above `max_pixels`.
     """
 
     topk: int = 5
-    conf: float = 0.25
+    conf: float | None = None
     iou: float | None = None
+    agnostic: bool = False
+    max_det: int | None = None
     tile: int | None = None
     overlap: int = 64
     max_pixels: int = MAX_PIXELS
@@ -46,8 +50,10 @@ class PredictOptions:
     def __post_init__(self) -> None:
         if self.topk < 1:
             raise UserError(f"--topk {self.topk}: must be at least 1")
-        if not 0 <= self.conf <= 1 or (self.iou is not None and not 0 < self.iou <= 1):
+        if (self.conf is not None and not 0 <= self.conf <= 1) or (self.iou is not None and not 0 < self.iou <= 1):
             raise UserError("--conf must be in [0, 1] and --iou in (0, 1]")
+        if self.max_det is not None and (type(self.max_det) is not int or self.max_det < 1):
+            raise UserError(f"--max-det {self.max_det}: must be a whole number of at least 1")
         if self.tile is not None and not 0 <= self.overlap < self.tile:
             raise UserError(
                 f"--tile {self.tile} --overlap {self.overlap}: the overlap must be at least 0 and below the tile size"
@@ -82,10 +88,10 @@ class Metrics(Protocol):
 class Task(Protocol):
     """What a task provides.
 
-        `step` runs the model on one collated batch and returns at least `{"loss": scalar}` in training; in evaluation
-        it returns `outputs` and `targets` to feed `metrics().update` (and `loss` where the task has one). `monitor`
-        names the validation metric that picks the best checkpoint and whether higher ("max") or lower ("min") is
-        better. `result_type` is the class of what `predict` returns. After training, the metrics of the validation
+    `step` runs the model on one collated batch and returns at least `{"loss": scalar}` in training; in evaluation
+    it returns `outputs` and `targets` to feed `metrics().update` (and `loss` where the task has one). `monitor`
+    names the validation metric that picks the best checkpoint and whether higher ("max") or lower ("min") is
+    better. `result_type` is the class of what `predict` returns. After training, the metrics of the validation
     split `decide` the run's threshold (`Decision`); `with_decision` gives the task that scores and predicts at it.
     """
 

@@ -14,7 +14,7 @@ from imagerec.config import ModelConfig
 from imagerec.data.datasets import DetectionDataset
 from imagerec.data.masks import MaskCoding
 from imagerec.data.targets import Sample
-from imagerec.metrics.detection import DetectionMetrics
+from imagerec.metrics.detection import DEFAULT_CONF, DetectionMetrics
 from imagerec.models.detection import (
     BACKBONE_HEADS,
     DEFAULT_BACKBONE,
@@ -150,7 +150,7 @@ class DetectionTask:
         return {"outputs": model(images), "targets": targets}
 
     def metrics(self) -> DetectionMetrics:
-        return DetectionMetrics(self.classes, iou_type="segm" if self.masks else "bbox")
+        return DetectionMetrics(self.classes, iou_type="segm" if self.masks else "bbox", decision=self.decision)
 
     def with_decision(self, decision: Decision | None) -> Self:
         """This task scoring and predicting at `decision`."""
@@ -174,13 +174,21 @@ class DetectionTask:
     def predict(
         self, model: nn.Module, images: Sequence[torch.Tensor], sources: Sequence[str], options: PredictOptions
     ) -> list[Detections]:
-        """Boxes scoring at least `options.conf`, merged above `options.iou`, in each image's own pixels."""
+        """Boxes scoring at least `options.conf` (None: `conf_threshold`), merged above `options.iou` within each
+        class or, with `options.agnostic`, across classes, at most `options.max_det` per image, in each image's
+        own pixels."""
         device = next(model.parameters()).device
         batch = [image.to(device) for image in images]
-        with thresholds(score=options.conf, iou=options.iou):
+        conf = self.conf_threshold if options.conf is None else options.conf
+        with thresholds(score=conf, iou=options.iou, agnostic=options.agnostic, max_det=options.max_det):
             outputs = [{k: v.cpu() for k, v in o.items()} for o in model(batch)]
         sizes = [(image.shape[-1], image.shape[-2]) for image in images]
-        return self._typed(outputs, sources, sizes=sizes, conf=options.conf)
+        return self._typed(outputs, sources, sizes=sizes, conf=conf)
+
+    @property
+    def conf_threshold(self) -> float:
+        """The minimum box score predict keeps unless told: the run's decision, else DEFAULT_CONF."""
+        return DEFAULT_CONF if self.decision is None else self.decision.threshold
 
     def _typed(
         self,

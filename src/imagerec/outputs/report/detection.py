@@ -1,32 +1,40 @@
 """Detection report sections (boxes, and instance masks for Mask R-CNN runs): precision–recall curves, AP per
-class and object size, false positives and negatives at a score threshold, and the worst images drawn.
+class and object size, false positives and negatives at the run's confidence threshold with precision, recall and
+F1 against the threshold, and the worst images drawn.
 
 The curves and APs come from pycocotools' COCOeval, run by `DetectionMetrics` over the report's own predictions
 (`ctx.results`), so they reach the evaluated mAP only when those were kept down to the evaluation threshold
-(`EVAL_SCORE_THRESHOLD`); a note says so when they differ from `ctx.metrics`. Counts and galleries use `conf`.
+(`EVAL_SCORE_THRESHOLD`); a note says so when they differ from `ctx.metrics`. Counts and galleries use `conf`: the
+threshold the run chose on validation (model.json's decision), else DEFAULT_CONF.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure as MplFigure
-from torchvision.ops import box_iou
 from torchvision.utils import draw_segmentation_masks
 
 from imagerec.data.targets import Objects
-from imagerec.metrics.detection import NO_GROUND_TRUTH, DetectionMetrics
+from imagerec.metrics.detection import (
+    DEFAULT_CONF,
+    MATCH_IOU,
+    NO_GROUND_TRUTH,
+    ConfidenceCurve,
+    Counts,
+    DetectionMetrics,
+    count_outcomes,
+    match_boxes,
+)
 from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table, Text
 from imagerec.outputs.visualize import class_colour, draw_boxes, draw_legend
+from imagerec.records import Decision
 from imagerec.tasks.results import Detections, InstanceMasks
 
-DEFAULT_CONF = 0.25  # `imagerec predict`'s default --conf
-MATCH_IOU = 0.5  # VOC's and COCO's AP50 rule
 THUMBNAIL = 256  # longest side of a gallery image, in pixels
 GALLERY_SIZE = 8
 TRUTH_COLOUR = "#56B4E9"  # Okabe–Ito sky blue
@@ -36,67 +44,53 @@ LINE_STYLES = ("-", "--", ":", "-.")
 DASH = "—"  # a value COCO cannot define (no object of that class or size)
 
 
-@dataclass(frozen=True)
-class Counts:
-    """True positives, false positives and false negatives per class (arrays of length K) in one image."""
-
-    tp: np.ndarray
-    fp: np.ndarray
-    fn: np.ndarray
-
-    @property
-    def f1(self) -> float:
-        """2·TP / (2·TP + FP + FN); 1.0 for an image with nothing to find and nothing found."""
-        tp, errors = int(self.tp.sum()), int(self.fp.sum() + self.fn.sum())
-        return 1.0 if tp + errors == 0 else 2 * tp / (2 * tp + errors)
-
-
-def sections(ctx: ReportContext, *, conf: float = DEFAULT_CONF) -> list[Section]:
+def sections(ctx: ReportContext, *, conf: float | None = None) -> list[Section]:
     """The detection sections of the report; none without evaluation data. `conf` is the score threshold of the
-    counts and galleries (the curves use every prediction)."""
+    counts and galleries (None: the run's decision threshold, else DEFAULT_CONF; the curves use every
+    prediction)."""
     if ctx.split is None or not ctx.samples:
         return []
+    decision = ctx.info.decision
+    if conf is None:
+        conf = DEFAULT_CONF if decision is None else decision.threshold
     classes = list(ctx.info.classes)
     counts = [match(s.target, r, classes, conf=conf) for s, r in zip(ctx.samples, ctx.results, strict=True)]
     metrics, values = coco_metrics(ctx)
     return [
         _pr_section(metrics, _consistency(ctx.metrics, values)),
         _ap_section(ctx, metrics),
-        _errors_section(counts, classes, conf),
+        _errors_section(counts, classes, conf, metrics.curve(), _origin(conf, decision)),
         _gallery_section(ctx, counts, conf),
         *_explanations(ctx, counts, conf),
     ]
 
 
+def _origin(conf: float, decision: Decision | None) -> str:
+    """Where threshold `conf` comes from, in words."""
+    if decision is not None and conf == decision.threshold:
+        if decision.split is None or decision.note is None:
+            return f"the run's {decision.describe()}"
+        return f"the run's threshold, {decision.note}"
+    if decision is None and conf == DEFAULT_CONF:
+        return "the default: this run has no threshold chosen on validation data"
+    return "as asked for this report"
+
+
 def match(
     objects: Objects, detections: Detections, classes: Sequence[str], *, conf: float, iou: float = MATCH_IOU
 ) -> Counts:
-    """Counts of one image at score ≥ `conf`: predictions, best score first, each take the unmatched object of
-    their class they overlap most, when box IoU ≥ `iou` (a true positive); one left without is a false positive,
-    unless it overlaps an ignored object (VOC difficult, COCO crowd) of its class by `iou`, when it counts neither
-    way (VOC's rule; COCOeval measures a crowd's overlap by intersection over the prediction's area). Objects left
-    unmatched (ignored ones aside) are false negatives."""
-    k = len(classes)
+    """Counts of one image at score ≥ `conf`, by the matching rule of `metrics.detection.match_boxes`: a match is
+    a true positive, a prediction left without one a false positive (one on an ignored object counts neither
+    way), an object left without one a false negative."""
     lookup = {name: i for i, name in enumerate(classes)}
-    scores = torch.tensor(detections.scores, dtype=torch.float64)
-    order = [i for i in torch.argsort(scores, descending=True, stable=True).tolist() if scores[i] >= conf]
-    labels = torch.tensor([lookup[detections.labels[i]] for i in order], dtype=torch.int64)
-    truth = torch.tensor(objects.labels, dtype=torch.int64)
-    ignore = torch.tensor([objects.ignored(i) for i in range(len(truth))], dtype=torch.bool)
-    overlap = box_iou(_boxes([detections.boxes[i] for i in order]), _boxes(objects.boxes))
-    overlap[labels[:, None] != truth[None, :]] = -1.0  # a box of another class never matches
-    taken = ignore.clone()
-    tp, fp = np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64)
-    for d, label in enumerate(labels.tolist()):
-        free = overlap[d].masked_fill(taken, -1.0)
-        best = int(free.argmax()) if len(free) else -1
-        if best >= 0 and free[best] >= iou:
-            taken[best] = True
-            tp[label] += 1
-        elif not bool((overlap[d][ignore] >= iou).any()):
-            fp[label] += 1
-    fn = np.bincount(truth[~taken].numpy(), minlength=k).astype(np.int64)
-    return Counts(tp, fp, fn)
+    labels = [lookup[label] for label in detections.labels]
+    ignore = [objects.ignored(i) for i in range(len(objects.labels))]
+    outcomes = match_boxes(
+        _boxes(detections.boxes), detections.scores, labels, _boxes(objects.boxes), objects.labels, ignore, iou=iou
+    )
+    return count_outcomes(
+        outcomes, detections.scores, labels, objects.labels, ignore, conf=conf, num_classes=len(classes)
+    )
 
 
 def _boxes(boxes: Sequence[Sequence[float]]) -> torch.Tensor:
@@ -274,18 +268,46 @@ def _ap_figure(rows: list[list[Any]], metrics: DetectionMetrics) -> MplFigure:
     return figure
 
 
-def _errors_section(counts: list[Counts], classes: list[str], conf: float) -> Section:
+def _errors_section(
+    counts: list[Counts], classes: list[str], conf: float, curve: ConfidenceCurve, origin: str
+) -> Section:
     tp, fp, fn = (np.sum([getattr(c, f) for c in counts], axis=0) for f in ("tp", "fp", "fn"))
     rows = [_count_row(name, int(tp[k]), int(fp[k]), int(fn[k])) for k, name in enumerate(classes)]
     rows.append(_count_row("all", int(tp.sum()), int(fp.sum()), int(fn.sum())))
     rule = (
-        f"Predictions with a score of at least {conf:g} (imagerec predict's --conf), matched best score first to "
-        f"the unmatched ground-truth object of their class they overlap most, when box IoU ≥ {MATCH_IOU:g} (the "
-        "VOC/COCO rule): a match is a true positive, a prediction left without one a false positive, an object "
-        "left without one a false negative. Predictions on ignored objects (difficult, crowd) count neither way."
+        f"Predictions with a score of at least {conf:.3g} ({origin}), matched best score first to the unmatched "
+        f"ground-truth object of their class they overlap most, when box IoU ≥ {MATCH_IOU:g} (the VOC/COCO "
+        "rule): a match is a true positive, a prediction left without one a false positive, an object left without "
+        "one a false negative. Predictions on ignored objects (difficult, crowd) count neither way."
     )
     table = Table(["class", "objects", "predicted", "TP", "FP", "FN", "precision", "recall"], rows, rule)
-    return Section("detection-errors", "False positives and false negatives", [table])
+    section = Section("detection-errors", "False positives and false negatives", [table])
+    if curve.objects and len(curve.thresholds):
+        caption = (
+            "Precision, recall and F1 over all classes (the same matching) when only predictions scoring at least "
+            f"the confidence on the x axis are kept; the dotted line marks {conf:.3g}, the threshold counted above. "
+            "Predictions below the evaluation's own floor were never kept, so the curves stop there."
+        )
+        section.blocks.append(Figure("detection_confidence.png", _confidence_figure(curve, conf), caption))
+    return section
+
+
+def _confidence_figure(curve: ConfidenceCurve, conf: float) -> MplFigure:
+    figure = MplFigure(figsize=(7, 4), layout="constrained")
+    ax = figure.subplots()
+    lines = (("F1", curve.f1, "black", "-"), ("precision", curve.precision, class_colour(4), "--"))
+    for name, values, colour, style in (*lines, ("recall", curve.recall, class_colour(1), ":")):
+        ax.plot(curve.thresholds, values, color=colour, linestyle=style, linewidth=2 if name == "F1" else 1.5,
+                label=name, drawstyle="steps-post")  # fmt: skip
+    at = curve.at(conf)
+    ax.axvline(conf, color="#777777", linestyle=":", linewidth=1)
+    if at["f1"] is not None:
+        ax.plot([conf], [at["f1"]], "o", color="black")
+        ax.annotate(f"{conf:.3g}: F1 {at['f1']:.2f}", (conf, at["f1"]), textcoords="offset points", xytext=(6, 6))
+    ax.set(xlabel="confidence threshold", ylabel="over all classes", xlim=(0, 1), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize="small")
+    return figure
 
 
 def _count_row(name: str, tp: int, fp: int, fn: int) -> list[Any]:
