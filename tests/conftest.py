@@ -15,6 +15,8 @@ from imagerec.data.samples import write_sample
 
 # Tests never reach a model hub: without this, timm/huggingface_hub retry for ~50 s before failing.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Training in tests uses one torch thread (see _one_thread), whatever the machine's cores.
+os.environ.setdefault("IMAGEREC_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,15 +34,23 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _machine_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What autotune remembers of the machine lives in the session's temporary folder, not the user's home."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMAGEREC_CACHE_DIR", str(tmp_path_factory.mktemp("imagerec-cache")))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _autotune_without_timing() -> Iterator[Callable[..., float]]:
     """`--precision auto` on a CPU picks the fastest of fp32/bf16 × NCHW/channels_last by timing a few steps, so a
     busy machine could change the choice, and with it every trained number. In tests each candidate measures the
     same, so the baseline (fp32, NCHW) is chosen whatever the load. Yields the real measurement."""
     from imagerec.engine import autotune
 
-    real = autotune._images_per_second
+    real = autotune.images_per_second
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(autotune, "_images_per_second", lambda *args, **kwargs: 100.0)
+        patch.setattr(autotune, "images_per_second", lambda *args, **kwargs: 100.0)
         yield real
 
 
@@ -49,7 +59,7 @@ def real_timing(_autotune_without_timing: Callable[..., float], monkeypatch: pyt
     """Autotune measures real step times in this test (for tests whose outcome cannot depend on them)."""
     from imagerec.engine import autotune
 
-    monkeypatch.setattr(autotune, "_images_per_second", _autotune_without_timing)
+    monkeypatch.setattr(autotune, "images_per_second", _autotune_without_timing)
 
 
 MakeImage = Callable[..., Path]

@@ -183,7 +183,7 @@ def test_class_seen_only_in_test_is_refused(scenes: Path, tmp_path: Path, capsys
 
 
 def test_task_and_data_must_agree(scenes: Path, digits_dir: Path, capsys, monkeypatch) -> None:
-    assert "--task detect" in user_error(capsys, monkeypatch, "train", scenes, "--epochs", 1)
+    assert "--task detect" in user_error(capsys, monkeypatch, "train", scenes, "--task", "classify", "--epochs", 1)
     line = user_error(capsys, monkeypatch, "train", digits_dir, "--task", "detect", "--epochs", 1)
     assert "needs boxes" in line
 

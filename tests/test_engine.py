@@ -251,7 +251,7 @@ def test_autotune_picks_the_fastest_beyond_the_noise_margin(monkeypatch, speeds,
         layout = "channels_last" if b[0].is_contiguous(memory_format=torch.channels_last) else "NCHW"
         return speeds[f"{precision}/{layout}"]
 
-    monkeypatch.setattr(autotune, "_images_per_second", fake_speed)
+    monkeypatch.setattr(autotune, "images_per_second", fake_speed)
     settings = choose_cpu_settings(model, batch, loss_fn)
     assert (settings.precision, settings.channels_last) == expected
     assert settings.measured == speeds

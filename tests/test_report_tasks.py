@@ -278,13 +278,15 @@ def test_detection_report_of_a_trained_run(detect_ctx: ReportContext) -> None:
     per_class = {row[0]: row[2] for row in ap.rows[:-1]}
     for name, value in ctx.metrics["per_class"].items():
         assert per_class[name] == (detection.DASH if value is None else pytest.approx(value, abs=1e-4))
-    # Counts at 0.25 add up to the objects and to the predictions kept.
+    # Counts at the run's threshold (chosen on val by F1) add up to the objects and to the predictions kept.
+    conf = ctx.info.decision.threshold
+    assert ctx.info.decision.split == "val"
     table = _blocks(by_id["detection-errors"], Table)[0]
     errors = dict(zip(table.columns, table.rows[-1], strict=True))
     assert errors["TP"] + errors["FN"] == sum(len(s.target.labels) for s in ctx.samples)
-    assert errors["TP"] + errors["FP"] == sum(sum(s >= 0.25 for s in r.scores) for r in ctx.results)
+    assert errors["TP"] + errors["FP"] == sum(sum(s >= conf for s in r.scores) for r in ctx.results)
     # The first worst image has the lowest F1 of all, counted again here.
-    f1 = {s.path.name: _f1(s.target, r, 0.25) for s, r in zip(ctx.samples, ctx.results, strict=True)}
+    f1 = {s.path.name: _f1(s.target, r, conf) for s, r in zip(ctx.samples, ctx.results, strict=True)}
     worst = _blocks(by_id["detection-gallery"], Gallery)[0]
     name = worst.images[0][1].split(" · ")[0]
     assert f1[name] == min(f1.values())

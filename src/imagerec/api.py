@@ -12,10 +12,13 @@ from imagerec.engine.evaluate import SplitScores
 from imagerec.errors import UserError
 from imagerec.evaluation import evaluation_index, measure
 from imagerec.outputs.predict import Predictor, load
+from imagerec.recipe import Choice, Plan, plan_recipe, profile
 from imagerec.runs import Run, RunDir, open_run, write_json
-from imagerec.tasks.build import default_model
+from imagerec.tasks.build import default_model, infer_task
 
-__all__ = ["Run", "evaluate", "load", "train"]
+__all__ = ["Plan", "Run", "evaluate", "load", "plan", "train"]
+
+RUN_ONLY = ("resolved", "out")  # run.yaml keys that describe one run, not a recipe to repeat
 
 
 def _section_of(key: str) -> str:
@@ -26,9 +29,10 @@ def _section_of(key: str) -> str:
     raise TypeError(f"unknown training option {key!r}")
 
 
-def resolve_config(data: str | Path | None, *, config: str | Path | None = None, **options: Any) -> RunConfig:
-    """Merge a YAML config file with keyword options (options win) into a validated RunConfig."""
+def _values(data: str | Path | None, config: str | Path | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The nested settings of a config file (less its run-only keys) and keyword options (which win)."""
     values = read_yaml(Path(config)) if config else {}
+    values = {k: v for k, v in values.items() if k not in RUN_ONLY}
     nested: dict[str, Any] = {"data": {"path": data} if data is not None else {}}
     for key, value in options.items():
         if key in ("task", "out"):
@@ -40,10 +44,44 @@ def resolve_config(data: str | Path | None, *, config: str | Path | None = None,
     values = merge(values, nested)
     if "path" not in values.get("data", {}):
         raise UserError("no data given: pass the folder or CSV to train on")
+    return values
+
+
+def _resolve(data: str | Path | None, config: str | Path | None, options: dict[str, Any]) -> tuple[RunConfig, Plan]:
+    """The validated config (task inferred and model defaulted where not given) and the start of its plan: what
+    the user set, and the task's inference."""
+    values = _values(data, config, options)
+    given = {f"{section}.{key}" for section in SECTIONS for key in values.get(section, {})} - {"data.path"}
+    choices = []
+    if "task" not in values and Path(values["data"]["path"]).exists():  # a missing path is named when it is read
+        task, why = infer_task(Path(values["data"]["path"]), values["data"].get("format", "auto"))
+        values["task"] = task
+        choices.append(Choice("task", task, f"inferred: {why} (--task to choose)"))
     cfg = build_config(values)
-    if "name" in values.get("model", {}):
-        return cfg
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": default_model(cfg.task)})})
+    if "model.name" not in given:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": default_model(cfg.task)})})
+    return cfg, Plan(cfg, choices, given)
+
+
+def resolve_config(data: str | Path | None, *, config: str | Path | None = None, **options: Any) -> RunConfig:
+    """Merge a YAML config file with keyword options (options win) into a validated RunConfig.
+
+    A run's own run.yaml is a valid config: what it recorded as found and chosen (`resolved`) and its run
+    directory (`out`) are left out, so the new run finds and chooses afresh in a directory of its own. The task is
+    inferred from the data when not given; the recipe (`plan`) is not applied."""
+    return _resolve(data, config, options)[0]
+
+
+def plan(data: str | Path | None = None, *, config: str | Path | None = None, **options: Any) -> Plan:
+    """What `train` with the same arguments would run: the config with every setting the user left open chosen
+    from the data, and the reason for each choice (`imagerec train --dry-run`)."""
+    from imagerec.training import accelerator, prepare_data, sampled_shapes
+
+    cfg, start = _resolve(data, config, options)
+    index, task = prepare_data(cfg)
+    measured = profile(index, sampled_shapes(index))
+    planned, chosen = plan_recipe(cfg, task, measured, given=start.given, cpu=accelerator(cfg.train) == "cpu")
+    return Plan(planned, [*start.choices, *chosen], start.given, measured)
 
 
 def train(
@@ -71,6 +109,10 @@ def train(
                 "start a new run"
             )
         extra = {k: v for k, v in options.items() if v is not None}
+        if "time" in extra or "recipe" in extra:
+            raise UserError(
+                f"--time and --recipe plan a new run; to train {run.path} further pass --epochs with more epochs"
+            )
         fixed = sorted(k for k in extra if k not in TrainConfig.model_fields)
         if fixed:
             raise UserError(
@@ -80,15 +122,26 @@ def train(
         cfg = build_config(merge(saved, {"train": extra}))
         trained, scores = train_run(cfg, console=console, resume=run)
     else:
-        cfg = resolve_config(data, config=config, **options)
+        _note_run_config(config, console)
+        planned = plan(data, config=config, **options)
+        cfg = planned.cfg
         if cfg.model.head != "network":  # scikit-learn on frozen embeddings: no training loop
             from imagerec.embedding_head import train_head
 
             return train_head(cfg, console)
-        trained, scores = train_run(cfg, console=console)
+        trained, scores = train_run(cfg, console=console, recipe=planned.choices)
     if trained.primary:
         report_after_training(trained, cfg, scores, console)
     return trained
+
+
+def _note_run_config(config: str | Path | None, console: Console) -> None:
+    ignored = [k for k in RUN_ONLY if config and k in read_yaml(Path(config))]
+    if ignored:
+        console.print(
+            f"note: {config} is a run's record; its {' and '.join(ignored)} part is ignored (a new run directory, "
+            "data and settings found afresh)", markup=False,
+        )  # fmt: skip
 
 
 def report_after_training(run: Run, cfg: RunConfig, scores: SplitScores | None, console: Console) -> None:

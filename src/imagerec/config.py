@@ -13,6 +13,13 @@ from imagerec.errors import UserError
 Task = Literal["classify", "detect", "segment"]
 Augment = Literal["none", "light", "medium", "heavy"]
 Precision = Literal["auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true"]
+Recipe = Literal["fast", "balanced", "best"]
+DURATION = r"^\d+(\.\d+)?(s|m|h)$"  # 90s, 10m, 1.5h
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration such as `90s`, `10m` or `1.5h` (validated by DURATION)."""
+    return float(text[:-1]) * {"s": 1, "m": 60, "h": 3600}[text[-1]]
 
 
 class _Config(BaseModel):
@@ -63,7 +70,11 @@ class ModelConfig(_Config):
 
 
 class TrainConfig(_Config):
-    epochs: int = Field(20, gt=0)
+    epochs: int = Field(20, gt=0, description="default: planned by the recipe from the data (or --time)")
+    time: str | None = Field(
+        None, pattern=DURATION, description="time budget, e.g. 2m, 10m, 1h: epochs planned from the measured epoch time"
+    )
+    recipe: Recipe = Field("balanced", description="fast | balanced | best: how long the planned schedule is")
     lr: float = Field(1e-3, gt=0)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     weight_decay: float = Field(0.05, ge=0)
@@ -102,10 +113,13 @@ class TrainConfig(_Config):
     devices: int = Field(1, gt=0)
     num_nodes: int = Field(1, gt=0)
     precision: Precision = "auto"
+    threads: int | None = Field(
+        None, gt=0, description="CPU threads for torch (default: IMAGEREC_THREADS, else 1 on ≤ 2 cores, else all)"
+    )
 
 
 class RunConfig(_Config):
-    task: Task = "classify"
+    task: Task = Field("classify", description="default: inferred from the data (labels, boxes or masks)")
     data: DataConfig
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

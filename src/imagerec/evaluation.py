@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from imagerec.config import build_config, merge
 from imagerec.data.formats import load_index
 from imagerec.data.index import DataIndex
-from imagerec.data.split import apply_split_record
+from imagerec.data.split import apply_split_record, drawn_by_run
 from imagerec.data.targets import Objects, Sample
 from imagerec.engine.evaluate import SplitScores, evaluate_split
 from imagerec.errors import UserError
@@ -57,12 +57,11 @@ def evaluation_index(run: RunDir, data: str | Path, *, split: str, classes: list
     saved = {k: v for k, v in run.read_config().items() if k != "resolved"}
     index = load_index(data, format=data_format(build_config(merge(saved, {"data": {"path": str(data)}}))))
     record = run.read_split()
-    if "all" in index.splits:
-        same_data = Path(run.read_config()["data"]["path"]).resolve() == Path(data).resolve()
-        if record and same_data:
-            apply_split_record(index, record)
-        else:
-            index.splits = {split: index.splits.pop("all")}  # a flat folder of new data is evaluated whole
+    same_data = Path(run.read_config()["data"]["path"]).resolve() == Path(data).resolve()
+    if same_data and drawn_by_run(index, record):
+        apply_split_record(index, record)
+    elif "all" in index.splits:
+        index.splits = {split: index.splits.pop("all")}  # a flat folder of new data is evaluated whole
     if not index.samples(split):
         raise UserError(f"{data}: no images in split {split!r} (found splits: {', '.join(index.splits)})")
     _remap(index, classes, Path(data))

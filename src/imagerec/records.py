@@ -178,4 +178,6 @@ class Resolved(_Record):
     data_fingerprint: str | None = None
     data_notes: list[str] = []
     compute: Compute | None = None
+    threads: int | None = None  # torch's CPU threads in training
+    recipe: list[dict[str, Any]] = []  # the settings the recipe chose: setting, value, reason
     weights: dict[str, Any] | None = None

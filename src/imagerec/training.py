@@ -8,7 +8,8 @@ everything task-specific.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -22,21 +23,23 @@ from rich.console import Console
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from imagerec.config import RunConfig, TrainConfig
+from imagerec.config import RunConfig, TrainConfig, duration_seconds
 from imagerec.data.datasets import ClassificationDataset, channel_statistics
 from imagerec.data.formats import load_index
 from imagerec.data.images import image_channels, read_image
 from imagerec.data.index import DataIndex
-from imagerec.data.split import apply_split_record, ensure_splits
-from imagerec.engine.autotune import ComputeSettings, choose_cpu_settings, default_settings
+from imagerec.data.split import apply_split_record, drawn_by_run, ensure_splits
+from imagerec.engine.autotune import ComputeSettings, cached_cpu_settings, choose_cpu_settings, default_settings
+from imagerec.engine.budget import TimeBudget, estimate_epoch_seconds
 from imagerec.engine.checkpoint import Checkpointer, rng_state, set_rng_state
 from imagerec.engine.evaluate import SplitScores, evaluate_split
 from imagerec.engine.finetune import FineTuning, plan_finetuning
 from imagerec.engine.loop import FitLoop, FitState, fit
-from imagerec.engine.optim import build_optimizer, build_scheduler, ema_with_warmup
+from imagerec.engine.optim import build_optimizer, build_scheduler, ema_with_warmup, reschedule, schedule_position
 from imagerec.errors import UserError
 from imagerec.models.classification import check_input_size
 from imagerec.models.weights import LoadReport, apply_weights, fit_channels, weights_preprocessing
+from imagerec.recipe import Choice
 from imagerec.records import RUN_FORMAT, Compute, ModelInfo, Resolved
 from imagerec.runs import Run, RunDir, new_run_dir, write_json, write_yaml
 from imagerec.tasks.base import Task
@@ -62,7 +65,7 @@ def prepare_data(cfg: RunConfig, resume: RunDir | None = None) -> tuple[DataInde
 
 def _index(cfg: RunConfig, record: dict[str, list[str]] | None) -> DataIndex:
     index = load_index(cfg.data.path, format=data_format(cfg))
-    if record is not None and "all" in index.splits:
+    if drawn_by_run(index, record):
         index = apply_split_record(index, record)
     else:
         index = ensure_splits(index, val=cfg.data.val, test=cfg.data.test, seed=cfg.train.seed)
@@ -78,17 +81,18 @@ def _sampled(index: DataIndex, n: int = 64) -> list[Path]:
     return [s.path for s in samples[::step]]
 
 
+def sampled_shapes(index: DataIndex) -> list[tuple[int, int]]:
+    """(height, width) of up to 64 training images spread over the split: what sizes are planned from."""
+    return [tuple(read_image(p).shape[1:]) for p in _sampled(index)]
+
+
 def model_info(cfg: RunConfig, index: DataIndex, task: Task) -> ModelInfo:
     """The new run's model record: classes, channels, input size and statistics (as given, else those of the
     pretrained weights, else measured on the training images) and the task's preprocessing and fields."""
     sampled = _sampled(index)
     channels = max(image_channels(p) for p in sampled)
     pretrained = _pretrained_preprocessing(cfg, task)
-    imgsz = (
-        cfg.data.imgsz
-        or pretrained_imgsz(cfg, pretrained)
-        or task.default_imgsz([tuple(read_image(p).shape[1:]) for p in sampled])
-    )
+    imgsz = cfg.data.imgsz or pretrained_imgsz(cfg, pretrained) or task.default_imgsz(sampled_shapes(index))
     for name, given in (("mean", cfg.data.mean), ("std", cfg.data.std)):
         if given is not None and len(given) != channels:
             raise UserError(f"--{name} has {len(given)} values but the images have {channels} channels")
@@ -187,7 +191,11 @@ def compute_settings(
         return default_settings(model, accelerator=device, requested=requested)
     images, targets = next(iter(loader))
     probe = (images[:16], targets[:16])  # enough to rank settings, cheap for big models
-    return choose_cpu_settings(model, probe, lambda m, b: task.step(m, b)["loss"], requested=requested)
+    parameters = sum(p.numel() for p in model.parameters())
+    key = f"{task.kind} {cfg.model.name} ({parameters:,} parameters) {tuple(images.shape[1:])} {requested}"
+    return cached_cpu_settings(
+        key, lambda: choose_cpu_settings(model, probe, lambda m, b: task.step(m, b)["loss"], requested=requested)
+    )
 
 
 def _versions() -> dict[str, str]:
@@ -202,18 +210,38 @@ def _versions() -> dict[str, str]:
     }
 
 
-def write_run_files(
-    cfg: RunConfig, run: RunDir, index: DataIndex, info: ModelInfo, settings: ComputeSettings, loaded: LoadReport | None
-) -> None:
-    """run.yaml (config, versions, data fingerprint, numerics, weights report), model.json and split.json."""
+def _saved_config(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     saved = cfg.model_dump(mode="json")
     saved["data"]["path"] = str(Path(cfg.data.path).resolve())
     saved["out"] = str(run.path)
+    return saved
+
+
+def update_run_config(cfg: RunConfig, run: RunDir) -> None:
+    """run.yaml's config after `--resume` changed training options (more epochs, patience): the resolved part
+    stays as the run started."""
+    resolved = run.read_config().get("resolved", {})
+    write_yaml(run.config, {**_saved_config(cfg, run), "resolved": resolved})
+
+
+def write_run_files(
+    cfg: RunConfig,
+    run: RunDir,
+    index: DataIndex,
+    info: ModelInfo,
+    settings: ComputeSettings,
+    loaded: LoadReport | None,
+    recipe: Sequence[Choice] = (),
+) -> None:
+    """run.yaml (config, versions, data fingerprint, numerics, threads, the recipe's choices, weights report),
+    model.json and split.json."""
+    saved = _saved_config(cfg, run)
     resolved = Resolved(
         format=RUN_FORMAT, versions=_versions(), data_fingerprint=index.fingerprint(), data_notes=index.notes,
         compute=Compute(precision=settings.precision, channels_last=settings.channels_last,
                         measured_images_per_s=settings.measured),
-        weights=loaded.to_dict() if loaded is not None else None,
+        weights=loaded.to_dict() if loaded is not None else None, threads=torch.get_num_threads(),
+        recipe=[c.to_dict() for c in recipe],
     )  # fmt: skip
     write_yaml(run.config, {**saved, "resolved": resolved.model_dump(mode="json")})
     run.write_model_info(info)
@@ -265,8 +293,7 @@ def restore(saved: dict[str, Any], net: torch.nn.Module, parts: FitParts) -> Fit
     net.load_state_dict(saved["model"])
     parts.optimizer.load_state_dict(saved["optimizer"])
     # Restore where the schedule stands, not its length: a resume may extend --epochs (OneCycleLR saves its total).
-    position = {k: v for k, v in saved["scheduler"].items() if k in ("last_epoch", "_step_count", "_last_lr")}
-    parts.scheduler.load_state_dict({**parts.scheduler.state_dict(), **position})
+    parts.scheduler.load_state_dict({**parts.scheduler.state_dict(), **schedule_position(saved["scheduler"])})
     if parts.ema is not None and saved.get("ema") is not None:
         parts.ema.load_state_dict(saved["ema"])
     set_rng_state(saved["rng"])
@@ -287,11 +314,39 @@ def _monitor(cfg: TrainConfig, task: Task, has_val: bool) -> tuple[str, str]:
     return key, "min" if key.endswith("loss") else mode
 
 
-def train_run(cfg: RunConfig, *, console: Console, resume: RunDir | None = None) -> tuple[Run, SplitScores | None]:
+def torch_threads(cfg: TrainConfig) -> int:
+    """`--threads`, else IMAGEREC_THREADS, else one thread on a machine with two cores or fewer, else torch's
+    default. On two cores shared with another process, two intra-op threads ran training up to 115× slower than
+    one (docs/benchmarks.md, "One torch thread"): each waits for the other to be scheduled."""
+    if cfg.threads:
+        return cfg.threads
+    if os.environ.get("IMAGEREC_THREADS", "").isdigit() and int(os.environ["IMAGEREC_THREADS"]) > 0:
+        return int(os.environ["IMAGEREC_THREADS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 1 if cores <= 2 else torch.get_num_threads()
+
+
+def train_run(
+    cfg: RunConfig, *, console: Console, resume: RunDir | None = None, recipe: Sequence[Choice] = ()
+) -> tuple[Run, SplitScores | None]:
     """Train `cfg` (or continue `resume`), then score the best weights on the test split (else val).
 
     Returns the Run and those scores, with each image's outputs kept so that the report need not predict again.
+    `recipe` lists the settings the recipe chose (recorded in run.yaml). Torch's thread count is set for the run
+    (`torch_threads`) and put back afterwards.
     """
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads(cfg.train))
+    try:
+        return _train(cfg, console, resume, recipe)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(
+    cfg: RunConfig, console: Console, resume: RunDir | None, recipe: Sequence[Choice]
+) -> tuple[Run, SplitScores | None]:
+    budget = TimeBudget(duration_seconds(cfg.train.time)) if cfg.train.time and resume is None else None
     device = accelerator(cfg.train)
     seed_everything(cfg.train.seed, workers=True, verbose=False)
     saved = resumable_state(cfg, resume) if resume is not None else None
@@ -303,6 +358,8 @@ def train_run(cfg: RunConfig, *, console: Console, resume: RunDir | None = None)
     check_input_size(net, name=cfg.model.name, in_channels=info.channels, imgsz=info.imgsz)
     finetuning = plan_finetuning(net, cfg.train, name=cfg.model.name, in_channels=info.channels, imgsz=info.imgsz)
     settings = compute_settings(cfg, task, net, loaders["train"], device=device, resume=resume)
+    if budget is not None:
+        cfg = _budgeted(cfg, budget, task, net, loaders, settings, console)
     fabric = Fabric(
         accelerator=device, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes, precision=settings.precision,
         strategy=_strategy(cfg.train),
@@ -312,7 +369,9 @@ def train_run(cfg: RunConfig, *, console: Console, resume: RunDir | None = None)
     run = resume or RunDir(Path(fabric.broadcast(str(new_run_dir(cfg.out, cfg.task).path), src=0)))
     if fabric.is_global_zero:
         if resume is None:
-            write_run_files(cfg, run, index, info, settings, loaded)
+            write_run_files(cfg, run, index, info, settings, loaded, recipe)
+        else:
+            update_run_config(cfg, run)
         counts = " / ".join(f"{len(index.samples(s))} {s}" for s in ("train", "val", "test"))
         console.print(f"run directory: [bold]{run.path}[/]  ({settings.describe()}; {counts} images)")
         for line in (loaded.summary() if loaded else "", finetuning.summary()):
@@ -335,13 +394,50 @@ def train_run(cfg: RunConfig, *, console: Console, resume: RunDir | None = None)
         accumulate=t.accumulate, clip_grad=t.clip_grad, seed=t.seed,
         eval_model=parts.ema.module if parts.ema is not None else None,
         on_step=(lambda: parts.ema.update_parameters(net)) if parts.ema is not None else None,
-        on_epoch_start=finetuning.apply, save=_saver(checkpointer, net, parts, logger),
+        on_epoch_start=finetuning.apply, save=_saver(checkpointer, net, parts, logger), budget=budget,
+        replan=_replanner(fabric, cfg, run, parts) if budget is not None else None,
     )  # fmt: skip
     state = fit(fabric, task, parts.model, loop, state, console)
     if logger is not None:
         logger.finalize("success")
     best = parts.ema.module if parts.ema is not None else net
     return _test(fabric, cfg, task, info, run, best, parts.eval_loaders, state)
+
+
+def _budgeted(
+    cfg: RunConfig,
+    budget: TimeBudget,
+    task: Task,
+    net: torch.nn.Module,
+    loaders: dict[str, DataLoader],
+    settings: ComputeSettings,
+    console: Console,
+) -> RunConfig:
+    """`cfg` with the epochs a first estimate fits into the budget (re-planned after the first epoch)."""
+    images, targets = next(iter(loaders["train"]))
+    seconds = estimate_epoch_seconds(
+        net, (images[:16], targets[:16]), lambda m, b: task.step(m, b)["loss"], precision=settings.precision,
+        train_images=len(loaders["train"].dataset), eval_images=len(loaders["val"].dataset) if "val" in loaders else 0,
+    )  # fmt: skip
+    epochs = budget.first_estimate(seconds, text=cfg.train.time or "")
+    console.print(f"time budget {cfg.train.time}: about {seconds:.1f} s per epoch estimated, {epochs} epochs planned")
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
+
+
+def _replanner(
+    fabric: Fabric, cfg: RunConfig, run: RunDir, parts: FitParts
+) -> Callable[[int], torch.optim.lr_scheduler.LRScheduler]:
+    """The time budget's re-planning: a schedule `epochs` long from where training stands, recorded in run.yaml."""
+    steps_per_epoch = -(-len(parts.train_loader) // cfg.train.accumulate)
+
+    def replan(epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+        train = cfg.train.model_copy(update={"epochs": epochs})
+        parts.scheduler = reschedule(parts.optimizer, parts.scheduler, train, steps_per_epoch)
+        if fabric.is_global_zero:
+            update_run_config(cfg.model_copy(update={"train": train}), run)
+        return parts.scheduler
+
+    return replan
 
 
 def _test(
@@ -382,11 +478,11 @@ def _decide(
     val: DataLoader | None,
 ) -> Task:
     """The task at the decision threshold `--threshold-by` picks on the validation split, saved in model.json
-    (the task as it is when it has no threshold to choose or there is no validation split)."""
-    if val is None:
-        return task
+    (the task as it is when it has no threshold to choose; without a validation split, its default threshold, so
+    that the record still names what it is about, such as the positive class)."""
     metrics = task.metrics()
-    evaluate_split(task, best, val, autocast=fabric.autocast, metrics=metrics)
+    if val is not None:
+        evaluate_split(task, best, val, autocast=fabric.autocast, metrics=metrics)
     decision = metrics.decide(cfg.train.threshold_by)
     if decision is None:
         return task

@@ -10,18 +10,31 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from imagerec.errors import UserError
+
 Opt = typer.Option
 
 
 def train(
     data: Annotated[Path | None, typer.Argument(help="Image folder or CSV (omit with --resume).")] = None,
-    task: Annotated[str, Opt(help="classify | detect | segment")] = "classify",
+    task: Annotated[
+        str | None, Opt(help="classify | detect | segment (default: from the data: labels, boxes or masks)")
+    ] = None,
     model: Annotated[
         str | None,
         Opt(help="Model name (default: seed_cnn, fcos_lite or unet by task); see `imagerec models --task TASK`."),
     ] = None,
     backbone: Annotated[str | None, Opt(help="Detection: classifier under a fcos/retinanet/fasterrcnn head.")] = None,
-    epochs: Annotated[int | None, Opt(help="Training epochs.")] = None,
+    epochs: Annotated[int | None, Opt(help="Training epochs (default: planned from the data by the recipe).")] = None,
+    time: Annotated[
+        str | None, Opt(help="Time budget, e.g. 2m, 10m, 1h: the epochs that fit are planned from measured time.")
+    ] = None,
+    recipe: Annotated[
+        str | None, Opt(help="fast | balanced | best: the planned schedule's length (½×, 1×, 2×).")
+    ] = None,
+    dry_run: Annotated[
+        bool, Opt("--dry-run", help="Print what the recipe would choose, and why, without training.")
+    ] = False,
     imgsz: Annotated[
         int | None, Opt(help="Input size (default: the data's median size; detection: longest side, up to 640).")
     ] = None,
@@ -37,6 +50,16 @@ def train(
     num_nodes: Annotated[int | None, Opt(help="Nodes (torchrun or SLURM).")] = None,
     precision: Annotated[str | None, Opt(help="auto | 32 | 16-mixed | bf16-mixed")] = None,
     seed: Annotated[int | None, Opt(help="Random seed.")] = None,
+    threads: Annotated[
+        int | None, Opt(help="CPU threads for torch (default: 1 on a machine of ≤ 2 cores, else all).")
+    ] = None,
+    positive: Annotated[
+        str | None, Opt(help="Two classes: the class sensitivity is about (default: the minority class).")
+    ] = None,
+    threshold_by: Annotated[
+        str | None,
+        Opt(help="Decision threshold chosen on val: youden | f1 | sensitivity=0.95 | specificity=0.9 (auto)."),
+    ] = None,
     resume: Annotated[Path | None, Opt(help="Continue this run from its last finished epoch.")] = None,
     config: Annotated[Path | None, Opt(help="YAML with data/model/train sections; options override it.")] = None,
     patience: Annotated[int | None, Opt(help="Early-stopping patience in epochs (0: off).")] = None,
@@ -68,9 +91,20 @@ def train(
         "patience": patience, "monitor": monitor, "eval_every": eval_every, "backbone": backbone, "flip": flip,
         "loss": loss, "workers": workers, "weights": weights, "finetune": finetune, "stages": stages,
         "layer_decay": layer_decay, "backbone_lr_mult": backbone_lr_mult, "mean": tuple(mean) if mean else None,
-        "std": tuple(std) if std else None, "head": head,
+        "std": tuple(std) if std else None, "head": head, "time": time, "recipe": recipe, "threads": threads,
+        "positive": positive, "threshold_by": threshold_by,
     }  # fmt: skip
     console = Console(soft_wrap=True)
+    if dry_run:
+        from imagerec.api import plan
+
+        if resume is not None:
+            raise UserError("--dry-run plans a new run; a resumed run keeps its own settings (see its run.yaml)")
+        planned = plan(data, config=config, task=task, out=out, **{k: v for k, v in options.items() if v is not None})
+        console.print(f"[bold]{planned.cfg.task}[/] with [bold]{planned.cfg.model.name}[/] on {data}")
+        for line in planned.lines():
+            console.print(f"  {line}", markup=False)
+        return
     try:
         if resume is not None:
             run = train_run(resume=resume, console=console, **options)

@@ -66,8 +66,14 @@ def ensure_splits(index: DataIndex, *, val: float, test: float, seed: int) -> Da
     return index
 
 
+def drawn_by_run(index: DataIndex, record: dict[str, list[str]] | None) -> bool:
+    """Whether a run drew part of its split from `index`'s data (a flat folder split, or val carved out of train),
+    so that its recorded split, not the folders, says which image is in which split."""
+    return bool(record) and ("all" in index.splits or ("val" in record and "val" not in index.splits))
+
+
 def apply_split_record(index: DataIndex, record: dict[str, list[str]]) -> DataIndex:
-    """Re-create the split a run recorded (relative paths per split) over a flat index of the same data."""
+    """Re-create the split a run recorded (relative paths per split) over an index of the same data."""
     by_path = {index.relative(s.path): s for s in index.all_samples()}
     index.splits = {split: [by_path[p] for p in paths if p in by_path] for split, paths in record.items()}
     return index

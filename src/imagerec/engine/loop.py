@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader
 
+from imagerec.engine.budget import TimeBudget
 from imagerec.engine.evaluate import evaluate_split
 from imagerec.errors import UserError
 from imagerec.tasks.base import Task
@@ -131,14 +133,21 @@ class FitLoop:
     on_step: Callable[[], None] | None = None
     on_epoch_start: Callable[[int], None] | None = None  # called with the epoch number right after model.train()
     save: Callable[[FitState, bool], None] | None = None  # called after every finished epoch
+    budget: TimeBudget | None = None  # --time: the epochs are re-planned after the first and checked after each
+    replan: Callable[[int], torch.optim.lr_scheduler.LRScheduler] | None = None  # the schedule for N epochs
+    epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch of this call, for the budget
 
 
 def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitState, console: Console) -> FitState:
-    """Train from `state.epoch + 1` to `loop.epochs`, evaluating, checkpointing and stopping early."""
+    """Train from `state.epoch + 1` to `loop.epochs`, evaluating, checkpointing and stopping early (or at the
+    time budget)."""
     key = loop.monitor[0]
     progress = _progress(console, fabric.is_global_zero)
+    first = state.epoch + 1
     with progress:
-        for epoch in range(state.epoch + 1, loop.epochs + 1):
+        epoch = first
+        while epoch <= loop.epochs:
+            started = time.monotonic()
             _set_epoch(loop.train_loader, loop.seed + epoch)
             row: dict[str, Any] = {"epoch": epoch}
             start = partial(loop.on_epoch_start, epoch) if loop.on_epoch_start else None
@@ -163,9 +172,29 @@ def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitS
                 console.print(_summary(row, key, best))
                 if state.stopped_early:
                     console.print(f"early stop: {key} did not improve for {loop.patience} epochs")
-            if state.stopped_early:
+            if state.stopped_early or (
+                loop.budget and not _within_budget(fabric, loop, epoch, first, started, console)
+            ):
                 break
+            epoch += 1
     return state
+
+
+def _within_budget(fabric: Fabric, loop: FitLoop, epoch: int, first: int, started: float, console: Console) -> bool:
+    """After the run's first epoch, plan the epochs that fit the budget; after later ones, whether another fits.
+    Rank 0 decides for all, so every process stops at the same epoch."""
+    loop.epoch_seconds.append(time.monotonic() - started)
+    typical = statistics.median(loop.epoch_seconds[-5:])
+    total = int(fabric.broadcast(loop.budget.epochs_after(epoch, typical), src=0))
+    if epoch != first:
+        total = min(total, loop.epochs)  # after the first epoch the schedule only ever shortens
+    if total != loop.epochs and loop.replan is not None:
+        loop.epochs, loop.scheduler = total, loop.replan(total)
+        if fabric.is_global_zero and epoch != first:
+            console.print(f"time budget: epochs now take {typical:.1f} s; the schedule ends after epoch {total}")
+    if fabric.is_global_zero and epoch == first:
+        console.print(f"time budget: {typical:.1f} s per epoch measured; {total} epochs planned")
+    return epoch < total
 
 
 def _judge(state: FitState, row: dict[str, Any], monitor: tuple[str, str]) -> bool:

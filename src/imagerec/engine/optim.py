@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,6 +71,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
         "step_every": cfg.step_size * steps_per_epoch,
     }
     return LambdaLR(optimizer, lambda step: lr_factor(step, **kwargs))
+
+
+def schedule_position(state: dict[str, Any]) -> dict[str, Any]:
+    """Where a scheduler stands (its step count and last LR), from its state dict, without its length: what a
+    longer or re-planned schedule takes over (OneCycleLR saves its total in its state)."""
+    return {k: v for k, v in state.items() if k in ("last_epoch", "_step_count", "_last_lr")}
+
+
+def reschedule(
+    optimizer: torch.optim.Optimizer, scheduler: LRScheduler, cfg: TrainConfig, steps_per_epoch: int
+) -> LRScheduler:
+    """A schedule `cfg.epochs` long that continues from where `scheduler` stands (a time budget re-planned)."""
+    new = build_scheduler(optimizer, cfg, steps_per_epoch)
+    new.load_state_dict({**new.state_dict(), **schedule_position(scheduler.state_dict())})
+    for group, lr in zip(optimizer.param_groups, new.get_last_lr(), strict=True):  # building it reset the LR
+        group["lr"] = lr
+    return new
 
 
 def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | int], torch.Tensor]:

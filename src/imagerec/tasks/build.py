@@ -54,6 +54,18 @@ def _kind(index: DataIndex) -> str:
     return "detect" if any(isinstance(s.target, Objects) for s in samples) else "classify"
 
 
+def infer_task(path: Path, format: str = "auto") -> tuple[str, str]:
+    """The task the data's targets call for (masks: segment, boxes: detect, else classify), and why."""
+    from imagerec.data.formats import load_index
+    from imagerec.data.formats.masks import is_masks
+
+    if format in ("auto", "masks") and is_masks(Path(path)):
+        return "segment", "the data holds mask files"
+    index = load_index(path, format=format)
+    kind = _kind(index)
+    return kind, f"the data ({index.format}) holds {TARGETS[kind]}"
+
+
 def check_task_data(cfg: RunConfig, index: DataIndex) -> None:
     """The data must hold what the task learns from (boxes, masks, labels); say plainly when it does not."""
     kind = _kind(index)
