@@ -100,11 +100,13 @@ def test_rules_that_cannot_be_met_fall_back_to_the_default_and_say_why() -> None
                                        "fp": 0, "fn": 1}  # fmt: skip
 
 
-def test_the_decision_adds_no_key_to_compute_and_the_report_counts_the_same_way() -> None:
-    """compute()'s keys are the JSON contract (and the golden files'); the counts at the threshold are
-    `at_threshold`, which the report's per-image `match` agrees with."""
+def test_the_decision_adds_its_counts_to_compute_and_the_report_counts_the_same_way() -> None:
+    """With a decision, compute() adds `at_threshold`'s keys at its confidence (the COCO keys unchanged), and the
+    report's per-image `match` agrees with those counts."""
     plain, decided = _known_metrics(), _known_metrics(Decision(threshold=0.5, rule="f1", split="val"))
-    assert set(decided.compute()) == set(plain.compute()) >= set(SUMMARY_KEYS)
+    scored = decided.compute()
+    assert set(scored) == set(plain.compute()) | set(decided.at_threshold()) > set(SUMMARY_KEYS)
+    assert {k: scored[k] for k in decided.at_threshold()} == decided.at_threshold()
     assert decided.at_threshold()["conf_threshold"] == 0.5
     assert plain.at_threshold()["conf_threshold"] == DEFAULT_CONF
     objects = Objects(boxes=(A, B, ELSEWHERE), labels=(0, 0, 1), ignore=(False, False, True))

@@ -37,7 +37,7 @@ def detect_run(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("detect") / "run"
     result = invoke(
         "train", scenes, "--task", "detect", "--model", "fcos_lite", "--epochs", EPOCHS, "--no-flip",
-        "--lr", "2e-3", "--batch", "8", "--precision", "32", "--out", out,
+        "--lr", "2e-3", "--batch", "8", "--precision", "32", "--augment", "light", "--out", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return out

@@ -119,6 +119,8 @@ def plan_recipe(
 ) -> tuple[RunConfig, list[Choice]]:
     """`cfg` with every setting not in `given` (`section.field`) chosen from `data` (and whether training runs on
     a CPU), and the choices made."""
+    # Pretrained weights bring their input size (training.model_info), and a time budget plans the epochs.
+    given = given | ({"data.imgsz"} if cfg.model.weights else set()) | ({"train.epochs"} if cfg.train.time else set())
     choices = [c for c in _rules(cfg, task, data, cpu) if c.setting not in given]
     values = cfg.model_dump()
     for choice in choices:

@@ -63,7 +63,8 @@ class DetectionMetrics:
 
     `compute` returns `map` (AP averaged over IoU 0.50:0.05:0.95), `map50`, `map75`, `map_small/medium/large`,
     `mar1/10/100`, `mar_small/medium/large`, `per_class` and `per_class_ap50` (class name → AP), `count`
-    (images) and `objects` (ground-truth objects not ignored). A value COCO cannot define (its -1: no small
+    (images) and `objects` (ground-truth objects not ignored); with a decision, also `at_threshold()`'s
+    `conf_threshold`, `precision`, `recall`, `f1`, `tp`, `fp`, `fn` at its confidence. A value COCO cannot define (its -1: no small
     objects, a class absent from the ground truth, no ground truth at all) is None, JSON null, never 0: the
     engine and monitor must treat None as missing, not as a score. Without any ground truth every value is
     None and a `note` says why. Without any detection, `map` is 0.0.
@@ -163,6 +164,8 @@ class DetectionMetrics:
         result["per_class_ap50"] = {name: _mean_defined(precision[0, :, k]) for k, name in enumerate(self.classes)}
         result["count"] = count
         result["objects"] = objects
+        if self.decision is not None:  # the run's chosen confidence: what predict keeps
+            result |= self.at_threshold()
         return result
 
     def _evaluate(self, count: int, dets: dict[str, np.ndarray], gts: dict[str, np.ndarray]) -> COCOeval:
