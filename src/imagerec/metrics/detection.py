@@ -64,10 +64,10 @@ class DetectionMetrics:
     `compute` returns `map` (AP averaged over IoU 0.50:0.05:0.95), `map50`, `map75`, `map_small/medium/large`,
     `mar1/10/100`, `mar_small/medium/large`, `per_class` and `per_class_ap50` (class name → AP), `count`
     (images) and `objects` (ground-truth objects not ignored); with a decision, also `at_threshold()`'s
-    `conf_threshold`, `precision`, `recall`, `f1`, `tp`, `fp`, `fn` at its confidence. A value COCO cannot define (its -1: no small
-    objects, a class absent from the ground truth, no ground truth at all) is None, JSON null, never 0: the
-    engine and monitor must treat None as missing, not as a score. Without any ground truth every value is
-    None and a `note` says why. Without any detection, `map` is 0.0.
+    `conf_threshold`, `precision`, `recall`, `f1`, `tp`, `fp`, `fn` at its confidence. A value COCO cannot
+    define (its -1: no small objects, a class absent from the ground truth, no ground truth at all) is None, JSON
+    null, never 0: the engine and monitor must treat None as missing, not as a score. Without any ground truth
+    every value is None and a `note` says why. Without any detection, `map` is 0.0.
 
     Ignored objects are given to COCO as `iscrowd=1`, the only ignore flag COCOeval honours (its evaluate()
     overwrites `ignore` with `iscrowd`). The consequence is COCO's crowd rule: a detection is matched to an
