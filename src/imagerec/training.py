@@ -401,7 +401,7 @@ def _train(
     if logger is not None:
         logger.finalize("success")
     best = parts.ema.module if parts.ema is not None else net
-    return _test(fabric, cfg, task, info, run, best, parts.eval_loaders, state)
+    return _test(fabric, cfg, task, info, run, best, parts.eval_loaders, state, console)
 
 
 def _budgeted(
@@ -449,12 +449,13 @@ def _test(
     best: torch.nn.Module,
     loaders: dict[str, DataLoader],
     state: FitState,
+    console: Console,
 ) -> tuple[Run, SplitScores | None]:
     """Choose the decision threshold on val, then score the best weights at it on the test split (or val) and
     record it in evaluation/<split>.json."""
     if run.best.exists():
         best.load_state_dict({k: v.to(fabric.device) for k, v in load_weights(run.best).items()})
-    task = _decide(fabric, cfg, task, info, run, best, loaders.get("val"))
+    task = _decide(fabric, cfg, task, info, run, best, loaders.get("val"), console)
     split = next((s for s in ("test", "val") if s in loaders), None)
     scores = None
     if split is not None:
@@ -476,6 +477,7 @@ def _decide(
     run: RunDir,
     best: torch.nn.Module,
     val: DataLoader | None,
+    console: Console,
 ) -> Task:
     """The task at the decision threshold `--threshold-by` picks on the validation split, saved in model.json
     (the task as it is when it has no threshold to choose; without a validation split, its default threshold, so
@@ -488,6 +490,7 @@ def _decide(
         return task
     if fabric.is_global_zero:
         run.write_model_info(info.model_copy(update={"decision": decision}))
+        console.print(f"decision: {decision.describe()}", markup=False)
     return task.with_decision(decision)
 
 
