@@ -71,7 +71,7 @@ def test_the_recipe_fits_the_data_and_given_settings_win(digits_dir: Path, tmp_p
     # 1,439 training images of 10 balanced classes: ~25,000 images seen → 17 epochs; accuracy is the monitor.
     assert digits.cfg.train.epochs == chosen["train.epochs"].value == 17
     assert digits.cfg.train.monitor == "val_accuracy"
-    assert digits.cfg.train.label_smoothing == 0.1
+    assert digits.cfg.train.label_smoothing == 0.0  # not measured to help: left off
     assert all(c.reason for c in digits.choices)
 
     binary = _subset(digits_dir, tmp_path / "binary", {"0": 60, "1": 15})  # 4:1, two classes

@@ -206,8 +206,8 @@ def _classification_rules(task: Task, data: DataProfile) -> list[Choice]:
         choices.append(Choice("train.class_weights", False, "off: the decision threshold chosen on validation "
                                                             "handles the imbalance"))  # fmt: skip
         return choices
-    choices.append(Choice("train.label_smoothing", 0.1, f"{data.classes} classes: smoothing against "
-                                                        "over-confidence on small data"))  # fmt: skip
+    choices.append(Choice("train.label_smoothing", 0.0, "off: the recipes chosen on validation here "
+                                                        "(docs/benchmarks.md §2) train without it"))  # fmt: skip
     if data.imbalance > IMBALANCE:
         why = f"classes {data.imbalance:.1f}× imbalanced"
         choices.append(Choice("train.monitor", "val_f1_macro", f"{why}: macro F1 counts every class equally"))

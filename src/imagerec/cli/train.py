@@ -149,7 +149,8 @@ def demo(out: Annotated[Path, Opt(help="Where the demo writes its data and run."
         write_sample("digits", data)
     shutil.rmtree(out / "run", ignore_errors=True)  # the demo's own previous run
     console.print(f"[bold]1/3 train[/] seed_cnn on {data} (1,797 real 8×8 scans of handwritten digits)")
-    run = train_run(data, model="seed_cnn", epochs=15, out=out / "run", console=console)
+    # The digits recipe chosen on validation (docs/benchmarks.md §2): 16 px, 20 epochs; the rest is the recipe's.
+    run = train_run(data, model="seed_cnn", imgsz=16, epochs=20, out=out / "run", console=console)
     console.print("[bold]2/3 evaluate[/] on the held-out test split")
     metrics = evaluate_run(run.path, data, split="test")
     console.print("[bold]3/3 predict[/] a few test images")
