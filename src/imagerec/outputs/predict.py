@@ -148,9 +148,16 @@ class Predictor:
 
 
 def load(
-    run: str | Path | RunDir | Run, *, device: str = "auto", weights: str = "best", imgsz: int | None = None
+    run: str | Path | RunDir | Run,
+    *,
+    device: str = "auto",
+    weights: str = "best",
+    imgsz: int | None = None,
+    runtime: str = "eager",
 ) -> Predictor:
     """Load a run directory (any task; or the Run `imagerec.train` returned) for prediction; `imgsz` overrides a
     detector's input size."""
+    if runtime != "eager":
+        raise UserError(f"--runtime {runtime}: not available yet")
     run_dir = run if isinstance(run, RunDir) else open_run(run.path if isinstance(run, Run) else run)
     return Predictor(run_dir, device=device, weights=weights, imgsz=imgsz)
