@@ -166,7 +166,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics of the run's best weights on `split` of `data`; also written to `evaluation/<split>.json`."""
     run_dir = run if isinstance(run, RunDir) else open_run(run)
-    predictor = Predictor(run_dir, device=device)
+    predictor = Predictor.from_run(run_dir, device=device)
     index = evaluation_index(run_dir, data, split=split, classes=predictor.classes)
     scores = measure(predictor.task, predictor.model, predictor.info, index, split, batch=batch)
     result = {"split": split, "data": str(data), **scores.metrics}

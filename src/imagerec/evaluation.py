@@ -16,6 +16,7 @@ from imagerec.data.split import apply_split_record, drawn_by_run
 from imagerec.data.targets import Objects, Sample
 from imagerec.engine.evaluate import SplitScores, evaluate_split
 from imagerec.errors import UserError
+from imagerec.models import model_device
 from imagerec.records import ModelInfo
 from imagerec.runs import RunDir
 from imagerec.tasks.base import Task
@@ -82,5 +83,5 @@ def measure(
     `keep_outputs` each image's output in the split's order (what the report draws)."""
     dataset = task.dataset(index.samples(split), info=info, augment=None, cache=False, coding=index.masks)
     loader = DataLoader(dataset, batch_size=batch or task.default_batch, collate_fn=task.collate())
-    device = next(model.parameters()).device
+    device = model_device(model)
     return evaluate_split(task, model, loader, device=device, keep_outputs=keep_outputs)

@@ -181,3 +181,28 @@ class Resolved(_Record):
     threads: int | None = None  # torch's CPU threads in training
     recipe: list[dict[str, Any]] = []  # the settings the recipe chose: setting, value, reason
     weights: dict[str, Any] | None = None
+
+
+class ExportRecord(_Record):
+    """How an exported file was made and how to run it; stored inside the file, beside the run's ModelInfo, so a
+    consumer needs nothing else.
+
+    `inputs`, `outputs`, `axes` (dynamic axes by name), `per_image` and `note` describe the graph as
+    `Task.export_signature` gave it; `batch` is the fixed batch size of a graph without a dynamic batch axis (None:
+    any). `precision` is what the weights are stored in and `runs_in` what the runtime computes in (an fp32 export
+    must not silently run in bf16). `fixed`: the prediction options frozen in the graph (detectors' suppression).
+    """
+
+    format: str
+    precision: Literal["fp32", "int8"]
+    runs_in: str
+    inputs: list[str]
+    outputs: list[str]
+    axes: dict[str, dict[int, str]]
+    per_image: bool
+    batch: int | None
+    note: str
+    agreement: str
+    fixed: dict[str, Any] = {}
+    opset: int | None = None
+    imagerec: str

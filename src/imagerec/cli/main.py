@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from imagerec.cli import data, embed, explain, predict, report, train
+from imagerec.cli import data, embed, explain, export, predict, report, train
 from imagerec.errors import UserError
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.command("explain")(explain.explain)
 app.command("report")(report.report)
 app.command("embed")(embed.embed)
 app.command("neighbors")(embed.neighbors)
+app.command("export")(export.export)
 app.command("models")(train.models)
 app.command("demo")(train.demo)
 app.add_typer(data.app, name="data")

@@ -87,7 +87,7 @@ def _table(results: list[Any]) -> Table:
 
 
 def predict(
-    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    run: Annotated[Path, typer.Argument(help="Run directory, or a file `imagerec export` wrote.")],
     sources: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
     fmt: Annotated[str, Opt("--format", help="table | json | csv | coco (boxes as COCO results JSON)")] = "table",
     topk: Annotated[int, Opt(help="Classification: labels per image.")] = 5,
@@ -108,12 +108,16 @@ def predict(
     out: Annotated[Path | None, Opt(help="Write the results to this file instead of the screen.")] = None,
     batch: Annotated[int, Opt(help="Images per batch.")] = 16,
     workers: Annotated[int, Opt(help="Processes decoding images in parallel.")] = 0,
+    runtime: Annotated[
+        str | None,
+        Opt(help="eager | compile | onnx | openvino | torchscript (default: eager for a run, the file's own format)."),
+    ] = None,
 ) -> None:
     """Predict images; unreadable files are reported in the output and skipped."""
     from imagerec.outputs.predict import expand_sources, load
     from imagerec.outputs.writers import check_format, render, save_outputs
 
-    predictor = load(run, imgsz=imgsz)
+    predictor = load(run, imgsz=imgsz, runtime=runtime)
     check_format(fmt, predictor.task.result_type)
     options = {
         "topk": topk, "conf": conf, "iou": iou, "agnostic": agnostic_nms, "max_det": max_det, "tile": tile,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from imagerec.errors import UserError
 from imagerec.models.classification import CLASSIFIERS, create_classifier, list_classifiers
 
-__all__ = ["CLASSIFIERS", "create_classifier", "create_model", "list_classifiers", "list_models"]
+__all__ = ["CLASSIFIERS", "create_classifier", "create_model", "list_classifiers", "list_models", "model_device"]
 
 
 def create_model(
@@ -84,3 +85,9 @@ def _list_segmenters() -> list[dict[str, str]]:
     from imagerec.models.segmentation import list_segmenters
 
     return list_segmenters()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where `model`'s weights live; the CPU for a model without any (an exported graph run by ONNX Runtime or
+    OpenVINO)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))

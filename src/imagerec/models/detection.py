@@ -82,6 +82,24 @@ class Detector(nn.Module):
         return self.model.roi_heads if isinstance(self.model, FasterRCNN) else self.model
 
 
+class DetectorGraph(nn.Module):
+    """A detector as an exportable graph: one C×H×W image in, its boxes, scores and 0-based labels out (and with
+    masks, N×1×H×W mask probabilities), resized, suppressed and mapped back to the image's pixels inside."""
+
+    def __init__(self, detector: Detector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        found = self.detector([image])[0]
+        return tuple(found[name] for name in ("boxes", "scores", "labels", "masks") if name in found)
+
+    def fixed(self) -> dict[str, Any]:
+        """The post-processing an export freezes: the lowest score kept, the suppression IoU, the box cap."""
+        owner = self.detector.thresholds_owner()
+        return {"min_conf": owner.score_thresh, "iou": owner.nms_thresh, "max_det": owner.detections_per_img}
+
+
 @contextmanager
 def thresholds(
     *, score: float | None = None, iou: float | None = None, agnostic: bool | None = None, max_det: int | None = None

@@ -9,10 +9,21 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from imagerec.data.images import _pil_to_array, _to_unit_float, is_image_file, read_image, to_channels
 from imagerec.errors import UserError
+from imagerec.outputs.runtimes import (
+    EAGER_RUNTIMES,
+    RUNTIMES,
+    GraphModel,
+    check_options,
+    compiled,
+    is_exported,
+    open_exported,
+    runtime_names,
+)
 from imagerec.records import ModelInfo
 from imagerec.runs import Run, RunDir, open_run
 from imagerec.tasks.base import PredictOptions
@@ -94,19 +105,34 @@ class Predictor:
     image needs a tile size).
     """
 
-    def __init__(self, run: RunDir, *, device: str = "auto", weights: str = "best", imgsz: int | None = None) -> None:
-        self.run = run
-        self.info: ModelInfo = run.read_model_info()
-        self.task = task_from_info(self.info)
+    def __init__(
+        self,
+        info: ModelInfo,
+        model: nn.Module,
+        *,
+        device: torch.device,
+        run: RunDir | None = None,
+        runtime: str = "eager",
+    ) -> None:
+        self.info, self.run, self.runtime, self.device = info, run, runtime, device
+        self.task = task_from_info(info)
+        self.classes: list[str] = info.classes
+        self.model = model.to(device).eval()
+        self.transform = self.task.predict_transform(info)
+
+    @classmethod
+    def from_run(
+        cls, run: RunDir, *, device: str = "auto", weights: str = "best", imgsz: int | None = None
+    ) -> Predictor:
+        """The run's eager network with its best (else last) weights; `imgsz` overrides a detector's input size."""
+        info = run.read_model_info()
+        task = task_from_info(info)
         if imgsz is not None:
-            self.info = self.task.with_imgsz(self.info, imgsz)
-        self.classes: list[str] = self.info.classes
-        self.device = pick_device(device)
-        self.model = self.task.build_model(self.info)
+            info = task.with_imgsz(info, imgsz)
+        model = task.build_model(info)
         path = run.best if weights == "best" and run.best.exists() else run.last
-        self.model.load_state_dict(load_weights(path))
-        self.model.to(self.device).eval()
-        self.transform = self.task.predict_transform(self.info)
+        model.load_state_dict(load_weights(path))
+        return cls(info, model, device=pick_device(device), run=run)
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
         image = to_channels(to_tensor(image), self.info.channels)
@@ -126,6 +152,8 @@ class Predictor:
         (`PredictOptions`' fields) apply to this call only: the model is never changed, so threads may share it.
         """
         chosen = PredictOptions(**options)
+        if isinstance(self.model, GraphModel):
+            check_options(self.model.record, chosen)
         items = DecodedImages(expand_sources(sources), self.preprocess)
         for chunk in DataLoader(items, batch_size=batch, num_workers=workers, collate_fn=list):
             good = [(name, image) for name, image, error in chunk if error is None]
@@ -153,11 +181,47 @@ def load(
     device: str = "auto",
     weights: str = "best",
     imgsz: int | None = None,
-    runtime: str = "eager",
+    runtime: str | None = None,
 ) -> Predictor:
-    """Load a run directory (any task; or the Run `imagerec.train` returned) for prediction; `imgsz` overrides a
-    detector's input size."""
-    if runtime != "eager":
-        raise UserError(f"--runtime {runtime}: not available yet")
+    """Load a run directory (any task; or the Run `imagerec.train` returned) or an exported file (.onnx, .xml,
+    .torchscript) for prediction.
+
+    `runtime`: `eager` (default for runs), `compile` (torch.compile), or `onnx`, `openvino`, `torchscript` (default
+    for an exported file: its own format; a run is exported in memory first). `imgsz` overrides a detector's input
+    size (runs only: an exported graph fixes it).
+    """
+    if isinstance(run, str | Path) and is_exported(run):
+        return _load_exported(Path(run), device=device, imgsz=imgsz, runtime=runtime)
     run_dir = run if isinstance(run, RunDir) else open_run(run.path if isinstance(run, Run) else run)
-    return Predictor(run_dir, device=device, weights=weights, imgsz=imgsz)
+    runtime = runtime or "eager"
+    if runtime not in runtime_names():
+        RUNTIMES.get(runtime)  # names the runtimes there are
+    if runtime in EAGER_RUNTIMES:
+        predictor = Predictor.from_run(run_dir, device=device, weights=weights, imgsz=imgsz)
+        if runtime == "compile":
+            predictor.model, predictor.runtime = compiled(predictor.model), runtime
+        return predictor
+    from imagerec.outputs.export import in_memory  # export builds on this module
+
+    eager = Predictor.from_run(run_dir, device="cpu", weights=weights, imgsz=imgsz)
+    return Predictor(eager.info, in_memory(eager, runtime), device=_cpu_only(device, runtime), run=run_dir,
+                     runtime=runtime)  # fmt: skip
+
+
+def _load_exported(path: Path, *, device: str, imgsz: int | None, runtime: str | None) -> Predictor:
+    exported = open_exported(path)
+    runtime = runtime or exported.format
+    if runtime in EAGER_RUNTIMES:
+        raise UserError(f"{path}: --runtime {runtime} runs a run directory's network; give the run, or --runtime "
+                        f"{exported.format}")  # fmt: skip
+    if imgsz is not None:
+        raise UserError(f"{path}: --imgsz is fixed in an exported graph; export the run again with the size you want")
+    model = RUNTIMES.get(runtime)(exported)
+    return Predictor(exported.info, model, device=_cpu_only(device, runtime), runtime=runtime)
+
+
+def _cpu_only(device: str, runtime: str) -> torch.device:
+    """The exported-graph runtimes run on the CPU here."""
+    if device not in ("auto", "cpu"):
+        raise UserError(f"--runtime {runtime} runs on the CPU; use --device cpu (or --runtime eager on a GPU)")
+    return torch.device("cpu")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -71,6 +71,35 @@ def median_side(shapes: Sequence[tuple[int, int]], *, longest: bool, low: int, h
 def keep_imgsz(info: ModelInfo, imgsz: int) -> ModelInfo:
     """`Task.with_imgsz` of tasks whose input size is fixed by training."""
     raise UserError("--imgsz at prediction applies to detection runs; a classifier keeps its input size")
+
+
+@dataclass(frozen=True)
+class ExportSignature:
+    """What a task's exported graph takes and returns (`Task.export_signature`).
+
+    `graph` is the eager model seen as a module of tensors in and a tuple of tensors out, traced on `example`. A
+    `per_image` graph takes one C×H×W image at its own size (detectors: each image is resized, suppressed and mapped
+    back inside the graph) and names one output per field of the eager model's per-image dict; otherwise the graph
+    takes an N×C×H×W batch and its single output is what the eager model returns. `axes` names the dynamic axes of
+    each input and output. `note` says in words how to read the outputs; `agreement` names how exported and eager
+    outputs are compared (`top1`, `boxes` or `pixels`); `fixed` lists the prediction options frozen in the graph.
+    """
+
+    graph: nn.Module
+    example: torch.Tensor
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    axes: dict[str, dict[int, str]]
+    per_image: bool
+    note: str
+    agreement: str
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
+def batch_axes(names: Sequence[str], *, dynamic_batch: bool, spatial: bool = False) -> dict[str, dict[int, str]]:
+    """Dynamic axes of N×C×H×W inputs and outputs: the batch (when `dynamic_batch`) and with `spatial` H and W."""
+    axes = ({0: "batch"} if dynamic_batch else {}) | ({2: "height", 3: "width"} if spatial else {})
+    return {name: dict(axes) for name in names} if axes else {}
 
 
 class Metrics(Protocol):
@@ -152,3 +181,5 @@ class Task(Protocol):
     ) -> list[Result]: ...
 
     def failed(self, source: str, error: str) -> Result: ...
+
+    def export_signature(self, model: nn.Module, info: ModelInfo, *, dynamic_batch: bool) -> ExportSignature: ...

@@ -16,10 +16,10 @@ from imagerec.data.datasets import ClassificationDataset
 from imagerec.data.masks import MaskCoding
 from imagerec.data.targets import Sample
 from imagerec.metrics.classification import MONITOR, ClassificationMetrics
-from imagerec.models import create_model
+from imagerec.models import create_model, model_device
 from imagerec.models.embedding import build_head, replace_module
 from imagerec.records import Decision, ModelInfo, Preprocessing
-from imagerec.tasks.base import PredictOptions, keep_imgsz, median_side
+from imagerec.tasks.base import ExportSignature, PredictOptions, batch_axes, keep_imgsz, median_side
 from imagerec.tasks.results import Classification
 from imagerec.transforms import classification as presets
 
@@ -128,6 +128,24 @@ class ClassificationTask:
         """The result for an image that could not be read."""
         return Classification(source, (), (), error=error)
 
+    def export_signature(self, model: nn.Module, info: ModelInfo, *, dynamic_batch: bool) -> ExportSignature:
+        """Preprocessed N×C×imgsz×imgsz images in, the network's logits out."""
+        how = (
+            "a sigmoid of the one logit is the positive class's"
+            if self.single_logit
+            else ("a sigmoid of each logit is its class's" if self.multilabel else "their softmax gives the classes'")
+        )
+        return ExportSignature(
+            graph=model,
+            example=torch.zeros(1, info.channels, info.imgsz, info.imgsz),
+            inputs=("images",),
+            outputs=("logits",),
+            axes=batch_axes(("images", "logits"), dynamic_batch=dynamic_batch),
+            per_image=False,
+            note=f"logits: N×{info.num_outputs or self.num_classes}; {how} probability",
+            agreement="top1",
+        )
+
     def collate(self, preset: str | None = None) -> Callable[[list], Any]:
         """default_collate, followed for the `heavy` preset by MixUp/CutMix on single-label batches."""
         mix = (
@@ -201,7 +219,7 @@ class ClassificationTask:
         self, model: nn.Module, images: Sequence[torch.Tensor], sources: Sequence[str], options: PredictOptions
     ) -> list[Classification]:
         """Top-k labels of preprocessed images."""
-        device = next(model.parameters()).device
+        device = model_device(model)
         probs = self.probabilities(model(torch.stack(list(images)).to(device))).cpu()
         return self.top_labels(probs, sources, topk=options.topk)
 

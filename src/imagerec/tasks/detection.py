@@ -15,16 +15,18 @@ from imagerec.data.datasets import DetectionDataset
 from imagerec.data.masks import MaskCoding
 from imagerec.data.targets import Sample
 from imagerec.metrics.detection import DEFAULT_CONF, DetectionMetrics
+from imagerec.models import model_device
 from imagerec.models.detection import (
     BACKBONE_HEADS,
     DEFAULT_BACKBONE,
     Detector,
+    DetectorGraph,
     DetectorSpec,
     create_detector,
     thresholds,
 )
 from imagerec.records import Decision, ModelInfo, Preprocessing
-from imagerec.tasks.base import PredictOptions, keep_imgsz, median_side
+from imagerec.tasks.base import ExportSignature, PredictOptions, keep_imgsz, median_side
 from imagerec.tasks.results import Detections, InstanceMasks, rle
 from imagerec.transforms import detection as presets
 
@@ -137,6 +139,27 @@ class DetectionTask:
         """The result for an image that could not be read."""
         return self.result_type(source, error=error)
 
+    def export_signature(self, model: nn.Module, info: ModelInfo, *, dynamic_batch: bool) -> ExportSignature:
+        """One C×H×W image in [0, 1] at its own size in; boxes (x1, y1, x2, y2 in its pixels), scores and 0-based
+        labels out, after non-maximum suppression in the graph (and Mask R-CNN's N×1×H×W mask probabilities)."""
+        graph = DetectorGraph(model)
+        outputs = ("boxes", "scores", "labels", "masks")[: 4 if self.masks else 3]
+        fixed = graph.fixed()
+        return ExportSignature(
+            graph=graph,
+            example=torch.rand(info.channels, info.imgsz, info.imgsz, generator=torch.Generator().manual_seed(0)),
+            inputs=("image",),
+            outputs=outputs,
+            axes={"image": {1: "height", 2: "width"}} | {name: {0: "objects"} for name in outputs},
+            per_image=True,
+            note=(
+                f"{', '.join(outputs)} of one image, after per-class NMS in the graph (IoU {fixed['iou']}, at most "
+                f"{fixed['max_det']} boxes, scores ≥ {fixed['min_conf']}); boxes in the image's pixels"
+            ),
+            agreement="boxes",
+            fixed=fixed,
+        )
+
     def collate(self, preset: str | None = None) -> Callable[[list], Batch]:
         return collate
 
@@ -177,7 +200,7 @@ class DetectionTask:
         """Boxes scoring at least `options.conf` (None: `conf_threshold`), merged above `options.iou` within each
         class or, with `options.agnostic`, across classes, at most `options.max_det` per image, in each image's
         own pixels."""
-        device = next(model.parameters()).device
+        device = model_device(model)
         batch = [image.to(device) for image in images]
         conf = self.conf_threshold if options.conf is None else options.conf
         with thresholds(score=conf, iou=options.iou, agnostic=options.agnostic, max_det=options.max_det):

@@ -21,10 +21,11 @@ from imagerec.data.masks import MaskCoding
 from imagerec.data.targets import Sample
 from imagerec.errors import UserError
 from imagerec.metrics.segmentation import SegmentationMetrics
+from imagerec.models import model_device
 from imagerec.models.segmentation import DEFAULT_ENCODER, SegmenterSpec, create_segmenter
 from imagerec.models.tiling import predict_tiled
 from imagerec.records import Decision, ModelInfo, Preprocessing
-from imagerec.tasks.base import PredictOptions, keep_imgsz, median_side
+from imagerec.tasks.base import ExportSignature, PredictOptions, batch_axes, keep_imgsz, median_side
 from imagerec.tasks.losses import build_loss
 from imagerec.tasks.results import SegmentationMask
 from imagerec.transforms import segmentation as presets
@@ -153,6 +154,20 @@ class SegmentationTask:
     def failed(self, source: str, error: str) -> SegmentationMask:
         return SegmentationMask(source, error=error)
 
+    def export_signature(self, model: nn.Module, info: ModelInfo, *, dynamic_batch: bool) -> ExportSignature:
+        """N×C×H×W pixels in [0, 1] in (normalised inside), per-pixel logits out, at any height and width."""
+        how = "a pixel is foreground where its one logit is above 0" if self.binary else "argmax over K is the class"
+        return ExportSignature(
+            graph=model,
+            example=torch.zeros(1, info.channels, info.imgsz, info.imgsz),
+            inputs=("images",),
+            outputs=("logits",),
+            axes=batch_axes(("images", "logits"), dynamic_batch=dynamic_batch, spatial=True),
+            per_image=False,
+            note=f"logits: N×{1 if self.binary else self.num_classes}×H×W; {how} (class map beside the graph)",
+            agreement="pixels",
+        )
+
     def collate(self, preset: str | None = None) -> Callable[[list], Batch]:
         # Training crops all have imgsz; whole validation images may differ: pad with ignored pixels.
         return partial(presets.pad_collate, ignore_index=self.ignore_index)
@@ -197,7 +212,7 @@ class SegmentationTask:
         return self._typed(maps, sources)
 
     def _class_map(self, model: nn.Module, image: torch.Tensor, source: str, options: PredictOptions) -> torch.Tensor:
-        device = next(model.parameters()).device
+        device = model_device(model)
         height, width = image.shape[-2:]
         if options.tile is None:
             if height * width > options.max_pixels:

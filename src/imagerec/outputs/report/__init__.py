@@ -127,7 +127,7 @@ def _evaluate(
     if split not in SPLIT_NAMES:
         raise UserError(f"--split {split}: choose one of {', '.join(SPLIT_NAMES)}")
     path = evaluation_data(ctx.run, data)
-    predictor = Predictor(ctx.run, device=device)
+    predictor = Predictor.from_run(ctx.run, device=device)
     index = evaluation_index(ctx.run, path, split=split, classes=predictor.classes)
     ctx.predictor, ctx.index, ctx.split = predictor, index, split
     ctx.samples = list(index.samples(split))
