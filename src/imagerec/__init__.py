@@ -24,6 +24,7 @@ _EXPORTS = {
     "UserError": "imagerec.errors",
     "list_models": "imagerec.models",
     "write_sample": "imagerec.data.samples",
+    "serve": "imagerec.outputs.serve",
 }
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "explain",
     "list_models",
     "load",
+    "serve",
     "train",
     "write_sample",
 ]
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from imagerec.models import list_models
     from imagerec.outputs.explain import Explanation, explain
     from imagerec.outputs.predict import Predictor, load
+    from imagerec.outputs.serve import serve
     from imagerec.runs import Run
     from imagerec.tasks.results import Classification
 

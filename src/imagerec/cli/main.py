@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from imagerec.cli import data, embed, explain, export, predict, report, train
+from imagerec.cli import data, embed, explain, export, predict, report, serve, train
 from imagerec.errors import UserError
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.command("neighbors")(embed.neighbors)
 app.command("export")(export.export)
 app.command("models")(train.models)
 app.command("demo")(train.demo)
+app.command("serve")(serve.serve)
 app.add_typer(data.app, name="data")
 
 EXIT_USER_ERROR = 2
