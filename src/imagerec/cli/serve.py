@@ -26,6 +26,7 @@ def serve(
     max_bytes: Annotated[int | None, Opt(help="Largest request body in bytes (default 32 MiB).")] = None,
     max_pixels: Annotated[int | None, Opt(help="Largest image in pixels (default 40 million).")] = None,
     max_files: Annotated[int | None, Opt(help="Most images per request (default 16).")] = None,
+    access_log: Annotated[bool, Opt(help="Log one line per request.")] = True,
 ) -> None:
     """Serve a model over HTTP: POST /v1/predict, GET /v1/model, /metrics, and a web page at /."""
     from imagerec.outputs.serve import API_KEY_ENV
@@ -39,5 +40,5 @@ def serve(
     serve_model(
         target, host=host, port=port, workers=workers, max_batch=max_batch, max_wait_ms=max_wait_ms,
         api_key=api_key, runtime=runtime, device=device, max_bytes=max_bytes, max_pixels=max_pixels,
-        max_files=max_files,
+        max_files=max_files, access_log=access_log,
     )  # fmt: skip
