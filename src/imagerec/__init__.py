@@ -16,6 +16,7 @@ _EXPORTS = {
     "train": "imagerec.api",
     "evaluate": "imagerec.api",
     "explain": "imagerec.outputs.explain",
+    "export": "imagerec.outputs.export",
     "Explanation": "imagerec.outputs.explain",
     "load": "imagerec.outputs.predict",
     "Predictor": "imagerec.outputs.predict",
@@ -36,6 +37,7 @@ __all__ = [
     "__version__",
     "evaluate",
     "explain",
+    "export",
     "list_models",
     "load",
     "serve",
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from imagerec.errors import UserError
     from imagerec.models import list_models
     from imagerec.outputs.explain import Explanation, explain
+    from imagerec.outputs.export import export
     from imagerec.outputs.predict import Predictor, load
     from imagerec.outputs.serve import serve
     from imagerec.runs import Run

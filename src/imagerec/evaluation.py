@@ -20,7 +20,7 @@ from imagerec.models import model_device
 from imagerec.records import ModelInfo
 from imagerec.runs import RunDir
 from imagerec.tasks.base import Task
-from imagerec.tasks.build import data_format
+from imagerec.tasks.build import check_task_data, data_format
 
 
 def _remap(index: DataIndex, classes: list[str], data: Path) -> None:
@@ -56,7 +56,9 @@ def evaluation_index(run: RunDir, data: str | Path, *, split: str, classes: list
     when it is the data the run was trained on (other flat data is evaluated whole, as `split`), and targets in
     the model's class order (`classes`)."""
     saved = {k: v for k, v in run.read_config().items() if k != "resolved"}
-    index = load_index(data, format=data_format(build_config(merge(saved, {"data": {"path": str(data)}}))))
+    cfg = build_config(merge(saved, {"data": {"path": str(data)}}))
+    index = load_index(data, format=data_format(cfg))
+    check_task_data(cfg, index)  # a run of one task given data of another: one sentence naming both
     record = run.read_split()
     same_data = Path(run.read_config()["data"]["path"]).resolve() == Path(data).resolve()
     if same_data and drawn_by_run(index, record):

@@ -9,6 +9,8 @@ converted from that ONNX graph by OpenVINO's own converter, so the two formats c
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import tempfile
@@ -49,9 +51,17 @@ FORMATS: Registry[Format] = Registry("export format")
 
 
 def _trace_onnx(sig: ExportSignature, dest: Path, opset: int) -> None:
-    """The ONNX graph of `sig`, or one line naming what ONNX cannot express."""
+    """The ONNX graph of `sig`, or one line naming what ONNX cannot express.
+
+    A batch graph the TorchScript-based exporter cannot express (e.g. adaptive pooling to a size that does not
+    divide its input, as seed_cnn at 8 px) is exported again by the dynamo exporter, which decomposes such ops.
+    """
     require("onnx")
+    # nn.MultiheadAttention's inference fast path (ViT, Swin's heads) traces to one fused operator that ONNX has no
+    # form for (aten::_native_multi_head_attention); the standard path computes the same and exports.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
+        torch.backends.mha.set_fastpath_enabled(False)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about Python values frozen in the graph
             torch.onnx.export(
@@ -59,8 +69,33 @@ def _trace_onnx(sig: ExportSignature, dest: Path, opset: int) -> None:
                 input_names=list(sig.inputs), output_names=list(sig.outputs), dynamic_axes=sig.axes or None,
             )  # fmt: skip
     except Exception as error:  # the exporter's errors name the operator ("Exporting the operator 'aten::…'")
-        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot export to ONNX opset {opset}: {first}; try another --opset or --format") from None
+        if sig.per_image:
+            raise UserError(
+                f"cannot export to ONNX opset {opset}: {_first_line(error)}; try --format torchscript"
+            ) from None
+        _dynamo_onnx(sig, dest, opset, first_error=_first_line(error))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _dynamo_onnx(sig: ExportSignature, dest: Path, opset: int, *, first_error: str) -> None:
+    dims = {axis: torch.export.Dim(name) for axis, name in sig.axes.get(sig.inputs[0], {}).items()}
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                sig.graph, (sig.example,), str(dest), dynamo=True, opset_version=max(opset, 18),
+                input_names=list(sig.inputs), output_names=list(sig.outputs), dynamic_shapes=(dims,),
+            )  # fmt: skip
+    except Exception as error:
+        raise UserError(
+            f"cannot export to ONNX opset {opset}: {first_error}; the dynamo exporter failed too: {_first_line(error)}"
+        ) from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def _write_onnx(sig: ExportSignature, meta: dict[str, str], dest: Path, opset: int) -> None:
@@ -89,7 +124,7 @@ def _write_torchscript(sig: ExportSignature, meta: dict[str, str], dest: Path, o
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(sig.graph, (sig.example,), check_trace=False)
     except Exception as error:
-        raise UserError(f"cannot trace to TorchScript: {str(error).strip().splitlines()[0][:300]}") from None
+        raise UserError(f"cannot trace to TorchScript: {_first_line(error)}") from None
     torch.jit.save(traced, str(dest), _extra_files=meta)
 
 
@@ -158,7 +193,7 @@ def export(
         graph = RUNTIMES.get(spec.runtime)(exported)
         record = graph.record  # the runtime states the precision it computes in
         parity = check_parity(predictor.task, predictor.model, graph, predictor.info, index, split, check_images)
-        refused = _refusal(parity, int8=int8, atol=atol, max_drop=max_drop)
+        refused = refusal(parity, int8=int8, atol=atol, max_drop=max_drop)
         if refused is None or force:
             _move_into_place(written, dest)
     result = ExportResult(None if refused and not force else dest, record, parity, refused)
@@ -177,7 +212,7 @@ def _record(sig: ExportSignature, format: str, *, int8: bool, dynamic_batch: boo
     )  # fmt: skip
 
 
-def _refusal(parity: Parity, *, int8: bool, atol: float, max_drop: float) -> str | None:
+def refusal(parity: Parity, *, int8: bool, atol: float, max_drop: float) -> str | None:
     """Why the export must not be kept, or None."""
     if int8:
         if parity.metric_drop > max_drop:

@@ -76,7 +76,7 @@ def check_task_data(cfg: RunConfig, index: DataIndex) -> None:
         raise UserError(
             f"{cfg.data.path}: --task {cfg.task}{f' --model {cfg.model.name}' if instance else ''} needs {needs}, "
             f"but this is {index.format} data with {TARGETS[kind]}; "
-            f"train it with --task {kind} or point to data with {needs}"
+            f"it calls for --task {kind} (a run of that task); or point to data with {needs}"
         )
     if cfg.task == "classify":
         if cfg.model.head != "network" and index.multilabel:
