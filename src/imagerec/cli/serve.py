@@ -17,7 +17,7 @@ def serve(
     port: Annotated[int, Opt(help="Port to listen on (0: any free port).")] = 8000,
     workers: Annotated[int, Opt(help="Threads running batches on the one loaded model.")] = 1,
     max_batch: Annotated[int, Opt(help="Most images per model batch (1: no micro-batching).")] = 16,
-    max_wait_ms: Annotated[float, Opt(help="Longest a request waits for others to share its batch.")] = 5.0,
+    max_wait_ms: Annotated[float, Opt(help="Longest a request waits for others to share its batch (0: none).")] = 0.0,
     api_key: Annotated[
         str | None, Opt(help="Key clients must send (visible to other users in `ps`: prefer IMAGEREC_API_KEY).")
     ] = None,

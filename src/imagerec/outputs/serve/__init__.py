@@ -26,7 +26,7 @@ def serve(
     port: int = 8000,
     workers: int = 1,
     max_batch: int = 16,
-    max_wait_ms: float = 5.0,
+    max_wait_ms: float = 0.0,
     api_key: str | None = None,
     runtime: str = "eager",
     device: str = "auto",

@@ -39,7 +39,7 @@ class Settings:
     """How the service batches and what it accepts; `runtime` is reported by /v1/model."""
 
     max_batch: int = 16
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0  # batches still form while a batch runs (docs/benchmarks.md, Serving)
     workers: int = 1
     api_key: str | None = None
     runtime: str = "eager"

@@ -45,7 +45,7 @@ class MicroBatcher:
         run_batch: RunBatch,
         *,
         max_batch: int = 16,
-        max_wait_s: float = 0.005,
+        max_wait_s: float = 0.0,
         workers: int = 1,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
