@@ -33,6 +33,11 @@ def _image(task: str, data: Path) -> Path:
     return next((data / "0").glob("*.png")) if task == "classify" else next((data / "images" / "test").glob("*.png"))
 
 
+def _decisions(result: dict) -> object:
+    """What a prediction decided: labels, objects' labels, or pixels per class."""
+    return result.get("labels") or [o["label"] for o in result.get("objects", [])] or result.get("areas")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
 def test_every_verb_runs_on_every_task_with_no_options(
@@ -64,6 +69,12 @@ def test_every_verb_runs_on_every_task_with_no_options(
         result = invoke(*args)
         assert result.exit_code == 0, (args[0], result.output)
     assert list((run / "explanations").glob("*.png"))
+    exported = invoke("export", run)
+    assert exported.exit_code == 0, exported.output
+    from_file = invoke("predict", run / "exports" / "model.onnx", image, "--format", "json")
+    assert from_file.exit_code == 0, from_file.output
+    assert _decisions(json.loads(from_file.stdout)[0]) == _decisions(json.loads(predicted.stdout)[0])
+
     found = invoke("neighbors", run, image, "--index", tmp_path / "e.npz", "--json")
     assert found.exit_code == 0, found.output
     matches = json.loads(found.stdout)[0]["matches"]

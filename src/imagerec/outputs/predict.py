@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imagerec.data.images import _pil_to_array, _to_unit_float, is_image_file, read_image, to_channels
 from imagerec.errors import UserError
+from imagerec.outputs.graphs import in_memory
 from imagerec.outputs.runtimes import (
     EAGER_RUNTIMES,
     RUNTIMES,
@@ -201,11 +202,9 @@ def load(
         if runtime == "compile":
             predictor.model, predictor.runtime = compiled(predictor.model), runtime
         return predictor
-    from imagerec.outputs.export import in_memory  # export builds on this module
-
     eager = Predictor.from_run(run_dir, device="cpu", weights=weights, imgsz=imgsz)
-    return Predictor(eager.info, in_memory(eager, runtime), device=_cpu_only(device, runtime), run=run_dir,
-                     runtime=runtime)  # fmt: skip
+    graph = in_memory(eager.task, eager.model, eager.info, runtime)
+    return Predictor(eager.info, graph, device=_cpu_only(device, runtime), run=run_dir, runtime=runtime)
 
 
 def _load_exported(path: Path, *, device: str, imgsz: int | None, runtime: str | None) -> Predictor:
