@@ -186,3 +186,22 @@ def test_calibration_and_check_data_must_be_the_runs(runs, digits_dir, capsys, m
         extra = ("--int8",) if option == "--calib" else ()
         error = user_error(capsys, monkeypatch, "export", run, *extra, option, data)
         assert error.startswith(f"error: {data}: {needs}"), error
+
+
+def test_an_exported_file_is_served_as_its_run(runs, digits_dir, tmp_path) -> None:
+    pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'imagerec[serve]'")
+    from fastapi.testclient import TestClient
+
+    from imagerec.outputs.serve.app import Settings, create_app
+
+    out = tmp_path / "segmenter.onnx"
+    export(runs["segment"], out=out)
+    predictor = imagerec.load(out)
+    image = sample_images("segment", runs["segment"], digits_dir)[0]
+    with TestClient(create_app(predictor, Settings(runtime=predictor.runtime))) as client:
+        model = client.get("/v1/model").json()
+        body = client.post("/v1/predict", files={"file": (image.name, image.read_bytes(), "image/png")}).json()
+    assert model["runtime"] == "onnx"
+    assert model["preprocessing"] == json.loads((runs["segment"] / "model.json").read_text())["preprocessing"]
+    eager = imagerec.load(runs["segment"], device="cpu").predict(image)[0]
+    assert body["results"][0]["areas"] == eager.areas

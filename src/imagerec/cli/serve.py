@@ -21,7 +21,9 @@ def serve(
     api_key: Annotated[
         str | None, Opt(help="Key clients must send (visible to other users in `ps`: prefer IMAGEREC_API_KEY).")
     ] = None,
-    runtime: Annotated[str, Opt(help="Inference runtime, as for `imagerec predict`.")] = "eager",
+    runtime: Annotated[
+        str | None, Opt(help="Inference runtime, as for `imagerec predict` (default: eager, or the file's format).")
+    ] = None,
     device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
     max_bytes: Annotated[int | None, Opt(help="Largest request body in bytes (default 32 MiB).")] = None,
     max_pixels: Annotated[int | None, Opt(help="Largest image in pixels (default 40 million).")] = None,

@@ -28,7 +28,7 @@ def serve(
     max_batch: int = 16,
     max_wait_ms: float = 0.0,
     api_key: str | None = None,
-    runtime: str = "eager",
+    runtime: str | None = None,
     device: str = "auto",
     max_bytes: int | None = None,
     max_pixels: int | None = None,
@@ -59,13 +59,13 @@ def serve(
     try:
         predictor = load(target, device=device, runtime=runtime)
         settings = Settings(max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers, api_key=key,
-                            runtime=runtime, limits=limits)  # fmt: skip
+                            runtime=predictor.runtime, limits=limits)  # fmt: skip
         app = create_app(predictor, settings)
         config = uvicorn.Config(
             app, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
         )
         url = _url(host, sock.getsockname()[1])
-        print(f"serving {target} ({runtime}) on {url}  (page: {url}/, API: {url}/docs)", file=sys.stderr)
+        print(f"serving {target} ({predictor.runtime}) on {url}  (page: {url}/, API: {url}/docs)", file=sys.stderr)
         if on_ready is not None:
             on_ready(url)
         uvicorn.Server(config).run(sockets=[sock])
