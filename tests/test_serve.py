@@ -166,6 +166,11 @@ def test_ready_only_after_warm_up(classifier):
 
 
 def _post_concurrently(client: TestClient, requests: list[dict]) -> list:
+    """Post `requests` at once, after the warm-up prediction has finished (so it cannot run between them)."""
+    for _ in range(WAIT_S * 100):
+        if client.get("/readyz").status_code == 200:
+            break
+        threading.Event().wait(0.01)
     with ThreadPoolExecutor(len(requests)) as pool:
         return list(pool.map(lambda kwargs: client.post("/v1/predict", **kwargs), requests))
 
