@@ -14,6 +14,8 @@ __version__ = version("imagerec")
 
 _EXPORTS = {
     "train": "imagerec.api",
+    "benchmark": "imagerec.outputs.benchmark",
+    "BenchmarkReport": "imagerec.outputs.benchmark",
     "evaluate": "imagerec.api",
     "explain": "imagerec.outputs.explain",
     "export": "imagerec.outputs.export",
@@ -29,12 +31,14 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "BenchmarkReport",
     "Classification",
     "Explanation",
     "Predictor",
     "Run",
     "UserError",
     "__version__",
+    "benchmark",
     "evaluate",
     "explain",
     "export",
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
     from imagerec.data.samples import write_sample
     from imagerec.errors import UserError
     from imagerec.models import list_models
+    from imagerec.outputs.benchmark import BenchmarkReport, benchmark
     from imagerec.outputs.explain import Explanation, explain
     from imagerec.outputs.export import export
     from imagerec.outputs.predict import Predictor, load

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from imagerec.cli import data, embed, explain, export, predict, report, serve, train
+from imagerec.cli import benchmark, data, embed, explain, export, predict, report, serve, train
 from imagerec.errors import UserError
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.command("report")(report.report)
 app.command("embed")(embed.embed)
 app.command("neighbors")(embed.neighbors)
 app.command("export")(export.export)
+app.command("benchmark")(benchmark.benchmark)
 app.command("models")(train.models)
 app.command("demo")(train.demo)
 app.command("serve")(serve.serve)
