@@ -75,6 +75,13 @@ def test_every_verb_runs_on_every_task_with_no_options(
     assert from_file.exit_code == 0, from_file.output
     assert _decisions(json.loads(from_file.stdout)[0]) == _decisions(json.loads(predicted.stdout)[0])
 
+    # benchmark's defaults time every runtime at int8 too (minutes per task): the matrix times two at fp32, once;
+    # tests/test_benchmark_verb.py covers the rest.
+    timed = invoke("benchmark", run, "--runtimes", "eager,onnx", "--precision", "fp32", "--batch", "1",
+                   "--iterations", "1", "--json")  # fmt: skip
+    assert timed.exit_code == 0, timed.output
+    assert [row["runtime"] for row in json.loads(timed.stdout)["rows"]] == ["eager", "onnx"]
+
     found = invoke("neighbors", run, image, "--index", tmp_path / "e.npz", "--json")
     assert found.exit_code == 0, found.output
     matches = json.loads(found.stdout)[0]["matches"]
