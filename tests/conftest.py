@@ -1,4 +1,5 @@
-"""Shared fixtures: real sample data written once per session, small generated images, the shared datasets."""
+"""Shared fixtures: real sample data written once per session, small generated images, the shared datasets, and a
+tiny detection run that several test modules read."""
 
 from __future__ import annotations
 
@@ -157,3 +158,25 @@ def shared_datasets() -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not found: the shared real datasets are not on this machine")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_detect_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(run, scenes): fcos_lite trained 2 epochs on 24 digit scenes of 64 px, with the threshold training chose.
+
+    Trained once per session for the tests that need a real detection run but not a good one; read-only (copy it
+    into tmp_path to resume or modify it).
+    """
+    import io
+
+    from rich.console import Console
+
+    import imagerec
+    from imagerec.data.samples import write_digit_scenes
+
+    scenes = write_digit_scenes(tmp_path_factory.mktemp("scenes") / "scenes", n_train=24, n_val=8, n_test=4, size=64)
+    run = imagerec.train(
+        scenes, task="detect", model="fcos_lite", epochs=2, batch=8, lr=2e-3, flip=False,
+        precision="32", out=tmp_path_factory.mktemp("run") / "run", console=Console(file=io.StringIO()),
+    )  # fmt: skip
+    return run.path, scenes

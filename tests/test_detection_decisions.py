@@ -4,7 +4,6 @@ every registered detector, kept apart between threads."""
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 from pathlib import Path
@@ -12,12 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rich.console import Console
 from torchvision.ops import box_iou
 
 import imagerec
 from helpers import invoke
-from imagerec.data.samples import write_digit_scenes
 from imagerec.data.targets import Objects
 from imagerec.errors import UserError
 from imagerec.metrics.detection import DEFAULT_CONF, SUMMARY_KEYS, DetectionMetrics
@@ -214,23 +211,13 @@ def test_threads_with_different_options_each_get_their_own() -> None:
     assert not mismatches
 
 
-# --- end to end: the threshold chosen after training, used by predict ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def decided_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    scenes = write_digit_scenes(tmp_path_factory.mktemp("scenes") / "scenes", n_train=24, n_val=8, n_test=4, size=64)
-    run = imagerec.train(
-        scenes, task="detect", model="fcos_lite", epochs=2, batch=8, lr=2e-3, flip=False, precision="32",
-        out=tmp_path_factory.mktemp("run") / "run", console=Console(file=io.StringIO()),
-    )  # fmt: skip
-    return run.path, scenes
+# --- end to end: the threshold chosen after training, used by predict (tiny_detect_run: conftest.py) ---------------
 
 
 def test_training_chooses_the_threshold_on_val_and_predict_keeps_the_boxes_above_it(
-    decided_run: tuple[Path, Path],
+    tiny_detect_run: tuple[Path, Path],
 ) -> None:
-    run, scenes = decided_run
+    run, scenes = tiny_detect_run
     decision = json.loads((run / "model.json").read_text())["decision"]
     assert (decision["split"], decision["rule"]) == ("val", "f1")
     assert 0 <= decision["threshold"] <= 1
@@ -251,11 +238,11 @@ def test_training_chooses_the_threshold_on_val_and_predict_keeps_the_boxes_above
     assert all(score >= decision["threshold"] - 1e-6 for score in scores)  # JSON rounds scores to 6 places
 
 
-def test_the_report_counts_at_the_decision_and_draws_the_confidence_curve(decided_run: tuple[Path, Path]) -> None:
+def test_the_report_counts_at_the_decision_and_draws_the_confidence_curve(tiny_detect_run: tuple[Path, Path]) -> None:
     from imagerec.outputs.report import build_context
     from imagerec.outputs.report.blocks import Figure, Table
 
-    run, scenes = decided_run
+    run, scenes = tiny_detect_run
     ctx = build_context(run, data=scenes, device="cpu")
     threshold = ctx.info.decision.threshold
     errors = next(s for s in report.sections(ctx) if s.id == "detection-errors")
