@@ -42,7 +42,8 @@ def _loss(model: torch.nn.Module, images: list, targets: list) -> torch.Tensor:
 def test_detector_trains_and_predicts(name: str) -> None:
     torch.manual_seed(0)
     channels = 1 if name in ("fcos_lite", "fasterrcnn_mobilenet_v3_large_320_fpn") else 3
-    model = create_detector(name, _spec(channels))
+    # The model resizes to 64 px inside (the images stay 128 px): boxes must still come back in the input's pixels.
+    model = create_detector(name, _spec(channels, imgsz=64))
     images, targets = _batch(channels)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)  # 3e-4 overshoots Faster R-CNN on one batch
     model.train()
