@@ -18,6 +18,8 @@ from imagerec.data.samples import write_digit_scenes
 from imagerec.tasks.results import SegmentationMask
 
 EPOCHS = 6
+# 64 px, not the scenes' 128: foreground IoU 0.95 on the test split (0.98 at 96 px, for 1.6× the training time).
+IMGSZ = 64
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def segment_run(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("segment") / "run"
     result = invoke(
-        "train", scenes, "--task", "segment", "--model", "unet", "--epochs", EPOCHS, "--no-flip", "--imgsz", "96",
+        "train", scenes, "--task", "segment", "--model", "unet", "--epochs", EPOCHS, "--no-flip", "--imgsz", IMGSZ,
         "--lr", "3e-3", "--batch", "8", "--out", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -134,7 +136,7 @@ def test_mask_rcnn_trains_and_predicts_instances(tmp_path: Path) -> None:
     data = write_digit_scenes(tmp_path / "scenes", n_train=8, n_val=4, n_test=4)
     out = tmp_path / "run"
     result = invoke(
-        "train", data, "--task", "segment", "--model", "maskrcnn_resnet50_fpn", "--epochs", 1, "--imgsz", "128",
+        "train", data, "--task", "segment", "--model", "maskrcnn_resnet50_fpn", "--epochs", 1, "--imgsz", "64",
         "--batch", "4", "--no-flip", "--out", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
