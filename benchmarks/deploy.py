@@ -26,7 +26,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import imagerec  # noqa: E402
 from _common import SHARED_DATASETS, markdown_table, print_machine, quiet_console, timed  # noqa: E402
-from imagerec.outputs.benchmark import BenchmarkReport, BenchmarkRow  # noqa: E402
+from imagerec.outputs.benchmark import BenchmarkReport, BenchmarkRow, Timing  # noqa: E402
+from imagerec.outputs.parity import Parity  # noqa: E402
 
 ISBI = SHARED_DATASETS / "isbi2012-em" / "train"
 
@@ -80,6 +81,37 @@ def trained(setup: Setup, work: Path, seed: int) -> Path:
     return out
 
 
+def saved(path: Path) -> BenchmarkReport:
+    """A report written by an earlier run of this script (`--print-only`)."""
+    data = json.loads(path.read_text())
+    rows = tuple(
+        BenchmarkRow(
+            r["runtime"], r["precision"], r["runs_in"], tuple(Timing(**t) for t in r["timings"]),
+            None if r["check"] is None else Parity(**{k: v for k, v in r["check"].items() if k != "metric_drop"}),
+            r["setup_s"], r["skipped"],
+        )
+        for r in data.pop("rows")
+    )  # fmt: skip
+    return BenchmarkReport(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}, rows=rows)
+
+
+def measured(name: str, args: argparse.Namespace) -> BenchmarkReport:
+    setup = SETUPS[name]
+    path = args.work / f"{name}-benchmark.json"
+    if args.print_only:
+        return saved(path)
+    print(f"{name} at {setup.imgsz} ({setup.task})", flush=True)
+    run = trained(setup, args.work, args.seed)
+    with timed() as t:
+        report = imagerec.benchmark(
+            run, runtimes=args.runtimes, batches=args.batches, iterations=args.iterations, warmup=args.warmup,
+            check_images=args.check_images, threads=args.threads,
+        )  # fmt: skip
+    print(f"  measured in {t.wall_s:.0f} s", flush=True)
+    path.write_text(json.dumps(report.to_dict(), indent=2))
+    return report
+
+
 def cells(name: str, row: BenchmarkRow, large: int) -> list[str]:
     if row.skipped is not None:
         return [name, row.runtime, row.precision, row.skipped, "", "", "", "", "", ""]
@@ -123,24 +155,17 @@ def main() -> None:
     parser.add_argument("--check-images", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="3 rounds, 1 warm-up, 50 check images")
+    parser.add_argument("--print-only", action="store_true", help="print the tables saved in --work, measure nothing")
     args = parser.parse_args()
     if args.quick:
         args.iterations, args.warmup, args.check_images = 3, 1, 50
-    print_machine("deployment runtimes")
+    if not args.print_only:
+        print_machine("deployment runtimes")
     args.work.mkdir(parents=True, exist_ok=True)
     large, table, notes = max(args.batches), [], {}
     for name in args.models:
-        setup = SETUPS[name]
-        print(f"{name} at {setup.imgsz} ({setup.task})", flush=True)
-        run = trained(SETUPS[name], args.work, args.seed)
-        with timed() as t:
-            report = imagerec.benchmark(
-                run, runtimes=args.runtimes, batches=args.batches, iterations=args.iterations, warmup=args.warmup,
-                check_images=args.check_images, threads=args.threads,
-            )  # fmt: skip
-        print(f"  measured in {t.wall_s:.0f} s", flush=True)
-        (args.work / f"{name}-benchmark.json").write_text(json.dumps(report.to_dict(), indent=2))
-        label = f"{name} {setup.imgsz}"
+        report = measured(name, args)
+        label = f"{name} {SETUPS[name].imgsz}"
         table += [cells(label, row, large) for row in report.rows]
         notes[label] = goals(report, large) if name == "resnet18" else []
     header = ("model", "runtime", "precision", "computes in", "p50 ms b1", "× eager b1", f"img/s b{large}",
