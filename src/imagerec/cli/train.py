@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -126,13 +127,20 @@ def train(
     console.print(f"saved to [bold]{run.path}[/]")
 
 
-def models(task: Annotated[str, Opt(help="classify | detect | segment")] = "classify") -> None:
-    """List what --model accepts."""
+def models(
+    task: Annotated[str, Opt(help="classify | detect | segment")] = "classify",
+    as_json: Annotated[bool, Opt("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List what --model accepts, where each model comes from and the formats `imagerec export` writes it to."""
     from imagerec.models import list_models
 
-    table = Table("name", "source")
-    for row in list_models(task):
-        table.add_row(row["name"], row["source"])
+    rows = list_models(task)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "source", "export")
+    for row in rows:
+        table.add_row(row["name"], row["source"], row["export"])
     Console().print(table)
 
 

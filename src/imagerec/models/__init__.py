@@ -68,11 +68,14 @@ def _create_segmenter(
 
 
 def list_models(task: str = "classify") -> list[dict[str, str]]:
-    """Names `--model` accepts for `task`, with where each comes from."""
+    """Names `--model` accepts for `task`, with where each comes from (`source`) and the formats it exports to
+    (`export`, as measured by benchmarks/export_sweep.py)."""
+    from imagerec.models.exportable import export_support
+
     listings = {"classify": list_classifiers, "detect": _list_detectors, "segment": _list_segmenters}
     if task not in listings:
         raise UserError(f"unknown task {task!r}: use classify, detect or segment")
-    return listings[task]()
+    return [row | {"export": export_support(row["name"])} for row in listings[task]()]
 
 
 def _list_detectors() -> list[dict[str, str]]:

@@ -89,6 +89,9 @@ class DetectorGraph(nn.Module):
     def __init__(self, detector: Detector) -> None:
         super().__init__()
         self.detector = detector
+        # In the detector's mode: tracing restores the wrapper's mode on the whole tree afterwards, and a wrapper left
+        # in training mode would hand the eager detector back in training mode.
+        self.train(detector.training)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         found = self.detector([image])[0]

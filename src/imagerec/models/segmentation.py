@@ -59,7 +59,8 @@ class Segmenter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % self.multiple, -width % self.multiple
-        if pad_h or pad_w:
+        # An exported graph is traced on one size but must pad whatever size it is given later: tracing always pads.
+        if pad_h or pad_w or (self.multiple > 1 and torch.jit.is_tracing()):
             # Reflection needs the pad to be smaller than the side; tiny inputs repeat their edge instead.
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
