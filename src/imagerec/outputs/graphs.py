@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -55,7 +57,7 @@ def _trace_onnx(sig: ExportSignature, dest: Path, opset: int) -> None:
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         torch.backends.mha.set_fastpath_enabled(False)
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _silenced_stdout():
             warnings.simplefilter("ignore")  # tracer warnings about Python values frozen in the graph
             torch.onnx.export(
                 sig.graph, (sig.example,), str(dest), dynamo=False, opset_version=opset,
@@ -69,6 +71,21 @@ def _trace_onnx(sig: ExportSignature, dest: Path, opset: int) -> None:
         _dynamo_onnx(sig, dest, opset, first_error=_first_line(error))
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+@contextlib.contextmanager
+def _silenced_stdout() -> Iterator[None]:
+    """The TorchScript-based exporter prints the whole traced graph to the process's stdout (from C++, so only the
+    file descriptor can be redirected) when it fails; the one-line error says enough."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _dynamo_onnx(sig: ExportSignature, dest: Path, opset: int, *, first_error: str) -> None:
