@@ -22,6 +22,7 @@ from imagerec.records import ExportRecord
 from imagerec.runs import RunDir, open_run, write_json
 
 FP32_ATOL = 1e-3  # the largest difference of outputs (logits, scores, box pixels / 100) an fp32 export may show
+FP32_MIN_AGREEMENT = 0.98  # the least share of top-1 labels, boxes or pixels an fp32 export must agree on
 INT8_MAX_DROP = 0.01  # the largest metric drop (1 point) an int8 export may show on the validation split
 
 
@@ -105,6 +106,12 @@ def refusal(parity: Parity, *, int8: bool, atol: float, max_drop: float) -> str 
     if parity.max_abs > atol:
         return (
             f"outputs differ from eager PyTorch by up to {parity.max_abs:.2e} (limit {atol:.0e}) on "
+            f"{parity.images} images; report it, or keep the file anyway with --force"
+        )
+    # The differences are measured on what matches (a detector's boxes): decisions that stop matching count too.
+    if parity.agreement < FP32_MIN_AGREEMENT:
+        return (
+            f"{parity.agreement_name} with eager PyTorch is {parity.agreement:.1%} (limit {FP32_MIN_AGREEMENT:.0%}) on "
             f"{parity.images} images; report it, or keep the file anyway with --force"
         )
     return None

@@ -20,7 +20,8 @@ from imagerec.records import ModelInfo
 from imagerec.runs import RunDir
 from imagerec.tasks.base import Task
 
-MATCH_IOU = 0.5  # an exported box matches an eager one of the same class overlapping it by more than this
+MATCH_IOU = 0.5  # an exported box matches an eager one of the same class overlapping it by more than this (or
+# within a pixel of it)
 AGREEMENT = {"top1": "top-1 agreement", "boxes": "box match", "pixels": "pixel agreement"}
 
 
@@ -113,11 +114,16 @@ class _Differences:
         labels_e, labels_x = eager["labels"][keep_e], exported["labels"][keep_x]
         scores_e, scores_x = eager["scores"][keep_e], exported["scores"][keep_x].float()
         iou = box_iou(boxes_e, boxes_x) if len(boxes_e) and len(boxes_x) else torch.zeros(len(boxes_e), len(boxes_x))
+        # Boxes of no area (clipped at the border) have no IoU, even with themselves: within a pixel is a match.
+        close = (boxes_e[:, None] - boxes_x[None]).abs().amax(dim=-1) <= 1.0 if iou.numel() else iou.bool()
+        iou = torch.where(close, torch.ones_like(iou), iou.nan_to_num(0.0))
         iou[labels_e[:, None] != labels_x[None, :]] = 0
         taken: set[int] = set()
         for i in scores_e.argsort(descending=True).tolist():
-            candidates = [(float(iou[i, j]), j) for j in range(len(boxes_x)) if j not in taken]
-            best, j = max(candidates, default=(0.0, -1))
+            # The best overlap, and among equal overlaps (identical boxes) the closest score.
+            candidates = [(float(iou[i, j]), -abs(float(scores_e[i] - scores_x[j])), j)
+                          for j in range(len(boxes_x)) if j not in taken]  # fmt: skip
+            best, _, j = max(candidates, default=(0.0, 0.0, -1))
             if best > MATCH_IOU:
                 taken.add(j)
                 self._tensors(scores_e[i : i + 1], scores_x[j : j + 1])
