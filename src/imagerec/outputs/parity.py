@@ -79,6 +79,19 @@ class _Recorder(nn.Module):
         return self.last
 
 
+class _OneByOne(nn.Module):
+    """A detector fed one image per call, as its exported graph is. Eager torchvision detectors pad a batch to its
+    largest image, and what they find depends on that padding: on raccoon, fcos_lite scored map 0.227 in batches of
+    validation photos and 0.123 one photo at a time (the export: 0.123)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Any) -> list[Any]:
+        return [self.model([image])[0] for image in images]
+
+
 class _Differences:
     """Running maxima of output differences and counts of agreeing decisions."""
 
@@ -146,6 +159,8 @@ def check_parity(
     loader = DataLoader(dataset, batch_size=task.default_batch, collate_fn=task.collate())
     signature = task.export_signature(eager, info, dynamic_batch=True)
     diffs = _Differences(signature.agreement, getattr(task, "conf_threshold", 0.0))
+    if signature.per_image:  # compare like with like: see _OneByOne
+        eager = _OneByOne(eager)
     models = _Recorder(eager).eval(), _Recorder(exported).eval()
     metrics = task.metrics(), task.metrics()
     for batch in loader:
