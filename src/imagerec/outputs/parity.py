@@ -159,8 +159,8 @@ def check_parity(
     loader = DataLoader(dataset, batch_size=task.default_batch, collate_fn=task.collate())
     signature = task.export_signature(eager, info, dynamic_batch=True)
     diffs = _Differences(signature.agreement, getattr(task, "conf_threshold", 0.0))
-    if signature.per_image:  # compare like with like: see _OneByOne
-        eager = _OneByOne(eager)
+    if signature.per_image:  # compare like with like, eager or compiled networks included: see _OneByOne
+        eager, exported = _OneByOne(eager), _OneByOne(exported)
     models = _Recorder(eager).eval(), _Recorder(exported).eval()
     metrics = task.metrics(), task.metrics()
     for batch in loader:
