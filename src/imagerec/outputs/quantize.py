@@ -23,9 +23,8 @@ def calibration_images(run: RunDir, predictor: Predictor, calib: str | Path | No
     data = calib if calib is not None else run.read_config().get("data", {}).get("path")
     if data is None or not Path(data).exists():
         raise UserError(f"--int8 needs calibration images: pass --calib DATA (the run's data {data} is not here)")
-    split = "train" if calib is None else "val"
-    index = evaluation_index(run, data, split=split, classes=predictor.info.classes)
-    samples = index.samples(split)[:CALIBRATION_IMAGES]
+    index = evaluation_index(run, data, split="train", classes=predictor.info.classes)  # a flat folder: all of it
+    samples = index.samples("train")[:CALIBRATION_IMAGES]
     dataset = predictor.task.dataset(samples, info=predictor.info, augment=None, cache=False, coding=index.masks)
     per_image = predictor.task.export_signature(predictor.model, predictor.info, dynamic_batch=True).per_image
     images = [dataset[i][0] for i in range(len(dataset))]
