@@ -60,8 +60,8 @@ def export(
     `check` (default: the run's validation split).
 
     An fp32 export whose outputs differ by more than `atol` or whose decisions agree under FP32_MIN_AGREEMENT,
-    or an int8 export whose metric drops by more than `max_drop`, is refused (the file is removed) unless `force`. The check is saved beside the file as
-    `<file>.json` (`exports/<name>.json` in the run).
+    or an int8 export whose metric drops by more than `max_drop`, is refused (the file is removed) unless `force`.
+    The check is saved beside the file as `<file>.json` (`exports/<name>.json` in the run).
     """
     run_dir = run if isinstance(run, RunDir) else open_run(run)
     spec = FORMATS.get(format)
