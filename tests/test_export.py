@@ -180,6 +180,10 @@ def test_bad_exports_are_one_line_errors(runs, tmp_path, capsys, monkeypatch) ->
     assert "TorchScript exports stay fp32" in bad("export", runs["classify"], "--int8", "--format", "torchscript")
     assert "a onnx export is a .onnx file" in bad("export", runs["classify"], "--out", tmp_path / "m.txt")
     assert "unknown export format 'tflite'" in bad("export", runs["classify"], "--format", "tflite")
+    (tmp_path / "a-file").write_text("")
+    assert "cannot create this folder (a file is in the way)" in bad(
+        "export", runs["classify"], "--out", tmp_path / "a-file" / "m.onnx"
+    )
     damaged = tmp_path / "damaged.onnx"
     damaged.write_bytes(b"\x08\x01garbage")
     assert f"{damaged}: cannot be read as onnx" in bad("predict", damaged, tmp_path)

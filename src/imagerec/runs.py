@@ -7,6 +7,7 @@ import errno
 import io
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
     A crash or a full disk leaves the previous file intact; only the rename makes the new one visible.
     """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # a file where a folder should be, no permission, a read-only disk
-        why = "a file is in the way" if isinstance(error, FileExistsError | NotADirectoryError) else error.strerror
-        raise UserError(f"{path.parent}: cannot create this folder ({why}); choose another output") from None
+    make_folder(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
@@ -44,6 +41,25 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         if error.errno in _UNWRITABLE:
             raise UserError(f"{path}: cannot write here ({error.strerror}); choose another output") from None
         raise
+
+
+def make_folder(folder: Path) -> None:
+    """Create `folder` and its parents; a UserError saying why when that is impossible."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where a folder should be, no permission, a read-only disk
+        why = "a file is in the way" if isinstance(error, FileExistsError | NotADirectoryError) else error.strerror
+        raise UserError(f"{folder}: cannot create this folder ({why}); choose another output") from None
+
+
+def temporary_folder(folder: Path, *, prefix: str) -> tempfile.TemporaryDirectory:
+    """A temporary folder inside `folder` (so its files can be renamed into place); a UserError when `folder`
+    cannot be written (no permission, a read-only disk)."""
+    make_folder(folder)
+    try:
+        return tempfile.TemporaryDirectory(dir=folder, prefix=prefix)
+    except OSError as error:
+        raise UserError(f"{folder}: cannot write here ({error.strerror}); choose another --out") from None
 
 
 def write_text(path: Path, text: str) -> None:

@@ -7,7 +7,6 @@ How each format is written is in `outputs.graphs`; this module checks the result
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from imagerec.outputs.predict import load
 from imagerec.outputs.quantize import calibration_images, quantize
 from imagerec.outputs.runtimes import RUNTIMES, Exported
 from imagerec.records import ExportRecord
-from imagerec.runs import RunDir, open_run, write_json
+from imagerec.runs import RunDir, open_run, temporary_folder, write_json
 
 FP32_ATOL = 1e-3  # the largest difference of outputs (logits, scores, box pixels / 100) an fp32 export may show
 FP32_MIN_AGREEMENT = 0.98  # the least share of top-1 labels, boxes or pixels an fp32 export must agree on
@@ -76,8 +75,7 @@ def export(
         raise UserError(f"--out {dest}: a {format} export is a {spec.suffix} file")
     record = export_record(sig, format, int8=int8, dynamic_batch=dynamic_batch, opset=opset)
     meta = metadata(predictor.info, record)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".export-") as tmp:
+    with temporary_folder(dest.parent, prefix=".export-") as tmp:
         written = Path(tmp) / dest.name
         spec.write(sig, meta, written, opset)
         if calibration is not None:
