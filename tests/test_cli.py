@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from helpers import invoke, user_error
-from imagerec.cli.main import main
+from imagerec.cli.main import app, main
+from imagerec.errors import UserError
 
 IMAGEREC = Path(sys.executable).with_name("imagerec")
 TINY = ["--imgsz", "8", "--batch", "64", "--seed", "0"]
@@ -75,9 +77,15 @@ def images(digits_dir, tmp_path) -> Path:
     return folder
 
 
+def _invoke_failing(*args: object):
+    """`imagerec ARGS` that writes its output, then fails with a UserError (an input could not be read)."""
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+    assert isinstance(result.exception, UserError), result.output
+    return result
+
+
 def test_predict_json(cli_run, images):
-    result = invoke("predict", cli_run, images, "--format", "json", "--topk", 2)
-    assert result.exit_code == 0, result.output
+    result = _invoke_failing("predict", cli_run, images, "--format", "json", "--topk", 2)
     rows = {Path(r["source"]).stem: r for r in json.loads(result.stdout)}
     assert set(rows) == {"0", "5", "9", "broken"}
     assert rows["broken"]["labels"] == []
@@ -86,7 +94,7 @@ def test_predict_json(cli_run, images):
         assert rows[digit]["error"] is None
         assert len(rows[digit]["labels"]) == len(rows[digit]["probs"]) == 2
     assert sum(rows[d]["labels"][0] == d for d in ("0", "5", "9")) >= 2
-    assert "could not be read" in result.stderr
+    assert "1 of 4 image(s) could not be read" in str(result.exception)
 
 
 def test_predict_csv_to_file(cli_run, images, tmp_path):
@@ -101,8 +109,7 @@ def test_predict_csv_to_file(cli_run, images, tmp_path):
 
 
 def test_predict_table(cli_run, images):
-    result = invoke("predict", cli_run, images)
-    assert result.exit_code == 0, result.output
+    result = _invoke_failing("predict", cli_run, images)
     assert "unreadable" in result.stdout
     for name in ("0.png", "5.png", "9.png", "broken.png"):
         assert name in result.stdout

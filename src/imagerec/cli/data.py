@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from imagerec.cli.shared import MAX_IMAGE_PIXELS, MaxImagePixels
 from imagerec.data.samples import SAMPLES, write_sample
 
 app = typer.Typer(help="Write, inspect, validate, convert and split datasets.", no_args_is_help=True)
@@ -32,10 +33,13 @@ FormatOpt = Annotated[
 @app.command("sample")
 def sample(
     name: Annotated[str, typer.Argument(help=f"One of: {', '.join(SAMPLES.names())}.")],
-    out: Annotated[Path, typer.Argument(help="Folder to write the images to.")],
+    out: Annotated[Path, typer.Argument(help="New (or empty) folder to write the images to.")],
+    force: Annotated[
+        bool, Opt("--force", help="Write into a folder that holds files (same-named files are replaced).")
+    ] = False,
 ) -> None:
     """Write embedded real data (shipped with scikit-learn / scikit-image) as an image folder."""
-    path = write_sample(name, out)
+    path = write_sample(name, out, force=force)
     images = path / "images" if (path / "images").is_dir() else path  # digit scenes also write masks/
     count = sum(1 for _ in images.rglob("*.png"))
     Console().print(f"wrote {count} images of {name!r} to {path}")
@@ -159,8 +163,10 @@ def validate(
     strict: Annotated[
         bool, Opt("--strict", help="Detection: boxes outside the image or of zero area are errors (exit 2).")
     ] = False,
+    max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS,
 ) -> None:
-    """Find corrupt or empty images, duplicates (across splits: leakage) and odd channel counts; for detection
+    """Find corrupt or empty images (and those over --max-image-pixels), duplicates (across splits: leakage), odd
+    channel counts and animated images (only their first frame is read); for detection
     data also inverted, unknown-category, duplicate and outside-the-image boxes; for mask data images without a
     mask, masks without an image, and masks of another size or with values that are no class.
 
@@ -175,8 +181,9 @@ def validate(
     with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = bar.add_task("validate", total=None)
         report = validate_data(
-            data, format=format, progress=lambda done, total: bar.update(task, completed=done, total=total)
-        )
+            data, format=format, max_image_pixels=max_image_pixels,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )  # fmt: skip
     if as_json:
         print(json.dumps(report, indent=2))
     else:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from imagerec.cli.shared import MAX_IMAGE_PIXELS, MaxImagePixels, fail_if_unreadable
 from imagerec.errors import UserError
 
 Opt = typer.Option
@@ -41,14 +42,19 @@ def embed(
     batch: Annotated[int, Opt(help="Images per batch.")] = 64,
     imgsz: Annotated[int | None, Opt(help="Model name: input size (default: the weights', else 224).")] = None,
     workers: Annotated[int, Opt(help="Processes decoding images in parallel.")] = 0,
+    max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS,
 ) -> None:
-    """Write one embedding per image (path, vector, class folder) to a Parquet or NPZ file."""
+    """Write one embedding per image (path, vector, class folder) to a Parquet or NPZ file. An unreadable file is
+    left out (listed under `failed` in the file's metadata); after the others are written, the command then fails
+    (exit 2) with one line counting them."""
     from imagerec.outputs.embed import check_suffix, embed, open_embedder, with_labels
 
     check_suffix(out)
     console = Console(stderr=True)
     with _warnings_to(console):
-        embedder = open_embedder(run_or_model, layer=layer, weights=weights, imgsz=imgsz)
+        embedder = open_embedder(
+            run_or_model, layer=layer, weights=weights, imgsz=imgsz, max_image_pixels=max_image_pixels
+        )
     files = len(with_labels(sources))
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("embed", total=files)
@@ -58,9 +64,9 @@ def embed(
         )  # fmt: skip
     result.save(out)
     where = f"layer {layer}" if layer else "default features"
+    errors = [error for _, error in result.failed]
+    fail_if_unreadable(errors, len(result) + len(errors), done=f"embeddings were written to {out}")
     console.print(f"{len(result)} embeddings of {result.dim} values ({where}) written to {out}")
-    if result.failed:
-        console.print(f"[yellow]{len(result.failed)} file(s) could not be read and were skipped[/]")
 
 
 def _neighbors_table(results: list) -> Table:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from imagerec.errors import UserError
+from imagerec.cli.shared import MAX_IMAGE_PIXELS, MaxImagePixels, fail_if_unreadable
 
 Opt = typer.Option
 METHODS = "gradcam | gradcam++ | scorecam | hirescam | integrated-gradients"  # outputs.explain.METHODS, without torch
@@ -26,9 +26,11 @@ def explain(
     ] = None,
     conf: Annotated[float, Opt(help="Detection: minimum score of a box to explain.")] = 0.25,
     max_boxes: Annotated[int, Opt(help="Detection: most boxes explained per image, best first.")] = 10,
+    max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS,
 ) -> None:
     """Explain predictions with heatmaps over each image: for the predicted class, each detected box or each
-    segmented class. Unreadable files are skipped: the others are explained, then the command fails (exit 2)."""
+    segmented class. An unreadable file gets its error in explanations.json; after the others are explained, the
+    command then fails (exit 2) with one line counting them."""
     from imagerec.outputs.explain import explain as explain_images
     from imagerec.outputs.predict import expand_sources
 
@@ -39,7 +41,7 @@ def explain(
         bar = progress.add_task("explain", total=len(files))
         results = explain_images(
             run, files, method=method, target=target, out=folder, conf=conf, max_boxes=max_boxes,
-            progress=lambda n: progress.advance(bar, n),
+            max_image_pixels=max_image_pixels, progress=lambda n: progress.advance(bar, n),
         )  # fmt: skip
     table = Table("source", "target", "method", "score", "overlay")
     for r in results:
@@ -48,11 +50,8 @@ def explain(
         else:
             table.add_row(r.source, r.target, r.method, f"{r.score:.4f}", r.files.get("overlay", ""))
     Console().print(table)
-    failed = [r for r in results if r.error is not None]
-    if failed:  # after the others were written: one line, exit 2, and nothing lost
-        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        done = len(files) - len(failed)
-        raise UserError(f"{failed[0].error}{more}; the other {done} image(s) were explained into {folder}")
+    errors = [r.error for r in results if r.error is not None]
+    fail_if_unreadable(errors, len(files), done=f"image(s) were explained into {folder}")
     console.print(f"overlays, heatmaps (.npy) and explanations.json written to {folder}")
     explained = {r.source for r in results}
     nothing = [str(f) for f in files if str(f) not in explained]

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from imagerec.cli.shared import MAX_IMAGE_PIXELS, MaxImagePixels, fail_if_unreadable
 from imagerec.errors import UserError
 from imagerec.runs import write_text
 from imagerec.tasks.results import Detections, SegmentationMask
@@ -112,12 +113,14 @@ def predict(
         str | None,
         Opt(help="eager | compile | onnx | openvino | torchscript (default: eager for a run, the file's own format)."),
     ] = None,
+    max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS,
 ) -> None:
-    """Predict images; unreadable files are reported in the output and skipped."""
+    """Predict images. An unreadable file gets its error in the output (the `error` field or column) in its place;
+    after everything else is written, the command then fails (exit 2) with one line counting them."""
     from imagerec.outputs.predict import expand_sources, load
     from imagerec.outputs.writers import check_format, render, save_outputs
 
-    predictor = load(run, imgsz=imgsz, runtime=runtime)
+    predictor = load(run, imgsz=imgsz, runtime=runtime, max_image_pixels=max_image_pixels)
     check_format(fmt, predictor.task.result_type)
     options = {
         "topk": topk, "conf": conf, "iou": iou, "agnostic": agnostic_nms, "max_det": max_det, "tile": tile,
@@ -130,11 +133,14 @@ def predict(
     results: list[Any] = []
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("predict", total=len(files))
-        for result in predictor.predict_iter(files, batch=batch, workers=workers, **options):
+        found = predictor.predict_iter(files, batch=batch, workers=workers, **options)
+        for source, result in zip(files, found, strict=True):
             results.append(result)
-            save_outputs(result, predictor.info, images=save_images, masks=save_masks)
+            save_outputs(
+                result, Path(source), predictor.info, images=save_images, masks=save_masks,
+                max_pixels=max_image_pixels,
+            )  # fmt: skip
             progress.advance(bar)
-    failed = sum(r.error is not None for r in results)
     if fmt == "table" and out is None:
         Console().print(_table(results))
     else:
@@ -143,9 +149,10 @@ def predict(
             print(text, end="")
         else:
             write_text(out, text)
-            console.print(f"{len(results)} results written to {out}")
+    where = "printed above" if out is None else f"written to {out}"
+    fail_if_unreadable([r.error for r in results if r.error is not None], len(results), done=f"results were {where}")
+    if out is not None:
+        console.print(f"{len(results)} results written to {out}")
     for folder, what in ((save_images, "drawn images"), (save_masks, "index-mask PNGs")):
         if folder is not None:
             console.print(f"{what} written to {folder}")
-    if failed:
-        console.print(f"[yellow]{failed} file(s) could not be read and were skipped[/]")

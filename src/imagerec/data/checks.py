@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import statistics
 from collections import Counter, defaultdict
@@ -15,7 +16,7 @@ import numpy as np
 from imagerec.data._mask_checks import check_polygons, mask_inspection, mask_problems, polygon_problems
 from imagerec.data.convert import Placer, check_out, free_name, staged_output
 from imagerec.data.formats import DETECTION_FORMATS, load_index, load_index_with_findings
-from imagerec.data.images import read_image
+from imagerec.data.images import MAX_PIXELS, frame_count, read_image
 from imagerec.data.index import DataIndex
 from imagerec.data.scan import entries, exif_orientation, ordered_splits, parallel, problem, read_header, spread
 from imagerec.data.split import stratified_split
@@ -30,7 +31,9 @@ __all__ = ["inspect_data", "split_dataset", "validate_data"]
 _KIND_ORDER = (
     "leak", "corrupt", "empty", "mask-corrupt", "no-mask", "no-image", "mask-size", "mask-values", "inverted",
     "unknown-category", "unknown-image", "polygon", "size", "orientation", "duplicate", "duplicate-box", "channels",
+    "animated",
 )  # fmt: skip
+_ANIMATABLE = frozenset({".gif", ".png", ".webp"})  # GIF, APNG and WebP may hold frames past the first
 _SMALL, _MEDIUM = 32**2, 96**2  # COCO's area ranges
 _DUPLICATE_IOU = 0.95
 
@@ -136,10 +139,11 @@ class _Scan:
     size: tuple[int, int] | None = None  # decoded (width, height)
     error: str | None = None
     kind: str | None = None  # "empty" or "corrupt" when error is set
+    frames: int = 1  # an animated image's frames, of which training and prediction read the first
 
 
-def _scan(path: Path) -> _Scan:
-    """Hash the bytes and fully decode the image once."""
+def _scan(path: Path, max_pixels: int = MAX_PIXELS) -> _Scan:
+    """Hash the bytes and fully decode the image once (refused unread above `max_pixels`)."""
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -152,10 +156,24 @@ def _scan(path: Path) -> _Scan:
         return _Scan(path, error=f"{path}: empty file (0 bytes); replace or remove it", kind="empty")
     digest = hashlib.sha1(data, usedforsecurity=False).hexdigest()
     try:
-        shape = read_image(path).shape
+        shape = read_image(path, max_pixels=max_pixels).shape
+        frames = frame_count(path, max_pixels=max_pixels) if path.suffix.lower() in _ANIMATABLE else 1
     except UserError as error:
         return _Scan(path, digest, error=str(error), kind="corrupt")
-    return _Scan(path, digest, shape[0], (shape[2], shape[1]))
+    return _Scan(path, digest, shape[0], (shape[2], shape[1]), frames=frames)
+
+
+def _animation_problems(scans: dict[Path, _Scan]) -> list[dict[str, Any]]:
+    return [
+        problem(
+            "animated",
+            [s.path],
+            f"{s.path}: animated ({s.frames} frames); only the first frame is read: save the "
+            "frame you mean as a still image, or each frame as an image of its own",
+        )  # fmt: skip
+        for s in scans.values()
+        if s.frames > 1
+    ]
 
 
 def _label(target: Any) -> str:
@@ -261,15 +279,21 @@ def _box_problems(index: DataIndex, scans: dict[Path, _Scan]) -> list[dict[str, 
 
 
 def validate_data(
-    path: Path | str, *, format: str = "auto", progress: Callable[[int, int], None] | None = None
+    path: Path | str,
+    *,
+    format: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    max_image_pixels: int = MAX_PIXELS,
 ) -> dict[str, Any]:
     """Find problems worth fixing before training; each problem names its file(s).
 
     Every image is read once: its bytes are hashed (sha1) and it is fully decoded with `read_image`. Problem
     kinds, reported in this order: `leak` (identical bytes in two splits, so evaluation sees training images),
-    `corrupt` (does not decode, e.g. truncated), `empty` (0 bytes), `duplicate` (identical bytes twice within
-    one split) and `channels` (channel count differs from the majority). `progress(done, total)` is called
-    after each file. Structural problems (missing path, empty class folder, bad CSV) raise UserError instead.
+    `corrupt` (does not decode, e.g. truncated, or its header claims more than `max_image_pixels`: a
+    decompression bomb, not decoded), `empty` (0 bytes), `duplicate` (identical bytes twice within one split),
+    `channels` (channel count differs from the majority) and `animated` (a GIF, APNG or WebP of several frames,
+    of which only the first is read). `progress(done, total)` is called after each file. Structural problems
+    (missing path, empty class folder, bad CSV) raise UserError instead.
 
     Detection data adds the problems `inverted` (x2 < x1 or y2 < y1), `unknown-category` (a category id, class
     index or name not in the class list), `unknown-image` (a COCO annotation for an image id not listed), `size`
@@ -294,12 +318,13 @@ def validate_data(
             progress(done, total)
 
     scans: dict[Path, _Scan] = {}
-    for scan in parallel(_scan, paths):
+    for scan in parallel(functools.partial(_scan, max_pixels=max_image_pixels), paths):
         scans[scan.path] = scan
         tick()
     problems = [problem(s.kind or "corrupt", [s.path], s.error) for s in scans.values() if s.error is not None]
     problems += _duplicate_problems(index, scans)
     problems += _channel_problems(scans)
+    problems += _animation_problems(scans)
     detection = _is_detection(index)
     if detection:
         problems += findings.problems + _box_problems(index, scans) + polygon_problems(index)

@@ -22,6 +22,7 @@ from imagerec.data.formats import DATA_FORMATS, DETECTION_FORMATS, load_index
 from imagerec.data.index import DataIndex
 from imagerec.data.targets import Sample
 from imagerec.errors import UserError
+from imagerec.runs import make_folder
 
 __all__ = ["Converted", "convert_data", "convert_index"]
 
@@ -42,8 +43,9 @@ def check_out(out: Path, data: Path) -> None:
 @contextmanager
 def staged_output(out: Path, what: str) -> Iterator[Path]:
     """A hidden sibling folder to write into, renamed to `out` only when the block completes, so an interrupted
-    run never leaves a half-written OUT behind. `out` must be absent or empty (see `check_out`)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    run never leaves a half-written OUT behind. `out` must be absent or empty (see `check_out`); a place that
+    cannot be written (no permission, a read-only disk) or a full disk is a UserError."""
+    make_folder(out.parent)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -56,6 +58,8 @@ def staged_output(out: Path, what: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f"{out}: out of disk space while writing {what}; nothing was written") from None
+        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"{out}: cannot write {what} here ({error.strerror}); choose another folder") from None
         raise
 
 

@@ -77,7 +77,11 @@ class DataIndex:
         for split in sorted(self.splits):
             for s in sorted(self.splits[split], key=lambda s: str(s.path)):
                 size = s.path.stat().st_size if s.path.exists() else -1
-                digest.update(f"{split}|{self.relative(s.path)}|{size}|{self._target_key(s.target)}\n".encode())
+                digest.update(
+                    f"{split}|{self.relative(s.path)}|{size}|{self._target_key(s.target)}\n".encode(
+                        errors="surrogateescape"
+                    )
+                )
         return digest.hexdigest()[:16]
 
     def _target_key(self, target: object) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from imagerec.data.convert import staged_output
+from imagerec.errors import UserError
 from imagerec.registry import Registry
 
 SAMPLES: Registry[Callable[[Path], Path]] = Registry("sample dataset")
@@ -45,9 +48,29 @@ def write_faces(out: Path) -> Path:
     return _write_pngs(out, pixels, labels, [f"lfw_{i:03d}" for i in range(len(labels))])
 
 
-def write_sample(name: str, out: Path | str) -> Path:
-    """Write the embedded dataset `name` (see `SAMPLES.names()`) to `out` and return it."""
-    return SAMPLES.get(name)(Path(out))
+def write_sample(name: str, out: Path | str, *, force: bool = False) -> Path:
+    """Write the embedded dataset `name` (see `SAMPLES.names()`) to `out` and return it.
+
+    `out` must be new or empty: it is written as a whole, or not at all. With `force`, a folder that holds files
+    is written into (the sample's files replace those of the same name; others stay)."""
+    out = Path(out)
+    write = SAMPLES.get(name)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: a file is in the way; give a folder to write the sample into")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"{out}: already exists and is not empty; give a new folder, or --force to write into it")
+        try:
+            return write(out)
+        except OSError as error:
+            if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+                raise UserError(
+                    f"{out}: cannot write the sample here ({error.strerror}); choose another folder"
+                ) from None
+            raise
+    with staged_output(out, f"the {name} sample") as tmp:
+        write(tmp)
+    return out
 
 
 # --- digit scenes: detection and instance-segmentation ground truth from real glyphs ------------------------------

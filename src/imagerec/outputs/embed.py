@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from imagerec.data.images import to_channels
+from imagerec.data.images import MAX_PIXELS, to_channels
 from imagerec.errors import UserError
 from imagerec.models.embedding import backbone_name, check_layer, classifier_name, extract
 from imagerec.outputs.predict import DecodedImages, ImageLike, expand_sources, load, pick_device, to_tensor
@@ -181,26 +181,30 @@ def open_embedder(
     weights: str | None = None,
     imgsz: int | None = None,
     device: str = "auto",
+    max_image_pixels: int = MAX_PIXELS,
 ) -> Embedder:
     """An Embedder for a run directory (any task) or a classifier name (fresh weights, or `weights`).
 
     `layer` names any module (`model.named_modules()`); by default a classifier gives its pre-logits features
     and a detector or segmenter its backbone's pooled deepest feature map. A classifier name without `weights`
-    warns (UserWarning): an untrained network's embeddings mean little.
+    warns (UserWarning): an untrained network's embeddings mean little. Image files whose header claims more than
+    `max_image_pixels` are refused unread (a decompression bomb).
     """
     path = Path(run_or_model).expanduser()
     if path.is_dir():
         if weights is not None:
             raise UserError(f"--weights applies to a model name; the run {path} embeds with its own weights")
-        return _run_embedder(path, layer=layer, imgsz=imgsz, device=device)
+        return _run_embedder(path, layer=layer, imgsz=imgsz, device=device, max_image_pixels=max_image_pixels)
     name = str(run_or_model)
     if path.exists() or ("/" in name and not name.startswith("timm:")):
         raise UserError(f"{path}: not a run directory; give the folder imagerec train wrote, or a model name")
-    return _model_embedder(name, layer=layer, weights=weights, imgsz=imgsz, device=device)
+    return _model_embedder(
+        name, layer=layer, weights=weights, imgsz=imgsz, device=device, max_image_pixels=max_image_pixels
+    )
 
 
-def _run_embedder(path: Path, *, layer: str | None, imgsz: int | None, device: str) -> Embedder:
-    predictor = load(path, device=device, imgsz=imgsz)
+def _run_embedder(path: Path, *, layer: str | None, imgsz: int | None, device: str, max_image_pixels: int) -> Embedder:
+    predictor = load(path, device=device, imgsz=imgsz, max_image_pixels=max_image_pixels)
     info, model = predictor.info, predictor.model
     classify = issubclass(predictor.task.result_type, Classification)
     if layer is not None:
@@ -223,7 +227,9 @@ def _run_embedder(path: Path, *, layer: str | None, imgsz: int | None, device: s
     )
 
 
-def _model_embedder(name: str, *, layer: str | None, weights: str | None, imgsz: int | None, device: str) -> Embedder:
+def _model_embedder(
+    name: str, *, layer: str | None, weights: str | None, imgsz: int | None, device: str, max_image_pixels: int
+) -> Embedder:
     from imagerec.models import create_classifier
     from imagerec.models.weights import IMAGENET_MEAN, IMAGENET_STD, apply_weights, fit_channels, weights_preprocessing
     from imagerec.transforms.classification import eval_transform
@@ -252,7 +258,7 @@ def _model_embedder(name: str, *, layer: str | None, weights: str | None, imgsz:
     }  # fmt: skip
     return Embedder(
         model,
-        lambda image: transform(to_channels(to_tensor(image), 3)),
+        lambda image: transform(to_channels(to_tensor(image, max_pixels=max_image_pixels), 3)),
         layer=layer or classifier_name(model),
         use_input=layer is None,
         per_image=False,
@@ -294,6 +300,7 @@ def embed(
     imgsz: int | None = None,
     device: str = "auto",
     workers: int = 0,
+    max_image_pixels: int = MAX_PIXELS,
     progress: Callable[[int], None] | None = None,
     embedder: Embedder | None = None,
 ) -> Embeddings:
@@ -301,22 +308,26 @@ def embed(
     out and listed in `failed`. `progress(n)` is called as images are done. Save with `.save(path)`."""
     if batch < 1:
         raise UserError(f"--batch {batch}: must be at least 1")
-    embedder = embedder or open_embedder(run_or_model, layer=layer, weights=weights, imgsz=imgsz, device=device)
+    embedder = embedder or open_embedder(
+        run_or_model, layer=layer, weights=weights, imgsz=imgsz, device=device, max_image_pixels=max_image_pixels
+    )
     files = with_labels(sources)
-    label_of = {str(file): label for file, label in files}
-    paths, vectors, failed = [], [], []
-    for name, vector, error in embedder.embed_iter([file for file, _ in files], batch=batch, workers=workers):
+    paths, vectors, labels, failed = [], [], [], []
+    found = embedder.embed_iter([file for file, _ in files], batch=batch, workers=workers)
+    for (_, label), (name, vector, error) in zip(files, found, strict=True):
         if error is None:
             paths.append(name)
             vectors.append(vector)
+            labels.append(label)
         else:
             failed.append((name, error))
         if progress is not None:
             progress(1)
     if not vectors:
         raise UserError(f"none of the {len(files)} image(s) could be read (first: {failed[0][1]})")
-    labels = [label_of.get(p) for p in paths]
     stacked = np.stack(vectors).astype(np.float32)
     taken = f"{'input' if embedder.use_input else 'output'} of {embedder.layer}"
     meta = {**embedder.meta, "features": taken, "dim": int(stacked.shape[1])}
+    if failed:  # the file says which images it lacks, and why
+        meta["failed"] = [{"path": name, "error": error} for name, error in failed]
     return Embeddings(paths, stacked, meta, labels if any(labels) else None, failed)

@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from imagerec.data.images import to_channels
+from imagerec.data.images import MAX_PIXELS as MAX_IMAGE_PIXELS
 from imagerec.errors import UserError
 from imagerec.models.cam_layers import cam_layer
 from imagerec.models.detection import thresholds
-from imagerec.outputs.predict import ImageLike, Predictor, expand_sources, load, source_name, to_tensor
+from imagerec.outputs.predict import ImageLike, Predictor, expand_sources, load, source_name
+from imagerec.outputs.writers import printable
 from imagerec.runs import RunDir, write_json
 from imagerec.tasks.results import Classification, Detections
 
@@ -102,6 +103,7 @@ def explain(
     device: str = "auto",
     conf: float = 0.25,
     max_boxes: int = 10,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
     progress: Callable[[int], None] | None = None,
 ) -> list[Explanation]:
     """Heatmaps of why a trained run predicted what it did on `sources` (files, folders, images or tensors).
@@ -112,10 +114,13 @@ def explain(
     `target`). `method` is one of METHODS, HiResCAM by default. With `out`, each map
     is written as an overlay PNG and a float32 `.npy` (see `save_explanation`), indexed in `explanations.json`.
     An image that cannot be read, or is too large to explain whole, gives an Explanation with `error` set; the
-    others are still explained. `progress(n)` is
-    called as images are done.
+    others are still explained; so does an image file whose header claims more than `max_image_pixels` (a
+    decompression bomb), unread. `progress(n)` is called as images are done.
     """
-    explainer = Explainer(run, method=method, target=target, device=device, conf=conf, max_boxes=max_boxes)
+    explainer = Explainer(
+        run, method=method, target=target, device=device, conf=conf, max_boxes=max_boxes,
+        max_image_pixels=max_image_pixels,
+    )  # fmt: skip
     if isinstance(sources, str | Path | Image.Image | np.ndarray | torch.Tensor):
         sources = [sources]
     results: list[Explanation] = []
@@ -126,7 +131,7 @@ def explain(
             image = explainer.read(source)
             found = explainer.explain_image(image, name)
         except UserError as error:
-            found = [Explanation(name, error=str(error))]
+            found = [Explanation(name, error=printable(str(error)))]
         if out is not None and found and found[0].error is None:
             stem = _unique_stem(name, used)
             found = [save_explanation(e, image, Path(out) / _file_name(e, stem, k)) for k, e in enumerate(found, 1)]
@@ -150,10 +155,12 @@ class Explainer:
         device: str = "auto",
         conf: float = 0.25,
         max_boxes: int = 10,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
         if method is not None and method not in METHODS:
             raise UserError(f"--method {method!r}: use one of {', '.join(METHODS)}")
-        self.predictor = run if isinstance(run, Predictor) else load(run, device=device)
+        loaded = run if isinstance(run, Predictor) else load(run, device=device, max_image_pixels=max_image_pixels)
+        self.predictor = loaded
         self.info, self.classes = self.predictor.info, self.predictor.classes
         if target is not None and target not in self.classes:
             raise UserError(f"--target {target!r} is not a class of this model; its classes: {', '.join(self.classes)}")
@@ -174,7 +181,7 @@ class Explainer:
 
     def read(self, source: ImageLike) -> torch.Tensor:
         """`source` as a C×H×W float image in [0, 1] with the model's channels; UserError when unreadable."""
-        return to_channels(to_tensor(source), self.info.channels)
+        return self.predictor.read(source)
 
     def explain_image(self, image: torch.Tensor, name: str = "<image>") -> list[Explanation]:
         """The explanations of one C×H×W image in [0, 1] (see `explain`); a UserError for a segmenter's image above

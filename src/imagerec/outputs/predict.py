@@ -12,7 +12,15 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from imagerec.data.images import _pil_to_array, _to_unit_float, is_image_file, read_image, to_channels
+from imagerec.data.images import (
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    _pil_to_array,
+    _to_unit_float,
+    is_image_file,
+    read_image,
+    to_channels,
+)
 from imagerec.errors import UserError
 from imagerec.outputs.graphs import in_memory
 from imagerec.outputs.runtimes import (
@@ -25,6 +33,7 @@ from imagerec.outputs.runtimes import (
     open_exported,
     runtime_names,
 )
+from imagerec.outputs.writers import printable
 from imagerec.records import ModelInfo
 from imagerec.runs import Run, RunDir, open_run
 from imagerec.tasks.base import PredictOptions
@@ -44,13 +53,18 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def expand_sources(sources: Iterable[ImageLike]) -> list[ImageLike]:
-    """Folders become their image files (recursively, sorted); a missing path is an error."""
+    """Folders become their image files (recursively, sorted); a missing path, or a folder without images, is an
+    error."""
     expanded: list[ImageLike] = []
     for source in sources:
         if isinstance(source, str | Path):
             path = Path(source).expanduser()
             if path.is_dir():
-                expanded.extend(sorted(p for p in path.rglob("*") if is_image_file(p)))
+                found = sorted(p for p in path.rglob("*") if is_image_file(p))
+                if not found:
+                    kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+                    raise UserError(f"{path}: no image files in this folder or below it ({kinds}); give another folder")
+                expanded.extend(found)
             elif path.exists():
                 expanded.append(path)
             else:
@@ -60,9 +74,10 @@ def expand_sources(sources: Iterable[ImageLike]) -> list[ImageLike]:
     return expanded
 
 
-def to_tensor(image: ImageLike) -> torch.Tensor:
+def to_tensor(image: ImageLike, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """A file (refused above `max_pixels`, read from its header), PIL image, array or tensor as C×H×W float."""
     if isinstance(image, str | Path):
-        return read_image(Path(image))
+        return read_image(Path(image), max_pixels=max_pixels)
     if isinstance(image, Image.Image):
         image = _pil_to_array(image)
     if isinstance(image, np.ndarray):  # scaled as files are: 8-bit /255, 16-bit /65535, float clipped to [0, 1]
@@ -74,8 +89,8 @@ def to_tensor(image: ImageLike) -> torch.Tensor:
 
 
 def source_name(image: ImageLike, position: int) -> str:
-    """How results name a source: its path, or `<image N>` for an in-memory image at position N."""
-    return str(image) if isinstance(image, str | Path) else f"<image {position}>"
+    """How results name a source: its path (see `printable`), or `<image N>` for an in-memory image at position N."""
+    return printable(image) if isinstance(image, str | Path) else f"<image {position}>"
 
 
 class DecodedImages(Dataset):
@@ -92,7 +107,7 @@ class DecodedImages(Dataset):
         try:
             return name, self.preprocess(self.sources[i]), None
         except UserError as error:
-            return name, None, str(error)
+            return name, None, printable(str(error))
 
 
 class Predictor:
@@ -103,7 +118,7 @@ class Predictor:
     else 0.25; `iou`, the non-maximum-suppression overlap; `agnostic`, suppression across classes; `max_det`, the
     most boxes per image), instance segmentation `InstanceMasks` (same options); semantic segmentation gives
     `SegmentationMask` (options: `tile` and `overlap` for sliding-window inference, `max_pixels` above which an
-    image needs a tile size).
+    image needs a tile size). Image files whose header claims more than `max_image_pixels` are refused unread.
     """
 
     def __init__(
@@ -114,8 +129,10 @@ class Predictor:
         device: torch.device,
         run: RunDir | None = None,
         runtime: str = "eager",
+        max_image_pixels: int = MAX_PIXELS,
     ) -> None:
         self.info, self.run, self.runtime, self.device = info, run, runtime, device
+        self.max_image_pixels = max_image_pixels  # an attribute, so DataLoader workers decoding for it get it too
         self.task = task_from_info(info)
         self.classes: list[str] = info.classes
         self.model = model.to(device).eval()
@@ -123,7 +140,13 @@ class Predictor:
 
     @classmethod
     def from_run(
-        cls, run: RunDir, *, device: str = "auto", weights: str = "best", imgsz: int | None = None
+        cls,
+        run: RunDir,
+        *,
+        device: str = "auto",
+        weights: str = "best",
+        imgsz: int | None = None,
+        max_image_pixels: int = MAX_PIXELS,
     ) -> Predictor:
         """The run's eager network with its best (else last) weights; `imgsz` overrides a detector's input size."""
         info = run.read_model_info()
@@ -133,10 +156,14 @@ class Predictor:
         model = task.build_model(info)
         path = run.best if weights == "best" and run.best.exists() else run.last
         model.load_state_dict(load_weights(path))
-        return cls(info, model, device=pick_device(device), run=run)
+        return cls(info, model, device=pick_device(device), run=run, max_image_pixels=max_image_pixels)
+
+    def read(self, image: ImageLike) -> torch.Tensor:
+        """`image` as C×H×W in [0, 1] with the model's channels; a UserError when it cannot be read."""
+        return to_channels(to_tensor(image, max_pixels=self.max_image_pixels), self.info.channels)
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
-        image = to_channels(to_tensor(image), self.info.channels)
+        image = self.read(image)
         return image if self.transform is None else self.transform(image)
 
     @torch.no_grad()
@@ -183,31 +210,40 @@ def load(
     weights: str = "best",
     imgsz: int | None = None,
     runtime: str | None = None,
+    max_image_pixels: int = MAX_PIXELS,
 ) -> Predictor:
     """Load a run directory (any task; or the Run `imagerec.train` returned) or an exported file (.onnx, .xml,
     .torchscript) for prediction.
 
     `runtime`: `eager` (default for runs), `compile` (torch.compile), or `onnx`, `openvino`, `torchscript` (default
     for an exported file: its own format; a run is exported in memory first). `imgsz` overrides a detector's input
-    size (runs only: an exported graph fixes it).
+    size (runs only: an exported graph fixes it). Image files whose header claims more than `max_image_pixels` are
+    refused unread (a decompression bomb).
     """
     if isinstance(run, str | Path) and is_exported(run):
-        return _load_exported(Path(run), device=device, imgsz=imgsz, runtime=runtime)
+        return _load_exported(Path(run), device=device, imgsz=imgsz, runtime=runtime, max_image_pixels=max_image_pixels)
     run_dir = run if isinstance(run, RunDir) else open_run(run.path if isinstance(run, Run) else run)
     runtime = runtime or "eager"
     if runtime not in runtime_names():
         RUNTIMES.get(runtime)  # names the runtimes there are
     if runtime in EAGER_RUNTIMES:
-        predictor = Predictor.from_run(run_dir, device=device, weights=weights, imgsz=imgsz)
+        predictor = Predictor.from_run(
+            run_dir, device=device, weights=weights, imgsz=imgsz, max_image_pixels=max_image_pixels
+        )
         if runtime == "compile":
             predictor.model, predictor.runtime = compiled(predictor.model), runtime
         return predictor
     eager = Predictor.from_run(run_dir, device="cpu", weights=weights, imgsz=imgsz)
     graph = in_memory(eager.task, eager.model, eager.info, runtime)
-    return Predictor(eager.info, graph, device=_cpu_only(device, runtime), run=run_dir, runtime=runtime)
+    return Predictor(
+        eager.info, graph, device=_cpu_only(device, runtime), run=run_dir, runtime=runtime,
+        max_image_pixels=max_image_pixels,
+    )  # fmt: skip
 
 
-def _load_exported(path: Path, *, device: str, imgsz: int | None, runtime: str | None) -> Predictor:
+def _load_exported(
+    path: Path, *, device: str, imgsz: int | None, runtime: str | None, max_image_pixels: int
+) -> Predictor:
     exported = open_exported(path)
     runtime = runtime or exported.format
     if runtime in EAGER_RUNTIMES:
@@ -216,7 +252,9 @@ def _load_exported(path: Path, *, device: str, imgsz: int | None, runtime: str |
     if imgsz is not None:
         raise UserError(f"{path}: --imgsz is fixed in an exported graph; export the run again with the size you want")
     model = RUNTIMES.get(runtime)(exported)
-    return Predictor(exported.info, model, device=_cpu_only(device, runtime), runtime=runtime)
+    return Predictor(
+        exported.info, model, device=_cpu_only(device, runtime), runtime=runtime, max_image_pixels=max_image_pixels
+    )
 
 
 def _cpu_only(device: str, runtime: str) -> torch.device:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,12 @@ from imagerec.records import ModelInfo
 from imagerec.tasks.results import Classification, Detections, InstanceMasks, Result, SegmentationMask, coco_results
 
 FORMATS = ("table", "json", "csv", "coco")
+
+
+def printable(path: str | Path) -> str:
+    """`path` as text every UTF-8 writer and terminal accepts: bytes of a file name that are not UTF-8 (which
+    Python holds as surrogate escapes) become `\\xNN`. Lossy on purpose: the output stays valid UTF-8."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def check_format(fmt: str, result_type: type[Result]) -> None:
@@ -62,9 +69,11 @@ def _csv_rows(results: Sequence[Result]) -> list[list[Any]]:
     return rows
 
 
-def save_outputs(result: Result, info: ModelInfo, *, images: Path | None, masks: Path | None) -> None:
+def save_outputs(
+    result: Result, source: Path, info: ModelInfo, *, images: Path | None, masks: Path | None, max_pixels: int
+) -> None:
     """Write `result`'s drawn image to `images` and its index mask to `masks` (each when given), named after
-    the source file's stem."""
+    its `source` file's stem; the source is read again under the same `max_pixels` limit it was predicted with."""
     if result.error is not None or (images is None and masks is None):
         return
     from imagerec.data.images import read_image
@@ -77,12 +86,12 @@ def save_outputs(result: Result, info: ModelInfo, *, images: Path | None, masks:
         save_png,
     )  # fmt: skip
 
-    stem = Path(result.source).stem
+    stem = source.stem
     if masks is not None and isinstance(result, SegmentationMask):
         save_class_map(result, masks / f"{stem}.png")
     if images is None:
         return
-    image = read_image(Path(result.source))
+    image = read_image(source, max_pixels=max_pixels)
     if isinstance(result, Classification):
         drawn = draw_classification(image, result, info.classes)
     elif isinstance(result, SegmentationMask):

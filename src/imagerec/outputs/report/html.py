@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from imagerec.outputs.report.blocks import Block, Figure, Gallery, ReportContext, Section, Table
+from imagerec.outputs.writers import printable
 from imagerec.runs import atomic_write, write_text
 
 DPI = 100
@@ -244,7 +245,7 @@ def _gallery(gallery: Gallery, pictures: Pictures) -> str:
 
 
 def _e(text: str) -> str:
-    return html.escape(text, quote=True)
+    return html.escape(printable(text), quote=True)
 
 
 CSS = """
