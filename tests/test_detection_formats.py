@@ -313,9 +313,19 @@ def test_boxes_outside_the_image_are_clipped_with_a_note(tmp_path):
 
 
 def test_zero_area_boxes_are_dropped_with_a_note(tmp_path):
-    index = load_index(_coco_with(tmp_path, [5, 5, 0, 10]))
-    assert index.splits["all"][0].target.boxes == ()
+    _image(tmp_path / "d" / "a.png", (40, 30))
+    annotations = [
+        {"id": i, "image_id": 1, "category_id": 1, "bbox": b} for i, b in enumerate([[5, 5, 0, 10], [1, 1, 5, 5]])
+    ]
+    index = load_index(_write(tmp_path / "d" / "annotations.json", _coco_doc([(1, "a.png", 40, 30)], annotations)))
+    assert index.splits["all"][0].target.boxes == ((1.0, 1.0, 6.0, 6.0),)
     assert "1 box(es) with zero width or height were dropped" in index.notes[0]
+
+
+def test_detection_data_without_a_single_box_is_an_error(tmp_path):
+    # Read as detection data, a folder whose every box was dropped (or never given) would train on nothing.
+    with pytest.raises(UserError, match=r"none of its 1 image\(s\) has a box.*zero width or height were dropped"):
+        load_index(_coco_with(tmp_path, [5, 5, 0, 10]))
 
 
 # --- bad input: one line, exit 2 -----------------------------------------------------------------------------

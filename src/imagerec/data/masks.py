@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imagerec.data.images import IMAGE_EXTENSIONS
 from imagerec.data.targets import Objects
 from imagerec.errors import UserError
 
@@ -24,6 +25,16 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
 _TIFF = frozenset({".tif", ".tiff"})
+# Every format Pillow reads masks from: palette GIFs are common in medical data (DRIVE, CHASE, …); JPEG is read but
+# noted, since lossy compression changes the values along every edge.
+MASK_EXTENSIONS = IMAGE_EXTENSIONS | {".gif"}
+LOSSY_EXTENSIONS = frozenset({".jpg", ".jpeg"})
+
+
+def is_mask_file(path: Path) -> bool:
+    return path.suffix.lower() in MASK_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+
+
 _LISTED = 5  # offending values or colours named in one error line
 
 
@@ -103,9 +114,14 @@ def open_mask(path: Path) -> StoredMask:
 
 def size_mismatch(mask: Path, mask_size: tuple[int, int], image: Path, image_size: tuple[int, int]) -> str:
     """The one line saying a mask and its image differ in size (sizes as width, height)."""
+    turned = (
+        " (turned: where an image has an EXIF orientation, its mask follows the upright image, as its pixels do)"
+        if tuple(mask_size) == tuple(image_size)[::-1]
+        else ""
+    )
     return (
-        f"{mask}: the mask is {mask_size[0]}×{mask_size[1]} but its image {image} is {image_size[0]}×{image_size[1]}; "
-        "a mask must have its image's size"
+        f"{mask}: the mask is {mask_size[0]}×{mask_size[1]} but its image {image} is {image_size[0]}×{image_size[1]}"
+        f"{turned}; a mask must have its image's size"
     )
 
 

@@ -29,14 +29,26 @@ def _actual(data_format: DataFormat, path: Path) -> str:
     return data_format.variant(path) if data_format.variant is not None else data_format.name
 
 
+def _refuse_ambiguous(path: Path) -> None:
+    """Image + mask pairs that also carry YOLO labels could be either task: say so rather than pick one."""
+    if yolo.has_labels(path):
+        raise UserError(
+            f"{path}: holds both segmentation masks paired with images and YOLO box labels (a data.yaml or label "
+            ".txt files); give --format masks or --format yolo"
+        )
+
+
 def detect_format(path: Path) -> str:
-    """The format of the data at `path`, judged from file suffixes and the layout (no file is fully read)."""
+    """The format of the data at `path`, judged from file suffixes and the layout (no file is fully read); a
+    UserError when the layout is as much one format as another."""
     ordered = sorted(DATA_FORMATS.values(), key=lambda f: f.priority)
     if path.is_file():
         suffix = path.suffix.lower()
         found = next((f for f in ordered if suffix in f.suffixes), None)
     else:
         found = next((f for f in ordered if f.detect is not None and f.detect(path)), None)
+        if found is masks.FORMAT:
+            _refuse_ambiguous(path)
     return _actual(found, path) if found is not None else _FALLBACK
 
 

@@ -3,7 +3,6 @@ the few helpers their writers use."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
@@ -12,11 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from PIL import Image
+from pydantic import BaseModel, StrictInt
 
+from imagerec.data.formats._files import is_file, load_json, read_text
+from imagerec.data.formats._schema import Name, Names, validated
 from imagerec.data.images import IMAGE_EXTENSIONS, is_image_file
 from imagerec.data.index import SPLIT_ALIASES, DataIndex
+from imagerec.data.scan import read_header
 from imagerec.data.targets import Box, Objects, Sample
 from imagerec.errors import UserError
 
@@ -56,20 +57,6 @@ class Findings:
             f"{_WARNING_NOTES[kind].format(n=n)} (first: {first[kind]}); imagerec data validate lists them all"
             for kind, n in counts.items()
         ]
-
-
-def load_yaml_mapping(file: Path, *, needs: str) -> dict[str, Any]:
-    """The mapping in YAML `file`; a UserError naming the line and column of a syntax error, or saying what the
-    file `needs` when it holds something else."""
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{file}{where}: not valid YAML ({error.problem}); fix it") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{file}: expected {needs}; fix it")
-    return data
 
 
 def _fmt(box: Sequence[float]) -> str:
@@ -160,13 +147,10 @@ class ObjectsBuilder:
 
 
 def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) of the image as stored (no EXIF rotation: boxes refer to the stored pixels), from its
-    header; None when it cannot be read."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception:  # any failure means unreadable; validate reports why
-        return None
+    """(width, height) of the image as decoded, EXIF orientation applied (boxes and masks refer to the upright
+    image, as its pixels do), from its header; None when it cannot be read."""
+    header = read_header(path)
+    return (header.width, header.height) if header is not None else None
 
 
 def number(text: str | None, at: str, what: str) -> float:
@@ -191,14 +175,14 @@ class ImageFinder:
     def find(self, name: str) -> Path | None:
         written = Path(name.replace("\\", "/"))
         if written.is_absolute():  # a path on the annotator's machine: only its name can help here
-            if written.is_file():
+            if is_file(written):
                 return written
             tails = [Path(written.name)]
         else:
             tails = [written] if len(written.parts) == 1 else [written, Path(written.name)]
         for folder in ([self._last] if self._last else []) + self.folders:
             for tail in tails:
-                if (folder / tail).is_file():
+                if is_file(folder / tail):
                     self._last = folder
                     return folder / tail
         return None
@@ -208,7 +192,7 @@ class ImageFinder:
         for folder in self.folders:
             for suffix in sorted(IMAGE_EXTENSIONS):
                 for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
-                    if candidate.is_file():
+                    if is_file(candidate):
                         return candidate
         return None
 
@@ -234,11 +218,8 @@ def split_of(name: str) -> str | None:
 
 def read_names(file: Path) -> list[str]:
     """Class names one per line (classes.txt, labels.txt), blank lines skipped."""
-    names = [line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    if len(set(names)) != len(names):
-        twice = next(n for n, c in Counter(names).items() if c > 1)
-        raise UserError(f"{file}: class {twice!r} is listed twice; keep one line per class")
-    return names
+    text = read_text(file, what="the class list")
+    return validated(Names, [line.strip() for line in text.splitlines() if line.strip()], file)
 
 
 def names_file(*folders: Path) -> Path | None:
@@ -263,6 +244,14 @@ def build_index(
     """The DataIndex every detection reader returns, with the readers' repairs summarised in its notes."""
     if not classes:
         raise UserError(f"{root}: no classes found; name them (e.g. in classes.txt) or annotate some objects")
+    boxes = any(s.target.boxes for samples in splits.values() for s in samples)  # type: ignore[union-attr]
+    if not boxes and not findings.problems:  # problems validate collected are what it has to say instead
+        images = sum(len(samples) for samples in splits.values())
+        dropped = f" ({findings.notes()[0].split(' (first')[0]})" if findings.warnings else ""
+        raise UserError(
+            f"{root}: read as {format} detection data, but none of its {images} image(s) has a box{dropped}; add "
+            "the annotations, or give --format if this is other data (e.g. masks for segmentation)"
+        )
     return DataIndex(
         root=root,
         classes=classes,
@@ -277,17 +266,20 @@ def build_index(
 CATEGORIES_SIDECAR = "categories.json"
 
 
+class _SidecarEntry(BaseModel):
+    id: StrictInt
+    name: Name
+
+
 def read_sidecar(folder: Path) -> tuple[list[str], list[int]] | None:
     """Class names and COCO category ids from `categories.json` (`[{"id": 1, "name": "cat"}, …]`, written by
     `imagerec data convert` where the format has no place for ids); None when there is none."""
     file = folder / CATEGORIES_SIDECAR
-    if not file.is_file():
+    if not is_file(file):
         return None
-    try:
-        entries = json.loads(file.read_text(encoding="utf-8"))
-        return [str(e["name"]) for e in entries], [int(e["id"]) for e in entries]
-    except (ValueError, TypeError, KeyError):
-        raise UserError(f'{file}: expected a list of {{"id": …, "name": …}}; fix or remove it') from None
+    entries = validated(list[_SidecarEntry], load_json(file), file)
+    names = validated(Names, [e.name for e in entries], file)
+    return names, [e.id for e in entries]
 
 
 # --- writing (`imagerec data convert`) ---------------------------------------------------------------------------

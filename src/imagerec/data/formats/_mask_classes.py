@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import AliasChoices, BaseModel, Field
 
-from imagerec.data.formats._boxes import load_yaml_mapping
+from imagerec.data.formats._files import is_file, load_yaml_mapping
+from imagerec.data.formats._schema import Colour, Names, validated
 from imagerec.data.masks import (
-    MASK_KINDS,
     VOC_CLASSES,
-    Colour,
     MaskCoding,
     MaskError,
     StoredMask,
@@ -48,51 +48,33 @@ class Declared:
     kind: str | None = None
 
 
-def _colour(value: Any, file: Path, what: str) -> Colour:
-    valid = isinstance(value, list | tuple) and len(value) == 3
-    if not (valid and all(isinstance(v, int) and 0 <= v <= 255 for v in value)):
-        raise UserError(f"{file}: {what} must be [r, g, b] with values 0..255 (got {value!r}); fix it")
-    return (int(value[0]), int(value[1]), int(value[2]))
-
-
-def _names(data: dict[str, Any], file: Path) -> list[str]:
-    names = data.get("names")
-    if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
-            raise UserError(f"{file}: `names` keys must be 0, 1, 2, … without gaps (found {sorted(names)})")
-        names = [names[i] for i in range(len(names))]
-    if not isinstance(names, list) or not names:
-        raise UserError(f"{file}: `names` must list the classes (index i = class i), e.g. names: [background, cell]")
-    names = [str(n) for n in names]
-    if len(set(names)) != len(names):
-        twice = next(n for n in names if names.count(n) > 1)
-        raise UserError(f"{file}: class {twice!r} is listed twice; keep one")
-    return names
+class _ClassesYaml(BaseModel):
+    names: Annotated[Names, Field(min_length=1)]
+    colours: list[Colour] | None = Field(None, validation_alias=AliasChoices("colours", "colors"))
+    ignore_index: Annotated[int, Field(strict=True, ge=-1, le=65535)] = 255  # a mask value: 16 bits at most
+    ignore_colour: Colour | None = Field(None, validation_alias=AliasChoices("ignore_colour", "ignore_color"))
+    kind: Literal["index", "palette", "binary", "rgb"] | None = None
 
 
 def read_declared(root: Path) -> Declared | None:
     """classes.yaml in `root`, checked; None when there is none."""
-    file = next((root / n for n in CLASSES_FILES if (root / n).is_file()), None)
+    file = next((root / n for n in CLASSES_FILES if is_file(root / n)), None)
     if file is None:
         return None
     data = load_yaml_mapping(file, needs="`names:` (and optional colours, ignore_index)")
-    names = _names(data, file)
-    raw = data.get("colours", data.get("colors"))
-    colours = tuple(_colour(c, file, f"colour {i}") for i, c in enumerate(raw or []))
+    if "names" not in data:
+        raise UserError(f"{file}: `names` must list the classes (index i = class i), e.g. names: [background, cell]")
+    declared = validated(_ClassesYaml, data, file)
+    names, colours = declared.names, tuple(declared.colours or ())
     if colours and len(colours) != len(names):
         raise UserError(f"{file}: {len(colours)} colours for {len(names)} classes; give one [r, g, b] per class")
-    ignore = data.get("ignore_index", 255)
-    if not isinstance(ignore, int) or 0 <= ignore < len(names):
-        raise UserError(f"{file}: ignore_index {ignore!r} must be an integer that is not a class index (e.g. 255)")
-    kind = data.get("kind")
-    if kind is not None and kind not in MASK_KINDS:
-        raise UserError(f"{file}: kind {kind!r} must be one of {', '.join(MASK_KINDS)}")
-    if kind == "binary" and len(names) != 2:
+    if 0 <= declared.ignore_index < len(names):
+        raise UserError(
+            f"{file}: ignore_index {declared.ignore_index} must be an integer that is not a class index (e.g. 255)"
+        )
+    if declared.kind == "binary" and len(names) != 2:
         raise UserError(f"{file}: binary masks have 2 classes but `names` lists {len(names)}")
-    ignore_colour = data.get("ignore_colour", data.get("ignore_color"))
-    return Declared(
-        file, names, colours, ignore, _colour(ignore_colour, file, "ignore_colour") if ignore_colour else None, kind
-    )
+    return Declared(file, names, colours, declared.ignore_index, declared.ignore_colour, declared.kind)
 
 
 def _sample(masks: list[Path], strict: bool) -> list[tuple[Path, StoredMask]]:
@@ -177,10 +159,16 @@ def _inferred(kind: str, opened: list[tuple[Path, StoredMask]], root: Path) -> t
                 f"{root}: colour masks in colours that are not VOC's; add classes.yaml with `names` and `colours` "
                 "(one [r, g, b] per class)"
             )
-        count = max(voc[c] for c in colours) + 1
+        count = max((voc[c] for c in colours), default=0) + 1
         return list(VOC_CLASSES[:count]), MaskCoding("rgb", count, ignore_colour=_VOC_IGNORE_COLOUR)
     used = {i for _, s in opened for i in _used_indices(s, 255)}
     count = max(used, default=0) + 1
+    if count > 255 or min(used, default=0) < 0:  # 255 marks ignored pixels; negative values are no class
+        shown = max(used) if count > 255 else min(used)
+        raise UserError(
+            f"{root}: mask value {shown} is no class index (0..254, with 255 ignored, when classes are inferred); "
+            "list the classes in classes.yaml (names, ignore_index) or fix the masks"
+        )
     palette = next((s.palette for _, s in opened if s.mode == "palette"), ())
     own = tuple(palette[:count]) if kind == "palette" and len(palette) >= count else ()
     if own and count <= len(VOC_CLASSES) and own == voc_colours(count):

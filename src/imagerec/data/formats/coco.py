@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from imagerec.data.formats._boxes import (
     Findings,
@@ -21,6 +23,8 @@ from imagerec.data.formats._boxes import (
     split_of,
     stored_size,
 )
+from imagerec.data.formats._files import load_json
+from imagerec.data.formats._schema import Name, validated
 from imagerec.data.formats.base import DataFormat, Place, Written
 from imagerec.data.index import DataIndex
 from imagerec.data.targets import Objects, Sample
@@ -79,38 +83,60 @@ def coco_files(path: Path) -> dict[str, Path]:
     return _by_split(_jsons(path / "annotations") or _jsons(path))
 
 
-def _load_json(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_bytes())
-    except json.JSONDecodeError as error:
-        raise UserError(
-            f"{file}, line {error.lineno}, column {error.colno}: not valid JSON ({error.msg}); fix or re-export it"
-        ) from None
-    except UnicodeDecodeError:
-        raise UserError(f"{file}: not UTF-8 text; re-export the annotations as JSON") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # an int or float in the JSON, finite
+Id = StrictInt | StrictStr
+
+
+class _Image(BaseModel):
+    id: Id
+    file_name: Annotated[StrictStr, Field(min_length=1)]
+    width: Annotated[Number, Field(ge=0)] | None = None  # LabelImg and some exporters write 0 when unknown
+    height: Annotated[Number, Field(ge=0)] | None = None
+
+
+class _Category(BaseModel):
+    id: StrictInt
+    name: Name
+    supercategory: StrictStr | StrictInt | None = None
+
+
+class _Annotation(BaseModel):
+    id: Id | None = None
+    image_id: Id
+    category_id: StrictInt
+    bbox: tuple[Number, Number, Number, Number]
+    iscrowd: StrictBool | Annotated[int, Field(strict=True, ge=0, le=1)] = 0
+    area: Number | None = None
+    segmentation: Any = None  # checked where masks are drawn (instance segmentation)
+
+
+class _Document(BaseModel):
+    images: list[_Image]
+    annotations: list[_Annotation] = []
+    categories: list[_Category]
+
+
+def _load(file: Path) -> _Document:
+    data = load_json(file)
+    if not isinstance(data, dict) or "images" not in data:
         raise UserError(f'{file}: not COCO annotations (no "images" list); export the data as COCO JSON')
-    if not isinstance(data.get("categories"), list) or not isinstance(data.get("annotations", []), list):
-        raise UserError(f'{file}: COCO annotations need "categories" and "annotations" lists; re-export the data')
-    return data
+    return validated(_Document, data, file)
 
 
-def _categories(data: dict[str, Any], file: Path) -> dict[int, dict[str, Any]]:
-    categories: dict[int, dict[str, Any]] = {}
-    for i, category in enumerate(data["categories"]):
-        if not isinstance(category, dict) or not isinstance(category.get("id"), int) or "name" not in category:
-            raise UserError(f"{file}: categories[{i}] needs an integer id and a name; fix the file")
-        if category["id"] in categories:
-            raise UserError(f"{file}: category id {category['id']} is listed twice; keep one")
-        categories[category["id"]] = category
+def _categories(document: _Document, file: Path) -> dict[int, _Category]:
+    categories: dict[int, _Category] = {}
+    for category in document.categories:
+        if category.id in categories:
+            raise UserError(f"{file}: category id {category.id} is listed twice; keep one")
+        categories[category.id] = category
     return categories
 
 
-def _classes(categories: dict[int, dict[str, Any]], files: list[dict[str, Any]], file: Path) -> list[tuple[int, str]]:
+def _classes(categories: dict[int, _Category], documents: list[_Document], file: Path) -> list[tuple[int, str]]:
     """(id, name) sorted by id, less Roboflow's dataset-name category: unused, and another's supercategory."""
-    used = {a.get("category_id") for data in files for a in data.get("annotations", []) if isinstance(a, dict)}
-    parents = {c.get("supercategory") for c in categories.values() if c.get("supercategory") != c["name"]}
-    kept = sorted((i, str(c["name"])) for i, c in categories.items() if i in used or c["name"] not in parents)
+    used = {a.category_id for document in documents for a in document.annotations}
+    parents = {str(c.supercategory) for c in categories.values() if c.supercategory not in (None, c.name)}
+    kept = sorted((i, c.name) for i, c in categories.items() if i in used or c.name not in parents)
     names = [name for _, name in kept]
     if len(set(names)) != len(names):
         twice = next(n for n in names if names.count(n) > 1)
@@ -131,64 +157,48 @@ def _image_folders(file: Path, root: Path, split: str) -> list[Path]:
     return folders
 
 
-def _images(data: dict[str, Any], file: Path, finder: ImageFinder, findings: Findings) -> dict[Any, ObjectsBuilder]:
-    builders: dict[Any, ObjectsBuilder] = {}
-    for i, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
-            raise UserError(f"{file}: images[{i}] needs an id and a file_name; fix the file")
-        if image["id"] in builders:
-            raise UserError(f"{file}: image id {image['id']} is listed twice; keep one")
-        width, height = image.get("width"), image.get("height")
-        size = (int(width), int(height)) if isinstance(width, int | float) and isinstance(height, int | float) else None
-        path = finder.require(image["file_name"], f"{file}, image id {image['id']}")
-        builders[image["id"]] = ObjectsBuilder(findings, path, size if size and min(size) > 0 else None)
+def _images(document: _Document, file: Path, finder: ImageFinder, findings: Findings) -> dict[Id, ObjectsBuilder]:
+    builders: dict[Id, ObjectsBuilder] = {}
+    for image in document.images:
+        if image.id in builders:
+            raise UserError(f"{file}: image id {image.id!r} is listed twice; keep one")
+        size = (int(image.width or 0), int(image.height or 0))
+        path = finder.require(image.file_name, f"{file}, image id {image.id!r}")
+        builders[image.id] = ObjectsBuilder(findings, path, size if min(size) > 0 else None)
     return builders
 
 
-def _bbox(annotation: dict[str, Any], file: Path, where: str) -> tuple[float, float, float, float]:
-    bbox = annotation.get("bbox")
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, int | float) for v in bbox):
-        raise UserError(f"{file}, {where}: bbox must be [x, y, width, height] as numbers (got {bbox!r}); fix it")
-    x, y, w, h = (float(v) for v in bbox)
-    return x, y, x + w, y + h
-
-
 def _add_annotations(
-    data: dict[str, Any], file: Path, builders: dict[Any, ObjectsBuilder], labels: dict[int, int], findings: Findings
+    document: _Document, file: Path, builders: dict[Id, ObjectsBuilder], labels: dict[int, int], findings: Findings
 ) -> None:
-    for i, annotation in enumerate(data.get("annotations", [])):
-        if not isinstance(annotation, dict):
-            raise UserError(f"{file}: annotations[{i}] is not an object; fix the file")
-        where = f"annotation id {annotation.get('id', f'#{i}')}"
-        image_id, category_id = annotation.get("image_id"), annotation.get("category_id")
-        if image_id not in builders:
+    for i, annotation in enumerate(document.annotations):
+        where = f"annotation id {annotation.id if annotation.id is not None else f'#{i}'}"
+        if annotation.image_id not in builders:
             findings.fatal(
                 "unknown-image",
-                f'{file}, {where}: image_id {image_id!r} is not in "images"; add the image or remove the annotation',
+                f'{file}, {where}: image_id {annotation.image_id!r} is not in "images"; add the image or remove the '
+                "annotation",
                 [file],
             )
             continue
-        if category_id not in labels:
+        if annotation.category_id not in labels:
             findings.fatal(
                 "unknown-category",
-                f'{file}, {where}: category_id {category_id!r} is not in "categories"; add it or fix the annotation',
+                f'{file}, {where}: category_id {annotation.category_id!r} is not in "categories"; add it or fix the '
+                "annotation",
                 [file],
             )
             continue
-        builders[image_id].add(
-            _bbox(annotation, file, where),
-            labels[category_id],
+        x, y, w, h = annotation.bbox
+        builders[annotation.image_id].add(
+            (x, y, x + w, y + h),
+            labels[annotation.category_id],
             file=file,
             where=where,
-            ignore=bool(annotation.get("iscrowd", 0)),
-            segmentation=annotation.get("segmentation"),
-            area=_area(annotation),
+            ignore=bool(annotation.iscrowd),
+            segmentation=annotation.segmentation,
+            area=annotation.area if annotation.area and annotation.area > 0 else None,
         )
-
-
-def _area(annotation: dict[str, Any]) -> float | None:
-    area = annotation.get("area")
-    return float(area) if isinstance(area, int | float) and area > 0 else None
 
 
 def _root(path: Path) -> Path:
@@ -203,12 +213,12 @@ def read_coco(path: Path, findings: Findings | None = None) -> DataIndex:
     if not files:
         raise UserError(f"{path}: no COCO JSON found; give the .json file or the folder holding it")
     root = _root(path)
-    loaded = {split: _load_json(file) for split, file in files.items()}
+    loaded = {split: _load(file) for split, file in files.items()}
     first = next(iter(files.values()))
     categories = _categories(loaded[next(iter(files))], first)
-    names = {i: c["name"] for i, c in categories.items()}
+    names = {i: c.name for i, c in categories.items()}
     for split, file in files.items():
-        if {i: c["name"] for i, c in _categories(loaded[split], file).items()} != names:
+        if {i: c.name for i, c in _categories(loaded[split], file).items()} != names:
             raise UserError(f"{file}: its categories differ from those in {first}; every split needs the same ones")
     classes = _classes(categories, list(loaded.values()), first)
     labels = {cid: i for i, (cid, _) in enumerate(classes)}

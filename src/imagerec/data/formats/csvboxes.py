@@ -8,6 +8,7 @@ single file.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from imagerec.data.formats._boxes import (
     read_names,
     split_of,
 )
+from imagerec.data.formats._files import read_text
 from imagerec.data.formats.base import DataFormat
 from imagerec.data.index import SPLIT_ALIASES, DataIndex
 from imagerec.data.targets import Sample
@@ -81,19 +83,14 @@ def _columns(fields: list[str], file: Path) -> dict[str, str]:
 
 def _rows(file: Path) -> list[tuple[int, _Row]]:
     """(line number, row with our column names) for every row."""
+    text = read_text(file, what="the CSV")
     try:
-        with file.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            fields = [f.strip().lower() for f in reader.fieldnames or []]
-            columns = _columns(fields, file)
-            rows = []
-            for raw in reader:
-                row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if isinstance(k, str)}
-                rows.append(
-                    (reader.line_num, {ours: row.get(theirs, "") for ours, theirs in columns.items() if theirs})
-                )
-    except UnicodeDecodeError:
-        raise UserError(f"{file}: not UTF-8 text; save the CSV as UTF-8") from None
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        columns = _columns([f.strip().lower() for f in reader.fieldnames or []], file)
+        rows = []
+        for raw in reader:
+            row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if isinstance(k, str)}
+            rows.append((reader.line_num, {ours: row.get(theirs, "") for ours, theirs in columns.items() if theirs}))
     except csv.Error as error:
         raise UserError(f"{file}: not a valid CSV ({error}); fix it") from None
     if not rows:

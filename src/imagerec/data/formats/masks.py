@@ -10,13 +10,15 @@ relative path and stem, whatever either's image extension (`a.jpg` ↔ `a.png`);
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from imagerec.data.formats._boxes import Findings, images_in, split_of
-from imagerec.data.formats._mask_classes import coding_for
+from imagerec.data.formats._mask_classes import CLASSES_FILES, coding_for
 from imagerec.data.formats.base import DataFormat
 from imagerec.data.index import DataIndex
+from imagerec.data.masks import LOSSY_EXTENSIONS, is_mask_file
 from imagerec.data.targets import MaskFile, Sample
 from imagerec.errors import UserError
 
@@ -72,10 +74,14 @@ def _folder_pairs(root: Path) -> list[_Pair]:
     return pairs
 
 
-def _keyed(folder: Path) -> dict[str, Path]:
-    """Image files by relative path without suffix (`sub/a`); two files with one key are a mistake."""
+def mask_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if is_mask_file(p))
+
+
+def _keyed(folder: Path, files: Callable[[Path], list[Path]] = images_in) -> dict[str, Path]:
+    """Files by relative path without suffix (`sub/a`); two files with one key are a mistake."""
     keyed: dict[str, Path] = {}
-    for file in images_in(folder):
+    for file in files(folder):
         key = file.relative_to(folder).with_suffix("").as_posix()
         if key in keyed:
             raise UserError(f"{keyed[key]} and {file.name} have the same name; keep one (pairing is by name)")
@@ -101,7 +107,7 @@ def _unmatched(findings: Findings, kind: str, files: list[Path], summary: str, e
 
 
 def _match(pair: _Pair, masks_folder: Path, findings: Findings) -> list[Sample]:
-    images, masks = _keyed(pair.images), _keyed(masks_folder)
+    images, masks = _keyed(pair.images), _keyed(masks_folder, mask_files)
     paired: dict[str, Path] = {}
     orphans = []
     for key in sorted(masks, key=lambda k: (k not in images, k)):  # exact names claim their image first
@@ -131,21 +137,31 @@ def _match(pair: _Pair, masks_folder: Path, findings: Findings) -> list[Sample]:
 
 def _labeled(pair: _Pair) -> Path | None:
     """The pair's mask folder when it holds masks."""
-    if pair.masks is None or not images_in(pair.masks):
+    if pair.masks is None or not mask_files(pair.masks):
         return None
     return pair.masks
 
 
-def is_masks(path: Path) -> bool:
-    """Whether `path` is a folder laid out as above, with at least one image paired with a mask."""
-    if not path.is_dir():
-        return False
+def has_mask_pairs(path: Path) -> bool:
+    """Whether `path` is a folder laid out as above with at least one image paired with a mask."""
     for pair in _folder_pairs(path):
         masks = _labeled(pair)
         if masks is not None:
             images = _keyed(pair.images)
-            return any(_image_key(key, images) is not None for key in _keyed(masks))
+            if any(_image_key(key, images) is not None for key in _keyed(masks, mask_files)):
+                return True
     return False
+
+
+def is_masks(path: Path) -> bool:
+    """Whether `path` is mask data: image + mask pairs, or the signs of it without a pair (a classes.yaml, or a
+    `masks/` folder beside the images), so that reading says what is missing rather than another format
+    finding nothing."""
+    if not path.is_dir():
+        return False
+    if has_mask_pairs(path) or any((path / name).is_file() for name in CLASSES_FILES):
+        return True
+    return any(p.masks is not None and p.masks.name.lower() in ("masks", "mask") for p in _folder_pairs(path))
 
 
 def read_masks(path: Path, findings: Findings | None = None) -> DataIndex:
@@ -166,11 +182,17 @@ def read_masks(path: Path, findings: Findings | None = None) -> DataIndex:
     splits = {split: splits[split] for split in sorted(splits, key=order.index) if splits[split]}
     if not splits:
         raise UserError(
-            f"{path}: no image with a mask found; expected images/ + masks/ (files paired by name), with optional "
-            "train/val/test subfolders, or train/image/ + train/label/"
+            f"{path}: no image with a mask found; expected images/ + masks/ (files paired by name; masks as PNG, GIF, "
+            "TIFF, BMP or JPEG), with optional train/val/test subfolders, or train/image/ + train/label/"
         )
-    mask_files = [s.target.path for samples in splits.values() for s in samples]  # type: ignore[union-attr]
-    classes, coding = coding_for(path, mask_files, notes, strict=not findings.collect)
+    paired = [s.target.path for samples in splits.values() for s in samples]  # type: ignore[union-attr]
+    lossy = [m for m in paired if m.suffix.lower() in LOSSY_EXTENSIONS]
+    if lossy:
+        notes.append(
+            f"{len(lossy)} mask(s) saved as JPEG (first: {lossy[0]}): lossy compression changes mask values along "
+            "edges, so pixels there may be read as another class; save masks as PNG, GIF, TIFF or BMP"
+        )
+    classes, coding = coding_for(path, paired, notes, strict=not findings.collect)
     return DataIndex(
         root=path,
         classes=classes,

@@ -31,6 +31,7 @@ from imagerec.data.formats._boxes import (
     split_of,
     stored_size,
 )
+from imagerec.data.formats._files import is_file, parse_xml, read_text
 from imagerec.data.formats.base import DataFormat, Place, Written
 from imagerec.data.index import DataIndex
 from imagerec.data.targets import Objects, Sample
@@ -88,9 +89,10 @@ def _image_sets(root: Path, annotations: Path) -> dict[str, list[Path]] | None:
         lists.pop("trainval", None)  # trainval is the union of the two
     splits = {}
     for name, file in lists.items():
-        ids = [line.split()[0] for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = read_text(file, what="the image set list")
+        ids = [line.split()[0] for line in text.splitlines() if line.strip()]
         for n, image_id in enumerate(ids, start=1):
-            if not (annotations / f"{image_id}.xml").is_file():
+            if not is_file(annotations / f"{image_id}.xml"):
                 raise UserError(f"{file}, line {n}: no {annotations / image_id}.xml; add it or remove the line")
         splits["train" if name == "trainval" else name] = [annotations / f"{i}.xml" for i in ids]
     return splits
@@ -107,14 +109,7 @@ def _xml_files(root: Path) -> dict[str, list[Path]]:
 
 
 def _parse(file: Path) -> ET.Element:
-    try:
-        root = ET.parse(file).getroot()
-    except ET.ParseError as error:
-        line, column = error.position
-        reason = str(error).split(":")[0]
-        raise UserError(
-            f"{file}, line {line}, column {column}: not valid XML ({reason}); fix or re-export it"
-        ) from None
+    root = parse_xml(file)
     if root.tag != "annotation":
         raise UserError(f"{file}: not a Pascal VOC annotation (root <{root.tag}>, expected <annotation>)")
     return root

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, StrictInt, StrictStr
 
 from imagerec.data.formats._boxes import (
     Findings,
@@ -25,7 +26,6 @@ from imagerec.data.formats._boxes import (
     filled_splits,
     image_size,
     images_in,
-    load_yaml_mapping,
     names_file,
     number,
     read_names,
@@ -33,6 +33,9 @@ from imagerec.data.formats._boxes import (
     split_of,
     stored_size,
 )
+from imagerec.data.formats._files import is_dir, is_file, load_yaml_mapping, read_text
+from imagerec.data.formats._mask_classes import CLASSES_FILES
+from imagerec.data.formats._schema import Names, validated
 from imagerec.data.formats.base import DataFormat, Place, Written
 from imagerec.data.images import is_image_file
 from imagerec.data.index import SPLIT_ALIASES, DataIndex
@@ -40,6 +43,7 @@ from imagerec.data.targets import Objects, Sample
 from imagerec.errors import UserError
 
 _FIELDS = ("cx", "cy", "w", "h")
+MAX_UNNAMED_CLASSES = 1000  # class numbers named after themselves when no names are given; beyond: a typo, surely
 
 
 @dataclass(frozen=True)
@@ -49,12 +53,20 @@ class _Line:
     values: tuple[float, ...]  # cx, cy, w, h; or a polygon x1, y1, x2, y2, … (Ultralytics' segment labels)
 
 
+def _names_yaml(file: Path) -> bool:
+    try:
+        return file.is_file() and b"names:" in file.read_bytes()
+    except OSError:  # unreadable: not taken for a data.yaml, and reading says why if it is one
+        return False
+
+
 def find_yaml(folder: Path) -> Path | None:
-    """`data.yaml` / `dataset.yaml` in `folder`, or its only yaml file that has `names`."""
+    """`data.yaml` / `dataset.yaml` in `folder`, or its only yaml file that has `names` (classes.yaml is mask
+    data's class list, never a data.yaml)."""
     for name in ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml"):
         if (folder / name).is_file():
             return folder / name
-    found = [f for f in sorted(folder.glob("*.y*ml")) if "names:" in f.read_text(encoding="utf-8", errors="ignore")]
+    found = [f for f in sorted(folder.glob("*.y*ml")) if f.name.lower() not in CLASSES_FILES and _names_yaml(f)]
     return found[0] if len(found) == 1 else None
 
 
@@ -78,6 +90,14 @@ def is_yolo(folder: Path) -> bool:
     return any(label_path(d / "x.jpg").parent.is_dir() for dirs in _image_dirs(folder).values() for d in dirs)
 
 
+def has_labels(folder: Path) -> bool:
+    """Whether `folder` holds evidence of YOLO boxes: a data.yaml, or a label .txt beside its images."""
+    if find_yaml(folder) is not None:
+        return True
+    labels = {label_path(d / "x.jpg").parent for dirs in _image_dirs(folder).values() for d in dirs}
+    return any(next(d.rglob("*.txt"), None) is not None for d in labels if d.is_dir())
+
+
 def label_path(image: Path) -> Path:
     """Where YOLO keeps `image`'s labels: the last `images` folder of its path renamed `labels`, suffix .txt."""
     parts = list(image.parts)
@@ -88,62 +108,66 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def _load_yaml(file: Path) -> dict[str, Any]:
+class _DataYaml(BaseModel):
+    names: Names
+    path: StrictStr | None = None
+    category_ids: list[StrictInt] | None = None  # written by `imagerec data convert` so COCO ids survive
+
+
+_Entries = dict[str, StrictStr | list[StrictStr] | None]  # split → folders or .txt lists
+
+
+def _load_yaml(file: Path) -> tuple[_DataYaml, dict[str, list[str]]]:
+    """The yaml's names, `path` and category ids, and the entries of its split keys (train, val, valid, test, …)."""
     data = load_yaml_mapping(file, needs="a YOLO data.yaml with `names` (a list, or a dict of index: name)")
     if "names" not in data:
         raise UserError(f"{file}: a YOLO data.yaml needs `names` (a list, or a dict of index: name)")
-    return data
-
-
-def _yaml_names(data: dict[str, Any], file: Path) -> list[str]:
-    names = data["names"]
-    if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
-            raise UserError(f"{file}: `names` keys must be 0, 1, 2, … without gaps (found {sorted(names)})")
-        return [str(names[i]) for i in range(len(names))]
-    if isinstance(names, list):
-        return [str(n) for n in names]
-    raise UserError(f"{file}: `names` must be a list or a dict of index: name")
+    config = validated(_DataYaml, data, file)
+    if config.category_ids is not None and len(config.category_ids) != len(config.names):
+        raise UserError(
+            f"{file}: `category_ids` lists {len(config.category_ids)} ids for {len(config.names)} names; "
+            "give one per name or remove it"
+        )
+    entries = validated(_Entries, {str(k): v for k, v in data.items() if str(k).lower() in SPLIT_ALIASES}, file)
+    return config, {k: [v] if isinstance(v, str) else v for k, v in entries.items() if v}
 
 
 def _resolve(base: Path, entry: str) -> Path:
     path = base / entry
-    if not path.exists() and entry.startswith("../"):  # Roboflow writes ../train/images meaning train/images
+    # Roboflow writes ../train/images meaning train/images
+    if not (is_file(path) or is_dir(path)) and entry.startswith("../"):
         path = base / entry[3:]
     return path.resolve()
 
 
 def _listed_images(source: Path) -> list[Path]:
     """The images a data.yaml entry names: a folder, a .txt list (paths relative to it), or one image."""
-    if source.is_dir():
+    if is_dir(source):
         return images_in(source)
-    if is_image_file(source):
+    if is_file(source) and is_image_file(source):
         return [source]
-    if source.suffix.lower() != ".txt" or not source.is_file():
+    if source.suffix.lower() != ".txt" or not is_file(source):
         raise UserError(f"{source}: not found; fix the path in data.yaml (paths are relative to `path:` or the yaml)")
     images = []
-    for n, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_text(source, what="the image list").splitlines(), start=1):
         if line.strip():
             image = source.parent / line.strip()
-            if not image.is_file():
+            if not is_file(image):
                 raise UserError(f"{source}, line {n}: image {line.strip()!r} not found; fix or remove the line")
             images.append(image.resolve())
     return images
 
 
-def _yaml_splits(data: dict[str, Any], file: Path) -> tuple[Path, dict[str, list[Path]]]:
+def _yaml_splits(config: _DataYaml, entries: dict[str, list[str]], file: Path) -> tuple[Path, dict[str, list[Path]]]:
     base = file.parent
-    if data.get("path"):
-        given = Path(str(data["path"])).expanduser()
+    if config.path:
+        given = Path(config.path).expanduser()
         base = given if given.is_absolute() else file.parent / given
-        base = base if base.is_dir() else file.parent  # a `path:` from another machine: the yaml's folder then
-    splits: dict[str, list[Path]] = {}
-    for key, entry in data.items():
-        if str(key).lower() in SPLIT_ALIASES and entry:
-            entries = entry if isinstance(entry, list) else [entry]
-            splits[SPLIT_ALIASES[str(key).lower()]] = [
-                image for e in entries for image in _listed_images(_resolve(base, str(e)))
-            ]
+        base = base if is_dir(base) else file.parent  # a `path:` from another machine: the yaml's folder then
+    splits = {
+        SPLIT_ALIASES[key.lower()]: [image for entry in listed for image in _listed_images(_resolve(base, entry))]
+        for key, listed in entries.items()
+    }
     if not splits:
         splits = {s: [i for d in dirs for i in images_in(d)] for s, dirs in _image_dirs(file.parent).items()}
     return base.resolve(), splits
@@ -182,10 +206,7 @@ def _read_labels(image: Path) -> tuple[Path, list[_Line]]:
     file = label_path(image)
     if not file.is_file():
         return file, []
-    try:
-        lines = file.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f"{file}: not a text file; YOLO labels are lines of `class cx cy w h`") from None
+    lines = read_text(file, what="YOLO labels (lines of `class cx cy w h`)").splitlines()
     return file, [_parse_line(text, file, n) for n, text in enumerate(lines, start=1) if text.strip()]
 
 
@@ -231,11 +252,9 @@ def read_yolo(path: Path, findings: Findings | None = None) -> DataIndex:
     notes = []
     if file is not None:
         file = file.resolve()  # data.yaml paths resolve to absolute ones: keep every path in the index alike
-        data = _load_yaml(file)
-        names = _yaml_names(data, file)
-        root, listed = _yaml_splits(data, file)
-        ids = data.get("category_ids")  # written by `imagerec data convert` so COCO ids survive a round trip
-        category_ids = [int(i) for i in ids] if isinstance(ids, list) and len(ids) == len(names) else None
+        config, entries = _load_yaml(file)
+        names, category_ids = config.names, config.category_ids
+        root, listed = _yaml_splits(config, entries, file)
     else:
         root, listed = folder, {s: [i for d in dirs for i in images_in(d)] for s, dirs in _image_dirs(folder).items()}
         listed_names = names_file(folder, folder / "labels")
@@ -248,6 +267,11 @@ def read_yolo(path: Path, findings: Findings | None = None) -> DataIndex:
         labels = dict(zip(images, pool.map(_read_labels, images), strict=True))
     if names is None:
         top = max((line.label for _, lines in labels.values() for line in lines), default=0)
+        if top >= MAX_UNNAMED_CLASSES:
+            raise UserError(
+                f"{path}: a label uses class {top} and no names are given; list the class names in data.yaml "
+                "(`names:`) or classes.txt"
+            )
         names = [str(i) for i in range(top + 1)]
         notes.append(f"no class names found (data.yaml or classes.txt): classes are named by number, 0 to {top}")
     splits = {
