@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from imagerec.errors import UserError
 
@@ -15,6 +15,17 @@ Augment = Literal["none", "light", "medium", "heavy"]
 Precision = Literal["auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true"]
 Recipe = Literal["fast", "balanced", "best"]
 DURATION = r"^\d+(\.\d+)?(s|m|h)$"  # 90s, 10m, 1.5h
+
+
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a number is needed, not true or false")
+    return value
+
+
+# Integers and booleans are strict (`epochs: true` in a config file would otherwise be read as 1, `flip: 0` as
+# false); other numbers only refuse true and false, as YAML reads `1e-3` (no decimal point) as a string.
+Number = Annotated[float, BeforeValidator(_not_a_bool)]
 
 
 def duration_seconds(text: str) -> float:
@@ -29,21 +40,23 @@ class _Config(BaseModel):
 class DataConfig(_Config):
     path: Path
     format: Literal["auto", "imagefolder", "csv", "coco", "yolo", "voc", "masks"] = "auto"
-    val: float = Field(0.1, ge=0, lt=1, description="fraction held out for validation when the data has no val split")
-    test: float = Field(0.1, ge=0, lt=1, description="fraction held out for testing when the data is one flat folder")
-    imgsz: int | None = Field(
+    val: Number = Field(0.1, ge=0, lt=1, description="fraction held out for validation when the data has no val split")
+    test: Number = Field(0.1, ge=0, lt=1, description="fraction held out for testing when the data is one flat folder")
+    imgsz: StrictInt | None = Field(
         None, gt=0, description="input size (segmentation: training crop); default: from the data's median size"
     )
-    batch: int | None = Field(None, gt=0, description="images per batch; default 64, or 8 to detect and segment")
-    workers: int = Field(0, ge=0, description="DataLoader worker processes")
-    cache: bool | None = Field(None, description="decode all images into memory once; default: when they fit")
+    batch: StrictInt | None = Field(None, gt=0, description="images per batch; default 64, or 8 to detect and segment")
+    workers: StrictInt = Field(0, ge=0, description="DataLoader worker processes")
+    cache: StrictBool | None = Field(None, description="decode all images into memory once; default: when they fit")
     augment: Augment = "light"
-    balanced_sampler: bool = False
-    flip: bool = Field(True, description="detect/segment: horizontal flips in augmentation (off for text, digits)")
-    mean: tuple[float, ...] | None = Field(
+    balanced_sampler: StrictBool = False
+    flip: StrictBool = Field(
+        True, description="detect/segment: horizontal flips in augmentation (off for text, digits)"
+    )
+    mean: tuple[Number, ...] | None = Field(
         None, description="per-channel normalisation mean (default: the pretrained weights', else the data's)"
     )
-    std: tuple[float, ...] | None = Field(None, description="per-channel normalisation std (default: as for mean)")
+    std: tuple[Number, ...] | None = Field(None, description="per-channel normalisation std (default: as for mean)")
 
 
 class ModelConfig(_Config):
@@ -51,9 +64,9 @@ class ModelConfig(_Config):
     binary_head: Literal["sigmoid", "softmax"] = Field(
         "sigmoid", description="two classes: one logit with BCE, or two-class softmax"
     )
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: Number = Field(0.0, ge=0, lt=1)
     backbone: str | None = Field(None, description="classifier under a fcos/retinanet/fasterrcnn head; smp encoder")
-    anchor_sizes: tuple[float, ...] | None = Field(
+    anchor_sizes: tuple[Number, ...] | None = Field(
         None, description="detection: smallest anchor per pyramid level (default: torchvision's, scaled by imgsz/800)"
     )
     head: Literal["network", "knn", "logistic"] = Field(
@@ -70,26 +83,26 @@ class ModelConfig(_Config):
 
 
 class TrainConfig(_Config):
-    epochs: int = Field(20, gt=0, description="default: planned by the recipe from the data (or --time)")
+    epochs: StrictInt = Field(20, gt=0, description="default: planned by the recipe from the data (or --time)")
     time: str | None = Field(
         None, pattern=DURATION, description="time budget, e.g. 2m, 10m, 1h: epochs planned from the measured epoch time"
     )
     recipe: Recipe = Field("balanced", description="fast | balanced | best: how long the planned schedule is")
-    lr: float = Field(1e-3, gt=0)
+    lr: Number = Field(1e-3, gt=0)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    weight_decay: float = Field(0.05, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: Number = Field(0.05, ge=0)
+    momentum: Number = Field(0.9, ge=0, lt=1)
     scheduler: Literal["cosine", "step", "onecycle", "constant"] = "cosine"
-    warmup_epochs: float = Field(1.0, ge=0)
-    step_size: int = Field(10, gt=0, description="epochs between LR drops for the step schedule")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    class_weights: bool = False
-    accumulate: int = Field(1, gt=0, description="batches per optimizer step")
-    clip_grad: float | None = Field(None, gt=0)
-    ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.999")
-    patience: int = Field(0, ge=0, description="stop after this many epochs without improvement (0: never)")
+    warmup_epochs: Number = Field(1.0, ge=0)
+    step_size: StrictInt = Field(10, gt=0, description="epochs between LR drops for the step schedule")
+    label_smoothing: Number = Field(0.0, ge=0, lt=1)
+    class_weights: StrictBool = False
+    accumulate: StrictInt = Field(1, gt=0, description="batches per optimizer step")
+    clip_grad: Number | None = Field(None, gt=0)
+    ema: Number | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.999")
+    patience: StrictInt = Field(0, ge=0, description="stop after this many epochs without improvement (0: never)")
     monitor: str | None = Field(None, description="validation metric for best checkpoint and early stopping")
-    eval_every: int = Field(1, gt=0, description="validate every N epochs (and after the last)")
+    eval_every: StrictInt = Field(1, gt=0, description="validate every N epochs (and after the last)")
     loss: Literal["auto", "ce", "dice", "focal", "ce_dice"] = Field(
         "auto", description="segmentation loss; auto: cross-entropy + Dice (BCE + Dice with one logit)"
     )
@@ -97,23 +110,23 @@ class TrainConfig(_Config):
         "full",
         description="which backbone stages train: all, none (head only), the last --stages, or one more per epoch",
     )
-    stages: int = Field(1, gt=0, description="last-n: how many of the backbone's last stages train")
-    layer_decay: float | None = Field(
+    stages: StrictInt = Field(1, gt=0, description="last-n: how many of the backbone's last stages train")
+    layer_decay: Number | None = Field(
         None, gt=0, le=1, description="learning rate × this per stage below the head (e.g. 0.7)"
     )
-    backbone_lr_mult: float | None = Field(None, gt=0, description="learning rate × this for the whole backbone")
+    backbone_lr_mult: Number | None = Field(None, gt=0, description="learning rate × this for the whole backbone")
     threshold_by: str = Field(
         "auto",
         pattern=r"^(auto|youden|f1|(sensitivity|specificity)=(0?\.\d+|1(\.0*)?))$",
         description="how the decision threshold is chosen on validation: youden | f1 | sensitivity=0.95 | "
         "specificity=0.9 (auto: youden for binary classification, f1 for detection)",
     )
-    seed: int = 0
+    seed: StrictInt = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    devices: int = Field(1, gt=0)
-    num_nodes: int = Field(1, gt=0)
+    devices: StrictInt = Field(1, gt=0)
+    num_nodes: StrictInt = Field(1, gt=0)
     precision: Precision = "auto"
-    threads: int | None = Field(
+    threads: StrictInt | None = Field(
         None, gt=0, description="CPU threads for torch (default: IMAGEREC_THREADS, else 1 on ≤ 2 cores, else all)"
     )
 
@@ -134,9 +147,23 @@ def build_config(values: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(values)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"invalid setting {where}: {first['msg']} (got {first.get('input')!r})") from None
+        raise UserError(_problem(error.errors()[0])) from None
+
+
+def _problem(error: Any) -> str:
+    where = ".".join(str(p) for p in error["loc"])
+    return f"invalid setting {where}: {error['msg']} (got {error.get('input')!r})"
+
+
+def _check_settings(path: Path, values: dict[str, Any]) -> None:
+    """Refuse a config file's first setting of the wrong type or range, naming the file and the key. Settings it
+    leaves out are not its problem: options may give them."""
+    try:
+        RunConfig.model_validate({k: v for k, v in values.items() if k in ("task", *SECTIONS)})
+    except ValidationError as error:
+        problems = [e for e in error.errors() if e["type"] != "missing"]
+        if problems:
+            raise UserError(f"{path}: {_problem(problems[0])}") from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -148,6 +175,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise UserError(f"{path}: expected a mapping of settings at the top level")
+    _check_settings(path, values)
     return values
 
 
