@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import fcntl
 import io
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from imagerec.errors import UserError
 from imagerec.records import ModelInfo, Resolved, parse_model_info
 
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR)  # the place, not the program
+_TEMPORARY = re.compile(r"^\.(.+)\.(\d+)\.tmp$")  # atomic_write's `.<name>.<pid>.tmp`
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -41,8 +44,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
                 "Free some space, then continue with --resume"
             ) from None
         if error.errno in _UNWRITABLE:
-            raise UserError(f"{path}: cannot write here ({error.strerror}); choose another output") from None
+            raise _cannot_write(path, error) from None
         raise
+
+
+def _cannot_write(path: Path, error: OSError) -> UserError:
+    return UserError(f"{path}: cannot write here ({error.strerror}); choose another output")
 
 
 def make_folder(folder: Path) -> None:
@@ -123,6 +130,14 @@ class RunDir:
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
 
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / "run.lock"
+
     def evaluation(self, split: str) -> Path:
         return self.path / "evaluation" / f"{split}.json"
 
@@ -157,16 +172,79 @@ def _read_json(path: Path) -> Any:
 
 
 def new_run_dir(out: Path | None, task: str, root: Path = Path("runs")) -> RunDir:
-    """`out` if given, else the next free `runs/<task>-NNN`."""
+    """`out` if it holds no run (see `refuse_existing`), else the next free `runs/<task>-NNN`, created at once so that
+    two trainings started together cannot pick the same one."""
     if out is not None:
-        out = Path(out)
-        if (out / "state.pt").exists():
-            raise UserError(f"{out}: already holds a run; continue it with --resume {out} or choose another --out")
-        return RunDir(out)
+        run = RunDir(Path(out))
+        refuse_existing(run)
+        return run
+    make_folder(root)
     n = 1
-    while (root / f"{task}-{n:03d}").exists():
-        n += 1
-    return RunDir(root / f"{task}-{n:03d}")
+    while True:
+        try:
+            (root / f"{task}-{n:03d}").mkdir()
+            return RunDir(root / f"{task}-{n:03d}")
+        except FileExistsError:
+            n += 1
+        except OSError as error:
+            raise _cannot_write(root, error) from None
+
+
+def refuse_existing(run: RunDir) -> None:
+    """A UserError when `run.path` already holds a run, finished or not: a new one would overwrite its files."""
+    found = [p.name for p in (run.model_info, run.state, run.metrics, run.best, run.last) if p.exists()]
+    if found:
+        raise UserError(
+            f"{run.path}: already holds a run ({', '.join(found)}); continue it with --resume {run.path} "
+            "or choose another --out"
+        )
+
+
+@contextlib.contextmanager
+def run_lock(run: RunDir) -> Iterator[None]:
+    """Hold `run.lock` (an exclusive flock) while training writes into the run; a UserError when another process
+    holds it. The operating system releases the lock when its process ends, however it ends, so a crash or a kill
+    never leaves a stale lock behind (the empty file stays)."""
+    make_folder(run.path)
+    try:
+        fd = os.open(run.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:  # a read-only disk, no permission
+        raise _cannot_write(run.lock, error) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{run.path}: another training is running in this folder (it holds {run.lock.name}); wait for it "
+                "to end, or choose another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of killed writes (`.<name>.<pid>.tmp` of a process that is gone, or of this one:
+    call it before writing) in `folder` and below; returns them."""
+    removed = []
+    for path in folder.rglob(".*.tmp"):
+        match = _TEMPORARY.match(path.name)
+        if match is None or (int(match[2]) != os.getpid() and _alive(int(match[2]))):
+            continue
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile by whoever else cleans up
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def open_run(path: Path | str) -> RunDir:

@@ -8,6 +8,7 @@ everything task-specific.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from lightning_fabric import Fabric
 from lightning_fabric.loggers import TensorBoardLogger
+from lightning_fabric.utilities.rank_zero import rank_zero_only
 from lightning_fabric.utilities.seed import seed_everything
 from rich.console import Console
 from torch.optim.swa_utils import AveragedModel
@@ -34,14 +36,24 @@ from imagerec.engine.budget import TimeBudget, estimate_epoch_seconds
 from imagerec.engine.checkpoint import Checkpointer, rng_state, set_rng_state
 from imagerec.engine.evaluate import SplitScores, evaluate_split
 from imagerec.engine.finetune import FineTuning, plan_finetuning
-from imagerec.engine.loop import FitLoop, FitState, fit
+from imagerec.engine.inputs import check_min_imgsz
+from imagerec.engine.loop import Diverged, FitLoop, FitState, fit
 from imagerec.engine.optim import build_optimizer, build_scheduler, ema_with_warmup, reschedule, schedule_position
 from imagerec.errors import UserError
 from imagerec.models.classification import check_input_size
 from imagerec.models.weights import LoadReport, apply_weights, fit_channels, weights_preprocessing
 from imagerec.recipe import Choice
 from imagerec.records import RUN_FORMAT, Compute, ModelInfo, Resolved
-from imagerec.runs import Run, RunDir, new_run_dir, write_json, write_yaml
+from imagerec.runs import (
+    Run,
+    RunDir,
+    new_run_dir,
+    refuse_existing,
+    remove_stale_temporaries,
+    run_lock,
+    write_json,
+    write_yaml,
+)
 from imagerec.tasks.base import Task
 from imagerec.tasks.build import build_task, check_task_data, data_format, pretrained_imgsz
 from imagerec.weights_io import load_weights
@@ -248,17 +260,34 @@ def write_run_files(
     write_json(run.split, index.split_record())
 
 
-def resumable_state(cfg: RunConfig, resume: RunDir) -> dict[str, Any]:
-    """The saved training state, refused at once (before any set-up) when there is nothing left to train."""
+def resumable_state(cfg: RunConfig, resume: RunDir) -> dict[str, Any] | None:
+    """The committed training state (state.pt) to continue from; None when no epoch was committed, so training
+    starts again from epoch 1. Refused at once (before any set-up) when the run has nothing left to do: trained,
+    tested and reported."""
     saved = Checkpointer(resume).load_state()
+    finished = resume.report.exists() and any(resume.evaluation(s).exists() for s in ("test", "val"))
+    if saved is None:
+        if finished:
+            raise UserError(f"{resume.path}: the run finished and its state.pt was removed; nothing to resume")
+        return None
     state = FitState(**saved["fit"])
-    if state.epoch >= cfg.train.epochs or state.stopped_early:
+    if (state.epoch >= cfg.train.epochs or state.stopped_early) and finished:
         reason = "stopped early" if state.stopped_early else f"finished all {state.epoch} epochs"
         raise UserError(
             f"{resume.path}: the run {reason}; nothing to resume. To train further pass --epochs with "
             f"more than {state.epoch}, or start a new run"
         )
     return saved
+
+
+def _resuming(saved: dict[str, Any] | None, epochs: int, run: RunDir) -> str:
+    """What --resume is about to do, in one line."""
+    if saved is None:
+        return f"resuming {run.path}: no epoch was committed (no state.pt), so training starts again from epoch 1"
+    state = FitState(**saved["fit"])
+    if state.epoch >= epochs or state.stopped_early:
+        return f"resuming {run.path}: training ended after epoch {state.epoch}; completing the test evaluation"
+    return f"resuming {run.path} after epoch {state.epoch}"
 
 
 @dataclass
@@ -333,31 +362,48 @@ def train_run(
 
     Returns the Run and those scores, with each image's outputs kept so that the report need not predict again.
     `recipe` lists the settings the recipe chose (recorded in run.yaml). Torch's thread count is set for the run
-    (`torch_threads`) and put back afterwards.
+    (`torch_threads`) and put back afterwards. The run directory is locked (`runs.run_lock`) while training writes
+    into it, a resumed one from the start (before its state is read): a second training into it is refused.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(torch_threads(cfg.train))
     try:
-        return _train(cfg, console, resume, recipe)
+        with contextlib.ExitStack() as held:
+            # Global rank 0 is known from the environment before Fabric launches; only it locks the run directory.
+            if resume is not None and rank_zero_only.rank == 0:
+                held.enter_context(run_lock(resume))
+            return _train(cfg, console, resume, recipe, held)
     finally:
         torch.set_num_threads(before)
 
 
+def _new_run(fabric: Fabric, cfg: RunConfig, held: contextlib.ExitStack) -> RunDir:
+    """Rank 0 picks the new run directory and locks it until `held` closes; the others get its path."""
+    path = ""
+    if fabric.is_global_zero:
+        run = new_run_dir(cfg.out, cfg.task)
+        held.enter_context(run_lock(run))
+        refuse_existing(run)  # again, now that no other training can be writing into it
+        path = str(run.path)
+    return RunDir(Path(fabric.broadcast(path, src=0)))
+
+
 def _train(
-    cfg: RunConfig, console: Console, resume: RunDir | None, recipe: Sequence[Choice]
+    cfg: RunConfig, console: Console, resume: RunDir | None, recipe: Sequence[Choice], held: contextlib.ExitStack
 ) -> tuple[Run, SplitScores | None]:
     budget = TimeBudget(duration_seconds(cfg.train.time)) if cfg.train.time and resume is None else None
     device = accelerator(cfg.train)
     seed_everything(cfg.train.seed, workers=True, verbose=False)
-    saved = resumable_state(cfg, resume) if resume is not None else None
-    index, task = prepare_data(cfg, resume)
-    info = resumed_info(cfg, index, resume) if resume is not None else model_info(cfg, index, task)
+    saved, continued, recipe = _resume_point(cfg, resume, recipe) if resume is not None else (None, None, recipe)
+    index, task = prepare_data(cfg, continued)
+    info = resumed_info(cfg, index, continued) if continued is not None else model_info(cfg, index, task)
     loaders = make_loaders(cfg, index, info, task)
     net = task.build_model(info, dropout=cfg.model.dropout)
     loaded = load_pretrained(cfg, task, net) if saved is None else None
     check_input_size(net, name=cfg.model.name, in_channels=info.channels, imgsz=info.imgsz)
+    check_min_imgsz(net, name=cfg.model.name, in_channels=info.channels, imgsz=info.imgsz)
     finetuning = plan_finetuning(net, cfg.train, name=cfg.model.name, in_channels=info.channels, imgsz=info.imgsz)
-    settings = compute_settings(cfg, task, net, loaders["train"], device=device, resume=resume)
+    settings = compute_settings(cfg, task, net, loaders["train"], device=device, resume=continued)
     if budget is not None:
         cfg = _budgeted(cfg, budget, task, net, loaders, settings, console)
     fabric = Fabric(
@@ -365,26 +411,26 @@ def _train(
         strategy=_strategy(cfg.train),
     )  # fmt: skip
     fabric.launch()
-    # Rank 0 picks the run directory; the others must not race to pick their own.
-    run = resume or RunDir(Path(fabric.broadcast(str(new_run_dir(cfg.out, cfg.task).path), src=0)))
+    run = resume if resume is not None else _new_run(fabric, cfg, held)
     if fabric.is_global_zero:
-        if resume is None:
+        if continued is None:
             write_run_files(cfg, run, index, info, settings, loaded, recipe)
         else:
             update_run_config(cfg, run)
+        if resume is not None:
+            _remove_temporaries(run, console)
         counts = " / ".join(f"{len(index.samples(s))} {s}" for s in ("train", "val", "test"))
         console.print(f"run directory: [bold]{run.path}[/]  ({settings.describe()}; {counts} images)")
-        for line in (loaded.summary() if loaded else "", finetuning.summary()):
-            if line:
-                console.print(line, markup=False)
+        for line in filter(None, (loaded.summary() if loaded else "", finetuning.summary())):
+            console.print(line, markup=False)
     if settings.channels_last:
         net = net.to(memory_format=torch.channels_last)
     parts = fit_parts(fabric, cfg.train, net, loaders, finetuning)
     checkpointer = Checkpointer(run, enabled=fabric.is_global_zero)
-    state = FitState()
-    if saved is not None:
-        state = restore(saved, net, parts)
-        console.print(f"resuming {run.path} after epoch {state.epoch}")
+    state = restore(saved, net, parts) if saved is not None else FitState()
+    if resume is not None:
+        checkpointer.agree(saved and saved["fit"], _epoch_weights(net, parts) if saved is not None else None)
+        console.print(_resuming(saved, cfg.train.epochs, run), markup=False)
     logger = TensorBoardLogger(root_dir=run.path, name="tensorboard", version="") if fabric.is_global_zero else None
     t = cfg.train
     loop = FitLoop(
@@ -397,11 +443,43 @@ def _train(
         on_epoch_start=finetuning.apply, save=_saver(checkpointer, net, parts, logger), budget=budget,
         replan=_replanner(fabric, cfg, run, parts) if budget is not None else None,
     )  # fmt: skip
-    state = fit(fabric, task, parts.model, loop, state, console)
+    try:
+        state = fit(fabric, task, parts.model, loop, state, console)
+    except Diverged as error:
+        raise _diverged(error, run, state, cfg.train.lr) from None
     if logger is not None:
         logger.finalize("success")
     best = parts.ema.module if parts.ema is not None else net
     return _test(fabric, cfg, task, info, run, best, parts.eval_loaders, state, console)
+
+
+def _resume_point(
+    cfg: RunConfig, run: RunDir, recipe: Sequence[Choice]
+) -> tuple[dict[str, Any] | None, RunDir | None, Sequence[Choice]]:
+    """The committed state to continue from, the run to resume, and the recipe to record. With nothing committed
+    (killed before the first state.pt) the run starts again as a new one in its own folder, with its recorded
+    recipe: (None, None, that recipe)."""
+    saved = resumable_state(cfg, run)
+    if saved is not None:
+        return saved, run, recipe
+    return None, None, [Choice(**choice) for choice in run.read_resolved().recipe]
+
+
+def _remove_temporaries(run: RunDir, console: Console) -> None:
+    """Remove the temporary files of the writes a kill interrupted."""
+    removed = remove_stale_temporaries(run.path)
+    if removed:
+        console.print(f"removed {len(removed)} temporary files of interrupted writes", markup=False)
+
+
+def _diverged(error: Diverged, run: RunDir, state: FitState, lr: float) -> UserError:
+    """The one line for a run whose loss became NaN or infinite; `state` is the last epoch saved before it."""
+    if state.epoch:
+        best = f", best.safetensors from epoch {state.best_epoch}" if state.best_epoch else ""
+        kept = f"the last good checkpoint, epoch {state.epoch}, is kept in {run.path} (last.safetensors{best})"
+    else:
+        kept = f"no epoch had finished, so {run.path} holds no weights"
+    return UserError(f"training diverged: {error}; {kept}. Start a new run with a lower --lr than {lr:g}")
 
 
 def _budgeted(
@@ -494,6 +572,11 @@ def _decide(
     return task.with_decision(decision)
 
 
+def _epoch_weights(net: torch.nn.Module, parts: FitParts) -> dict[str, torch.Tensor]:
+    """The weights an epoch saves as last (and maybe best): the EMA copy's when there is one."""
+    return (parts.ema.module if parts.ema is not None else net).state_dict()
+
+
 def _saver(
     checkpointer: Checkpointer, net: torch.nn.Module, parts: FitParts, logger: TensorBoardLogger | None
 ) -> Callable[[FitState, bool], None]:
@@ -503,7 +586,7 @@ def _saver(
         ema = parts.ema
         checkpointer.save_epoch(
             history=state.history,
-            weights=(ema.module if ema is not None else net).state_dict(),
+            weights=_epoch_weights(net, parts),
             state={
                 "fit": state.to_dict(),
                 "model": net.state_dict(),

@@ -1,9 +1,15 @@
-"""One finished epoch on disk: metrics, best/last weights and the resumable training state, all written atomically."""
+"""One finished epoch on disk: metrics, best/last weights and the resumable training state, all written atomically.
+
+state.pt is the commit point. metrics.csv and last.safetensors are written before it, best.safetensors after it
+(it is a copy of the epoch's weights, which state.pt holds), so a kill at any moment leaves files that
+`Checkpointer.agree` can bring back in line with state.pt when the run resumes.
+"""
 
 from __future__ import annotations
 
 import pickle
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,8 +35,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _save_state(state: dict[str, Any], path: Path) -> None:
+    # Through a Python file: torch's own file writer turns a full disk into a RuntimeError that names no errno.
+    with path.open("wb") as handle:
+        torch.save(state, handle)
+
+
 class Checkpointer:
-    """Writes one finished epoch: metrics.csv, last (and maybe best) weights, then state.pt as commit point."""
+    """Writes one finished epoch: metrics.csv, last weights, state.pt (the commit point), then maybe best weights."""
 
     def __init__(self, run: RunDir, *, enabled: bool = True) -> None:
         self.run = run
@@ -43,14 +55,29 @@ class Checkpointer:
             return
         write_csv(self.run.metrics, history)
         save_weights(self.run.last, weights)
+        atomic_write(self.run.state, lambda tmp: _save_state(state, tmp))
         if best:
             save_weights(self.run.best, weights)
-        atomic_write(self.run.state, lambda tmp: torch.save(state, tmp))
 
-    def load_state(self) -> dict[str, Any]:
+    def agree(self, fit: dict[str, Any] | None, weights: dict[str, torch.Tensor] | None) -> None:
+        """Bring metrics.csv and the weights back in line with state.pt's `fit` record and the `weights` it holds
+        (None for both when no epoch was committed: the files of an uncommitted epoch are removed)."""
+        if not self.enabled:
+            return
+        if fit is None or weights is None:
+            for path in (self.run.metrics, self.run.last, self.run.best):
+                path.unlink(missing_ok=True)
+            return
+        write_csv(self.run.metrics, fit["history"])
+        save_weights(self.run.last, weights)
+        if fit["best_epoch"] == fit["epoch"]:  # killed before best.safetensors followed state.pt
+            save_weights(self.run.best, weights)
+
+    def load_state(self) -> dict[str, Any] | None:
+        """The committed training state; None when no epoch was committed (no state.pt)."""
         try:
             return torch.load(self.run.state, map_location="cpu", weights_only=False)
         except FileNotFoundError:
-            raise UserError(f"{self.run.path}: no state.pt; nothing to resume (no epoch finished)") from None
+            return None
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
             raise UserError(f"{self.run.state}: damaged training state ({error}); start a new run") from None

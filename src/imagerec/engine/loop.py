@@ -22,6 +22,16 @@ from imagerec.engine.evaluate import evaluate_split
 from imagerec.errors import UserError
 from imagerec.tasks.base import Task
 
+CHECK_EVERY = 10  # steps between reads of the loss on the host (progress bar, divergence): each read syncs a GPU
+
+
+class Diverged(Exception):
+    """The loss or the weights became NaN or infinite: training cannot recover, and nothing of it should be saved."""
+
+    def __init__(self, epoch: int, step: int, steps: int) -> None:
+        super().__init__(f"the loss or the weights became NaN or infinite at epoch {epoch}, step {step} of {steps}")
+        self.epoch, self.step, self.steps = epoch, step, steps
+
 
 @dataclass
 class FitState:
@@ -67,15 +77,21 @@ def train_one_epoch(
     on_train: Callable[[], None] | None = None,
     progress: Progress | None = None,
     description: str = "train",
+    epoch: int = 0,
 ) -> dict[str, float]:
     """One pass over `loader`; returns mean loss, last LR, throughput and time. `on_train` runs right after
-    `model.train()`, e.g. to put frozen BatchNorms back in evaluation mode."""
+    `model.train()`, e.g. to put frozen BatchNorms back in evaluation mode.
+
+    Raises Diverged (naming `epoch` and the first bad step) within CHECK_EVERY steps of a NaN or infinite loss, and
+    at the end when the last steps left NaN or infinite weights."""
     model.train()
     if on_train:
         on_train()
     bar = progress.add_task(description, total=len(loader), loss=math.nan, speed=0.0) if progress else None
     # Summed on the device: reading it back every step would stall a GPU on each batch.
     loss_sum, seen, start = torch.zeros((), device=fabric.device), 0, time.perf_counter()
+    steps = len(loader)
+    first_bad = torch.full((), steps, device=fabric.device)  # index of the first non-finite loss; `steps`: none yet
     for i, batch in enumerate(loader):
         stepping = (i + 1) % accumulate == 0 or i + 1 == len(loader)
         with fabric.no_backward_sync(model, enabled=not stepping):
@@ -92,9 +108,14 @@ def train_one_epoch(
         size = task.batch_size(batch)
         loss_sum += loss.detach().float() * size
         seen += size
-        if bar is not None and (i % 10 == 0 or i + 1 == len(loader)):
-            speed = seen / (time.perf_counter() - start)
-            progress.update(bar, completed=i + 1, loss=float(loss_sum) / seen, speed=speed)
+        first_bad = torch.where(torch.isfinite(loss.detach()), first_bad, first_bad.clamp(max=i))
+        if i % CHECK_EVERY == 0 or i + 1 == steps:
+            _check_finite(fabric, first_bad, epoch=epoch, steps=steps)
+            if bar is not None:
+                speed = seen / (time.perf_counter() - start)
+                progress.update(bar, completed=i + 1, loss=float(loss_sum) / seen, speed=speed)
+    if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+        raise Diverged(epoch, steps, steps)
     elapsed = time.perf_counter() - start
     if bar is not None:
         progress.remove_task(bar)
@@ -106,6 +127,14 @@ def train_one_epoch(
         "images_per_s": round(seen * fabric.world_size / elapsed, 1),
         "epoch_time_s": round(elapsed, 2),
     }
+
+
+def _check_finite(fabric: Fabric, first_bad: torch.Tensor, *, epoch: int, steps: int) -> None:
+    """Raise Diverged when any process saw a non-finite loss; all processes decide together, so none is left
+    waiting for the others in the next step."""
+    at = int(fabric.all_reduce(first_bad.clone(), reduce_op="min"))
+    if at < steps:
+        raise Diverged(epoch, at + 1, steps)
 
 
 def _improved(score: float, best: float | None, mode: str) -> bool:
@@ -139,14 +168,15 @@ class FitLoop:
 
 
 def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitState, console: Console) -> FitState:
-    """Train from `state.epoch + 1` to `loop.epochs`, evaluating, checkpointing and stopping early (or at the
-    time budget)."""
+    """Train from `state.epoch + 1` to `loop.epochs` (nothing when `state` stopped early), evaluating,
+    checkpointing and stopping early (or at the time budget). Raises Diverged before saving an epoch whose loss or
+    weights became NaN or infinite."""
     key = loop.monitor[0]
     progress = _progress(console, fabric.is_global_zero)
     first = state.epoch + 1
     with progress:
         epoch = first
-        while epoch <= loop.epochs:
+        while epoch <= loop.epochs and not state.stopped_early:
             started = time.monotonic()
             _set_epoch(loop.train_loader, loop.seed + epoch)
             row: dict[str, Any] = {"epoch": epoch}
@@ -154,7 +184,7 @@ def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitS
             row |= train_one_epoch(
                 fabric, task, model, loop.optimizer, loop.scheduler, loop.train_loader,
                 accumulate=loop.accumulate, clip_grad=loop.clip_grad, on_step=loop.on_step, on_train=start,
-                progress=progress, description=f"epoch {epoch}/{loop.epochs}",
+                progress=progress, description=f"epoch {epoch}/{loop.epochs}", epoch=epoch,
             )  # fmt: skip
             validated = loop.val_loader is not None and (epoch % loop.eval_every == 0 or epoch == loop.epochs)
             if validated:
