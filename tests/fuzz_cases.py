@@ -71,7 +71,12 @@ def mostly(usual: st.SearchStrategy, rare: st.SearchStrategy, *, one_in: int = 5
 
 def maybe(valid: st.SearchStrategy) -> st.SearchStrategy:
     """Mostly `valid`, sometimes an odd value, sometimes the key left out."""
-    return mostly(valid, st.one_of(ODD, st.just(MISSING)), one_in=8)
+    return mostly(valid, st.one_of(ODD, st.just(MISSING)), one_in=20)
+
+
+def optional(value: st.SearchStrategy) -> st.SearchStrategy:
+    """An optional key: mostly left out, else `value`."""
+    return mostly(st.just(MISSING), value, one_in=3)
 
 
 def record(**fields: st.SearchStrategy) -> st.SearchStrategy:
@@ -130,35 +135,51 @@ def _text_or_hostile(text: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]
 
 # --- COCO JSON -------------------------------------------------------------------------------------------------
 
-_IDS = st.integers(min_value=0, max_value=3)
+_IDS = mostly(st.integers(min_value=1, max_value=2), st.integers(min_value=0, max_value=3), one_in=12)
 _FILE_NAMES = mostly(
-    st.sampled_from(["a.png", "b.png"]), st.sampled_from(["missing.png", "sub/a.png", "", "/abs/a.png", LONG_NAME])
+    st.sampled_from(["a.png", "b.png"]),
+    st.sampled_from(["missing.png", "sub/a.png", "", "/abs/a.png", LONG_NAME]),
+    one_in=10,
 )
 _COORDINATES = st.one_of(st.integers(-2, 10), st.floats(-2, 10))
-_BBOX = mostly(st.lists(_COORDINATES, min_size=4, max_size=4), st.lists(st.one_of(_COORDINATES, ODD), max_size=5))
+_BBOX = mostly(
+    st.tuples(st.integers(0, 6), st.integers(0, 4), st.integers(1, 4), st.floats(0.5, 4)).map(list),
+    st.lists(st.one_of(_COORDINATES, ODD), max_size=5),
+)
 _SEGMENTATION = st.one_of(
     st.just([[1, 1, 5, 1, 5, 5]]),
     st.just({"size": [6, 8], "counts": [0, 48]}),
     st.lists(st.lists(st.floats(-2, 10), max_size=8), max_size=2),
     ODD,
 )
-_COCO_IMAGE = record(id=maybe(_IDS), file_name=maybe(_FILE_NAMES), width=maybe(st.just(8)), height=maybe(st.just(6)))
+_COCO_IMAGE = record(
+    id=maybe(_IDS), file_name=maybe(_FILE_NAMES), width=optional(st.just(8)), height=optional(st.just(6))
+)
 _COCO_ANNOTATION = record(
-    id=maybe(_IDS),
+    id=optional(_IDS),
     image_id=maybe(_IDS),
     category_id=maybe(_IDS),
     bbox=maybe(_BBOX),
-    iscrowd=maybe(st.sampled_from([0, 1])),
-    area=maybe(st.floats(0, 50)),
-    segmentation=maybe(_SEGMENTATION),
+    iscrowd=optional(st.sampled_from([0, 1])),
+    area=optional(st.floats(0, 50)),
+    segmentation=optional(_SEGMENTATION),
 )
 _COCO_CATEGORY = record(
-    id=maybe(_IDS), name=maybe(st.sampled_from(["cat", "dog", "7", ""])), supercategory=maybe(st.just("animal"))
+    id=maybe(_IDS),
+    name=maybe(mostly(st.sampled_from(["cat", "dog"]), st.sampled_from(["7", ""]), one_in=10)),
+    supercategory=optional(st.just("animal")),
 )
+
+
+def _distinct(records: st.SearchStrategy) -> st.SearchStrategy:
+    """1 to 3 records, mostly with distinct ids (a repeated id is one of the mistakes, not every case's)."""
+    return mostly(st.lists(records, min_size=1, max_size=3, unique_by=lambda r: repr(r.get("id"))), st.lists(records))
+
+
 _COCO_RECORD = record(
-    images=maybe(st.lists(_COCO_IMAGE, min_size=1, max_size=3)),
+    images=maybe(_distinct(_COCO_IMAGE)),
     annotations=maybe(st.lists(_COCO_ANNOTATION, min_size=1, max_size=4)),
-    categories=maybe(st.lists(_COCO_CATEGORY, min_size=1, max_size=3)),
+    categories=maybe(_distinct(_COCO_CATEGORY)),
 )
 _COCO_DOCUMENT = mostly(_COCO_RECORD, ODD, one_in=10).map(lambda document: json.dumps(document).encode())
 
@@ -167,25 +188,30 @@ _COCO_DOCUMENT = mostly(_COCO_RECORD, ODD, one_in=10).map(lambda document: json.
 def coco_cases(draw: st.DrawFn) -> Case:
     """A folder with annotations.json and an image or two; the folder or the file given."""
     files = {"annotations.json": draw(_text_or_hostile(_COCO_DOCUMENT)), "a.png": draw(IMAGE_BYTES)}
-    if draw(st.booleans()):
-        files["b.png"] = draw(IMAGE_BYTES)
+    files["b.png"] = draw(IMAGE_BYTES)
     return Case(files, draw(st.sampled_from([".", "annotations.json"])), draw(st.sampled_from(["auto", "coco"])))
 
 
 # --- YOLO ------------------------------------------------------------------------------------------------------
 
-_NAMES = st.one_of(
-    st.lists(st.sampled_from(["cat", "dog", 3, 1.5, "", None, "cat"]), max_size=4),
-    st.dictionaries(st.one_of(_IDS, st.sampled_from(["0", "a", "1"])), st.sampled_from(["cat", "dog", 7]), max_size=3),
-    ODD,
+_NAMES = mostly(
+    st.one_of(
+        st.lists(st.sampled_from(["cat", "dog", "bird", 3]), min_size=1, max_size=3, unique=True),
+        st.sampled_from([{0: "cat", 1: "dog"}, {0: "cat", 1: 7, 2: "bird"}, {1: "dog", 0: "cat"}]),
+    ),
+    st.one_of(
+        st.lists(st.sampled_from(["cat", "dog", 3, 1.5, "", None, "cat", [1]]), max_size=4),
+        st.dictionaries(st.one_of(_IDS, st.sampled_from(["0", "a", "1"])), st.sampled_from(["cat", 7]), max_size=3),
+        ODD,
+    ),
 )
-_SPLIT_ENTRY = st.sampled_from(["images/train", "images/train", "images/val", "missing", "list.txt", LONG_NAME])
+_SPLIT_ENTRY = mostly(st.just("images/train"), st.sampled_from(["images/val", "missing", "list.txt", LONG_NAME]))
 _DATA_YAML = record(
     names=maybe(_NAMES),
     train=maybe(st.one_of(_SPLIT_ENTRY, st.lists(_SPLIT_ENTRY, max_size=2))),
-    val=maybe(_SPLIT_ENTRY),
-    path=maybe(st.sampled_from([".", "elsewhere", "/nowhere"])),
-    category_ids=maybe(st.lists(_IDS, max_size=3)),
+    val=optional(_SPLIT_ENTRY),
+    path=optional(st.sampled_from([".", "elsewhere", "/nowhere"])),
+    category_ids=optional(st.lists(_IDS, max_size=3)),
 ).map(lambda data: yaml.safe_dump(data, sort_keys=False).encode())
 _FRACTION = st.sampled_from(["0.5", "0.25", "0.1", "1", "0", "0.75"])
 _LABEL_LINE = mostly(
@@ -220,19 +246,20 @@ def _element(tag: str, text: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     return mostly(text.map(lambda t: f"<{tag}>{t}</{tag}>"), st.just(""), one_in=8)
 
 
+_CORNERS = {"xmin": ["0", "1"], "ymin": ["0", "2"], "xmax": ["5", "8"], "ymax": ["4", "6"]}  # mostly a real box
 _VOC_OBJECT = st.tuples(
-    _element("name", st.sampled_from(["cat", "dog", "", "&amp;"])),
+    _element("name", mostly(st.sampled_from(["cat", "dog"]), st.sampled_from(["", "&amp;", " "]))),
     _element("difficult", st.sampled_from(["0", "1", "yes"])),
-    st.tuples(*(_element(k, NUMBER_TEXT) for k in ("xmin", "ymin", "xmax", "ymax"))).map(
+    st.tuples(*(_element(k, mostly(st.sampled_from(usual), NUMBER_TEXT)) for k, usual in _CORNERS.items())).map(
         lambda corners: f"<bndbox>{''.join(corners)}</bndbox>"
     ),
 ).map(lambda parts: f"<object>{''.join(parts)}</object>")
 _VOC_XML = st.tuples(
     mostly(st.just("annotation"), st.just("other"), one_in=10),
     _element("filename", mostly(st.just("a.png"), st.sampled_from(["missing.png", "", LONG_NAME]))),
-    st.tuples(_element("width", NUMBER_TEXT), _element("height", NUMBER_TEXT)).map(
-        lambda size: f"<size>{''.join(size)}</size>"
-    ),
+    st.tuples(
+        _element("width", mostly(st.just("8"), NUMBER_TEXT)), _element("height", mostly(st.just("6"), NUMBER_TEXT))
+    ).map(lambda size: f"<size>{''.join(size)}</size>"),
     st.lists(_VOC_OBJECT, min_size=1, max_size=3),
 ).map(lambda p: f"<{p[0]}>{p[1]}{p[2]}{''.join(p[3])}</{p[0]}>".encode())
 
@@ -255,7 +282,10 @@ _BOX_ROW = st.tuples(
     st.sampled_from(["8", "8", "", "0", "nan"]),
     st.sampled_from(["6", "6", "", "-1"]),
     st.sampled_from(["cat", "dog", "cat", ""]),
-    *[_COORDINATE] * 4,
+    mostly(st.sampled_from(["0", "1", "2"]), _COORDINATE),
+    mostly(st.sampled_from(["0", "1", "2"]), _COORDINATE),
+    mostly(st.sampled_from(["3", "5", "8"]), _COORDINATE),
+    mostly(st.sampled_from(["3", "5", "6"]), _COORDINATE),
 )
 _CLASS_ROW = st.tuples(
     mostly(st.sampled_from(["a.png", "b.png", "sub/c.png"]), st.sampled_from(["missing.png", "sub", LONG_NAME, ""])),

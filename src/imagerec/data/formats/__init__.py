@@ -10,6 +10,7 @@ from pathlib import Path
 
 from imagerec.data.formats import coco, csvboxes, csvfile, imagefolder, masks, voc, yolo
 from imagerec.data.formats._boxes import Findings
+from imagerec.data.formats._files import is_dir, is_file
 from imagerec.data.formats.base import DataFormat
 from imagerec.data.index import DataIndex
 from imagerec.errors import UserError
@@ -54,7 +55,7 @@ def detect_format(path: Path) -> str:
 
 def _read(path: Path | str, format: str, findings: Findings) -> DataIndex:
     path = Path(path).expanduser()
-    if not path.exists():
+    if not (is_file(path) or is_dir(path)):
         raise UserError(f"{path}: no such file or folder; give the folder holding your class subfolders or a CSV")
     if format == "auto":
         format = detect_format(path)

@@ -12,6 +12,9 @@ import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field
 
 from imagerec.data.formats._boxes import (
     CATEGORIES_SIDECAR,
@@ -24,7 +27,6 @@ from imagerec.data.formats._boxes import (
     image_size,
     images_in,
     names_file,
-    number,
     read_names,
     read_sidecar,
     segmentations,
@@ -32,6 +34,7 @@ from imagerec.data.formats._boxes import (
     stored_size,
 )
 from imagerec.data.formats._files import is_file, parse_xml, read_text
+from imagerec.data.formats._schema import Name, validated
 from imagerec.data.formats.base import DataFormat, Place, Written
 from imagerec.data.index import DataIndex
 from imagerec.data.targets import Objects, Sample
@@ -115,25 +118,63 @@ def _parse(file: Path) -> ET.Element:
     return root
 
 
-def _size(element: ET.Element, file: Path) -> tuple[int, int] | None:
-    size = element.find("size")
-    if size is None:
+Coordinate = Annotated[float, Field(allow_inf_nan=False)]  # parsed from the element's text
+
+
+class _Box(BaseModel):
+    xmin: Coordinate
+    ymin: Coordinate
+    xmax: Coordinate
+    ymax: Coordinate
+
+
+class _VocObject(BaseModel):
+    name: Name
+    bndbox: _Box
+    difficult: bool = False  # 0/1, as VOC and LabelImg write it (true/false too)
+
+
+class _VocSize(BaseModel):
+    width: Annotated[Coordinate, Field(ge=0)]  # LabelImg writes 0 when it did not know
+    height: Annotated[Coordinate, Field(ge=0)]
+
+
+class _VocAnnotation(BaseModel):
+    size: _VocSize | None = None
+    object: list[_VocObject] = []
+
+
+def _texts(element: ET.Element, tags: tuple[str, ...]) -> dict[str, str]:
+    """The stripped text of each of `tags` under `element` that is there (an empty <difficult/> means 0)."""
+    found = {tag: text.strip() for tag in tags if (text := element.findtext(tag)) is not None}
+    return {tag: text for tag, text in found.items() if text or tag != "difficult"}
+
+
+def _fields(element: ET.Element) -> dict[str, Any]:
+    """What the reader uses of an <annotation>, as plain values for validation (absent parts left out)."""
+    data: dict[str, Any] = {"object": []}
+    if (size := element.find("size")) is not None:
+        data["size"] = _texts(size, ("width", "height"))
+    for obj in element.findall("object"):
+        fields: dict[str, Any] = _texts(obj, ("name", "difficult"))
+        if (box := obj.find("bndbox")) is not None:
+            fields["bndbox"] = _texts(box, _CORNERS)
+        data["object"].append(fields)
+    return data
+
+
+def _size(annotation: _VocAnnotation) -> tuple[int, int] | None:
+    if annotation.size is None:
         return None
-    width, height = (int(number(size.findtext(k), str(file), f"size {k}")) for k in ("width", "height"))
-    return (width, height) if width > 0 and height > 0 else None  # LabelImg writes 0 when it did not know
+    width, height = int(annotation.size.width), int(annotation.size.height)
+    return (width, height) if width > 0 and height > 0 else None
 
 
-def _objects(element: ET.Element, file: Path) -> tuple[_Object, ...]:
-    objects = []
-    for i, obj in enumerate(element.findall("object"), start=1):
-        name = (obj.findtext("name") or "").strip()
-        box = obj.find("bndbox")
-        if not name or box is None:
-            raise UserError(f"{file}: <object> number {i} needs a <name> and a <bndbox>; fix the annotation")
-        corners = tuple(number(box.findtext(k), f"{file}, object {i}", k) for k in _CORNERS)
-        difficult = (obj.findtext("difficult") or "0").strip().lower() in ("1", "true")
-        objects.append(_Object(name, corners, difficult))  # type: ignore[arg-type]
-    return tuple(objects)
+def _objects(annotation: _VocAnnotation) -> tuple[_Object, ...]:
+    return tuple(
+        _Object(o.name, (o.bndbox.xmin, o.bndbox.ymin, o.bndbox.xmax, o.bndbox.ymax), o.difficult)
+        for o in annotation.object
+    )
 
 
 def _image(element: ET.Element, file: Path, finder: ImageFinder) -> Path:
@@ -156,8 +197,8 @@ def _finder(annotations: Path, root: Path) -> ImageFinder:
 def _record(file: Path, finder: ImageFinder) -> _Record:
     element = _parse(file)
     image = _image(element, file, finder)
-    size = _size(element, file) or image_size(image)
-    return _Record(file, image, size, _objects(element, file))
+    annotation = validated(_VocAnnotation, _fields(element), file)
+    return _Record(file, image, _size(annotation) or image_size(image), _objects(annotation))
 
 
 def _classes(records: list[_Record], root: Path) -> tuple[list[str], list[int] | None]:
