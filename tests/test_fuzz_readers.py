@@ -88,6 +88,12 @@ def _coco(root: Path, images: list, annotations: list | None = None, categories:
         ),
         ([{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "a.png"}], None, None, "image id 1 is listed twice"),
         ([{"id": 1}], None, None, r"images\[0\]\.file_name: Field required"),
+        (
+            [{"id": 1, "file_name": "a.png"}],
+            [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2], "segmentation": {"size": [6, "x"], "counts": []}}],
+            None,
+            r"annotations\[0\]\.segmentation\.size\[1\]: Input should be a valid integer",
+        ),
     ],
 )
 def test_coco_values_of_the_wrong_type_are_one_line(tmp_path, images, annotations, categories, expected):

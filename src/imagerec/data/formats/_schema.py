@@ -16,7 +16,8 @@ from imagerec.errors import UserError
 _T = TypeVar("_T")
 _SHOWN = 60  # characters of an offending value quoted in the error line
 # pydantic's names for the steps inside a type (union members, validators, dict keys): they mean nothing to users.
-_STEP = re.compile(r"^(function-[a-z-]+\[.*\]|[a-z-]+\[.*\]|\[key\]|int|str|float|bool|none)$")
+# Our models' keys are lower case: a capitalised step is a model or TypedDict among a union's members.
+_STEP = re.compile(r"^(function-[a-z-]+\[.*\]|[a-z-]+\[.*\]|\[key\]|int|str|float|bool|none|_?[A-Z]\w*)$")
 
 
 def _name(value: Any) -> str:
@@ -83,8 +84,14 @@ def _shown(value: Any) -> str:
 
 
 def problem_line(error: ValidationError) -> str:
-    """pydantic's first error as `key: message (got value)`."""
-    first = error.errors(include_url=False)[0]
+    """pydantic's first error as `key: message (got value)`. A value that fits none of a union's types gets one
+    error per type: of those, the deepest, from the type the value came closest to."""
+    errors = error.errors(include_url=False)
+    first = errors[0]
+    loc = tuple(first["loc"])
+    union = next((i for i, part in enumerate(loc) if isinstance(part, str) and _STEP.match(part)), None)
+    if union is not None:
+        first = max((e for e in errors if tuple(e["loc"])[:union] == loc[:union]), key=lambda e: len(e["loc"]))
     message = str(first["msg"]).removeprefix("Value error, ")
     where = _location(tuple(first["loc"]))
     value = first.get("input")

@@ -11,7 +11,16 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from typing_extensions import TypedDict
 
 from imagerec.data.formats._boxes import (
     Findings,
@@ -87,6 +96,26 @@ Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # an int or 
 Id = StrictInt | StrictStr
 
 
+NonNegative = Annotated[int, Field(strict=True, ge=0)]
+
+
+class _Rle(TypedDict):
+    """Run-length encoding as COCO writes it: counts as numbers (crowd objects) or pycocotools' string."""
+
+    size: tuple[NonNegative, NonNegative]  # height, width
+    counts: list[NonNegative] | StrictStr
+
+
+# Polygons (each a flat x, y, x, y, … list), an RLE, or nothing; polygons of under 3 points are refused where
+# masks are drawn or inspected, so that boxes-only data with a stray polygon still reads.
+Segmentation = list[list[Number]] | _Rle | None
+
+
+def _as_written(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    handler(value)  # checked, but kept as written (ints stay ints), so that a conversion writes back the same
+    return value
+
+
 class _Image(BaseModel):
     id: Id
     file_name: Annotated[StrictStr, Field(min_length=1)]
@@ -107,7 +136,7 @@ class _Annotation(BaseModel):
     bbox: tuple[Number, Number, Number, Number]
     iscrowd: StrictBool | Annotated[int, Field(strict=True, ge=0, le=1)] = 0
     area: Number | None = None
-    segmentation: Any = None  # checked where masks are drawn (instance segmentation)
+    segmentation: Annotated[Segmentation, WrapValidator(_as_written)] = None
 
 
 class _Document(BaseModel):
