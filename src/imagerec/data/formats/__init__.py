@@ -31,11 +31,12 @@ def _actual(data_format: DataFormat, path: Path) -> str:
 
 
 def _refuse_ambiguous(path: Path) -> None:
-    """Image + mask pairs that also carry YOLO labels could be either task: say so rather than pick one."""
-    if yolo.has_labels(path):
+    """Mask data that also carries YOLO labels could be either task: say so rather than pick one."""
+    labels = yolo.label_evidence(path)
+    if labels is not None:
         raise UserError(
-            f"{path}: holds both segmentation masks paired with images and YOLO box labels (a data.yaml or label "
-            ".txt files); give --format masks or --format yolo"
+            f"{path}: could be segmentation masks ({masks.mask_evidence(path)}) or YOLO detection ({labels}); "
+            "give --format masks or --format yolo"
         )
 
 

@@ -153,15 +153,25 @@ def has_mask_pairs(path: Path) -> bool:
     return False
 
 
-def is_masks(path: Path) -> bool:
-    """Whether `path` is mask data: image + mask pairs, or the signs of it without a pair (a classes.yaml, or a
-    `masks/` folder beside the images), so that reading says what is missing rather than another format
-    finding nothing."""
+def mask_evidence(path: Path) -> str | None:
+    """What makes `path` look like mask data: image + mask pairs, or the signs of it without a pair (a
+    classes.yaml, a `masks/` folder beside the images), so that reading says what is missing rather than another
+    format finding nothing; None when nothing does."""
     if not path.is_dir():
-        return False
-    if has_mask_pairs(path) or any((path / name).is_file() for name in CLASSES_FILES):
-        return True
-    return any(p.masks is not None and p.masks.name.lower() in ("masks", "mask") for p in _folder_pairs(path))
+        return None
+    if has_mask_pairs(path):
+        return "images paired with masks by name"
+    classes = next((name for name in CLASSES_FILES if (path / name).is_file()), None)
+    if classes is not None:
+        return f"a {classes}"
+    if any(p.masks is not None and p.masks.name.lower() in ("masks", "mask") for p in _folder_pairs(path)):
+        return "a masks/ folder beside the images"
+    return None
+
+
+def is_masks(path: Path) -> bool:
+    """Whether `path` is (or looks like) mask data; see `mask_evidence`."""
+    return mask_evidence(path) is not None
 
 
 def read_masks(path: Path, findings: Findings | None = None) -> DataIndex:

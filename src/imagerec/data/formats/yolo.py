@@ -90,12 +90,16 @@ def is_yolo(folder: Path) -> bool:
     return any(label_path(d / "x.jpg").parent.is_dir() for dirs in _image_dirs(folder).values() for d in dirs)
 
 
-def has_labels(folder: Path) -> bool:
-    """Whether `folder` holds evidence of YOLO boxes: a data.yaml, or a label .txt beside its images."""
-    if find_yaml(folder) is not None:
-        return True
+def label_evidence(folder: Path) -> str | None:
+    """What makes `folder` look like YOLO boxes: a data.yaml, or label .txt files beside its images; None when
+    neither is there."""
+    found = find_yaml(folder)
+    if found is not None:
+        return f"a {found.name}"
     labels = {label_path(d / "x.jpg").parent for dirs in _image_dirs(folder).values() for d in dirs}
-    return any(next(d.rglob("*.txt"), None) is not None for d in labels if d.is_dir())
+    if any(next(d.rglob("*.txt"), None) is not None for d in labels if d.is_dir()):
+        return "label .txt files beside the images"
+    return None
 
 
 def label_path(image: Path) -> Path:
