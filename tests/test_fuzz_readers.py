@@ -133,6 +133,7 @@ def _yolo(root: Path, data_yaml: str, label: str | bytes = "0 0.5 0.5 0.25 0.25\
         ("names: [cat, dog]\ncategory_ids: [1, two]\n", r"category_ids\[1\]: Input should be a valid integer"),
         ("names: [cat, dog]\ntrain: {a: 1}\n", r"train: "),
         ("names: [cat, cat]\n", r"names: class 'cat' is listed twice"),
+        ("names: [yes, no]\n", r"names\[0\]: a class name must be text or a number: put names such as yes or no"),
     ],
 )
 def test_yolo_yaml_values_of_the_wrong_type_are_one_line(tmp_path, data_yaml, expected):

@@ -22,7 +22,9 @@ _STEP = re.compile(r"^(function-[a-z-]+\[.*\]|[a-z-]+\[.*\]|\[key\]|int|str|floa
 
 def _name(value: Any) -> str:
     # YAML reads `names: [1, 2]` and `names: {0: 3}` as numbers: class names that are numbers are common (digits).
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if isinstance(value, bool):  # YAML 1.1 reads yes, no, on, off, true and false unquoted as booleans
+        raise ValueError("a class name must be text or a number: put names such as yes or no in quotes")
+    if not isinstance(value, str | int | float):
         raise ValueError("a class name must be text or a number")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("a class name must be text or a finite number")
