@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
 from fuzz_cases import READERS, Case, read
+from helpers import invoke, user_error
 from imagerec.data.checks import inspect_data
 from imagerec.data.datasets import DetectionDataset, SegmentationDataset
 from imagerec.data.formats import load_index
@@ -327,3 +328,23 @@ def test_boxes_and_masks_follow_the_exif_orientation_as_the_pixels_do(tmp_path):
     image, mask = SegmentationDataset(index.splits["all"], channels=3, coding=index.masks)[0]
     assert tuple(image.shape[-2:]) == tuple(mask.shape) == (20, 10)
     assert int(mask.sum()) == 50
+
+
+def test_data_inspect_on_gif_masks_reports_the_masks(tmp_path):
+    values = np.zeros((6, 8), dtype=np.uint8)
+    values[:3] = 1
+    _image(tmp_path / "images" / "a.png")
+    _palette_gif(tmp_path / "masks" / "a.gif", values)
+    _write(tmp_path / "classes.yaml", "names: [background, lesion]\n")
+    result = invoke("data", "inspect", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["format"] == "masks"
+    assert report["masks"]["pixels"] == {"background": 24, "lesion": 24}
+
+
+def test_data_inspect_on_data_without_targets_is_one_error_line(tmp_path, capsys, monkeypatch):
+    _image(tmp_path / "images" / "a.png")
+    _write(tmp_path / "labels" / "a.txt", "")
+    line = user_error(capsys, monkeypatch, "data", "inspect", tmp_path)
+    assert "none of its 1 image(s) has a box" in line
