@@ -293,7 +293,8 @@ def coordinate(value: float) -> int | float:
 
 
 def stored_size(sample: Sample) -> tuple[int, int]:
-    """The stored image's size (boxes are in its pixels), else the one the annotation stated."""
+    """The size of the image its boxes are in (as decoded, EXIF orientation applied), else the one the annotation
+    stated."""
     size = image_size(sample.path) or sample.target.size  # type: ignore[union-attr]
     if size is None:
         raise UserError(f"{sample.path}: cannot read the image's size; replace or remove it, then convert again")
