@@ -9,9 +9,6 @@ import io
 import json
 import os
 import shutil
-import struct
-import subprocess
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from PIL import Image
 from rich.console import Console
 
 import imagerec
-from helpers import invoke, user_error
+from helpers import claimed_size_png, invoke, read_only_copy, user_error
 from imagerec.cli.shared import MAX_IMAGE_PIXELS
 from imagerec.data.checks import validate_data
 from imagerec.data.formats import load_index
@@ -32,18 +29,6 @@ from imagerec.outputs.embed import read_embeddings
 
 BAD_NAME = os.fsdecode(b"bad\xff\xfename.png")  # bytes that are not UTF-8: Python holds them as surrogate escapes
 BAD_PRINTED = "bad\\xff\\xfename.png"
-
-
-def _claimed_size_png(path: Path, width: int, height: int) -> Path:
-    """A tiny valid PNG whose header claims `width`×`height` pixels: a decompression bomb's calling card."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (4, 4)).save(buffer, "PNG")
-    data = bytearray(buffer.getvalue())
-    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    path.write_bytes(bytes(data))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +60,7 @@ def inputs(tmp_path: Path, data: Path) -> Path:
     folder = tmp_path / "inputs"
     folder.mkdir()
     shutil.copy(data / "light" / "light_0.png", folder / "good.png")
-    _claimed_size_png(folder / "bomb.png", 40_000, 40_000)
+    claimed_size_png(folder / "bomb.png", 40_000, 40_000)
     (folder / "truncated.png").write_bytes((data / "light" / "light_1.png").read_bytes()[:40])
     return folder
 
@@ -88,7 +73,7 @@ def test_the_cli_states_the_libraries_limit() -> None:
 
 
 def test_a_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
-    bomb = _claimed_size_png(tmp_path / "bomb.png", 40_000, 40_000)
+    bomb = claimed_size_png(tmp_path / "bomb.png", 40_000, 40_000)
     with pytest.raises(UserError, match=r"bomb\.png: 1,600,000,000 pixels is above the 178,956,970-pixel limit"):
         read_image(bomb)
     with pytest.raises(UserError, match="--max-image-pixels"):
@@ -140,7 +125,7 @@ def test_a_higher_limit_is_an_option_of_every_reading_verb(run, inputs, tmp_path
 
 def test_validate_names_the_bomb(data, tmp_path) -> None:
     copy = shutil.copytree(data, tmp_path / "data")
-    _claimed_size_png(copy / "light" / "bomb.png", 40_000, 40_000)
+    claimed_size_png(copy / "light" / "bomb.png", 40_000, 40_000)
     report = validate_data(copy)
     assert report["summary"] == {"corrupt": 1}
     assert "1,600,000,000 pixels" in report["problems"][0]["message"]
@@ -198,30 +183,8 @@ def test_embed_and_explain_write_names_that_are_not_utf8(run, data, tmp_path) ->
 
 @pytest.fixture
 def read_only(tmp_path: Path, run: Path) -> Iterator[Path]:
-    """A read-only folder holding a copy of `run`: a tmpfs remounted read-only (errno 30) where mounting is
-    permitted, else a folder without write permission for a user who is not root (errno 13)."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True)
-    shutil.copytree(run, folder / "run")
-    (folder / "empty").mkdir()
-    if mounted.returncode == 0:
-        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
-        try:
-            yield folder
-        finally:
-            subprocess.run(["umount", "-l", str(folder)], check=True)
-        return
-    if os.geteuid() == 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}), and root writes anywhere")
-    for path in (folder / "run" / "evaluation", folder / "run", folder / "empty", folder):
-        if path.exists():
-            path.chmod(0o555)
-    try:
+    with read_only_copy(tmp_path / "disk", {"run": run}) as folder:
         yield folder
-    finally:
-        for path in (folder, folder / "run", folder / "empty"):
-            path.chmod(0o755)
 
 
 def test_every_writing_verb_refuses_a_read_only_place(run, data, read_only, tmp_path, capsys, monkeypatch) -> None:

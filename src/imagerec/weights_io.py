@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from imagerec.errors import UserError
 from imagerec.runs import atomic_write
@@ -24,7 +24,9 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
     # Modules' state-dict versions (e.g. MNASNet refuses to load without them) are not tensors: keep them as metadata.
     versions = getattr(state_dict, "_metadata", None)
     metadata = {MODULE_VERSIONS: json.dumps(versions)} if versions is not None else None
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    # Bytes through a Python file, not safetensors' save_file: its Rust writer reports a full disk as a
+    # SafetensorError without an errno, which atomic_write could not tell from a bug.
+    atomic_write(path, lambda tmp: tmp.write_bytes(save(tensors, metadata=metadata)))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
