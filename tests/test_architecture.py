@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "imagerec.config",
             "imagerec.registry",
             "imagerec.errors",
+            "imagerec.safe_read",
             "imagerec.weights_io",
         ),
     ),

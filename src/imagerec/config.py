@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from imagerec.errors import UserError
+from imagerec.safe_read import is_file, load_yaml
 
 Task = Literal["classify", "detect", "segment"]
 Augment = Literal["none", "light", "medium", "heavy"]
@@ -167,12 +167,10 @@ def _check_settings(path: Path, values: dict[str, Any]) -> None:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except yaml.YAMLError as error:
-        raise UserError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    path = Path(path)
+    if not is_file(path):
+        raise UserError(f"{path}: config file not found")
+    values = load_yaml(path) or {}  # bounded: a config of nested aliases is refused, not expanded to billions
     if not isinstance(values, dict):
         raise UserError(f"{path}: expected a mapping of settings at the top level")
     _check_settings(path, values)

@@ -10,8 +10,10 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import yaml
 
 from imagerec.errors import UserError
 from imagerec.records import ModelInfo, Resolved, parse_model_info
+from imagerec.safe_read import is_file, load_yaml
 
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR)  # the place, not the program
 _TEMPORARY = re.compile(r"^\.(.+)\.(\d+)\.tmp$")  # atomic_write's `.<name>.<pid>.tmp`
@@ -69,6 +72,37 @@ def temporary_folder(folder: Path, *, prefix: str) -> tempfile.TemporaryDirector
         return tempfile.TemporaryDirectory(dir=folder, prefix=prefix)
     except OSError as error:
         raise UserError(f"{folder}: cannot write here ({error.strerror}); choose another --out") from None
+
+
+def check_out(out: Path, data: Path) -> None:
+    """Refuse an OUT that holds files, or lies inside the data folder."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: already exists and is not empty; give a new folder or remove this one")
+    if data.is_dir() and out.resolve().is_relative_to(data.resolve()):
+        raise UserError(f"{out}: is inside the data folder {data}; give a folder outside it")
+
+
+@contextmanager
+def staged_output(out: Path, what: str) -> Iterator[Path]:
+    """A hidden sibling folder to write into, renamed to `out` only when the block completes, so an interrupted
+    run never leaves a half-written OUT behind. `out` must be absent or empty (see `check_out`); a place that
+    cannot be written (no permission, a read-only disk) or a full disk is a UserError."""
+    make_folder(out.parent)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{out}: out of disk space while writing {what}; nothing was written") from None
+        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"{out}: cannot write {what} here ({error.strerror}); choose another folder") from None
+        raise
 
 
 def write_text(path: Path, text: str) -> None:
@@ -149,10 +183,9 @@ class RunDir:
         write_json(self.model_info, info.to_json())
 
     def read_config(self) -> dict[str, Any]:
-        try:
-            return yaml.safe_load(self.config.read_text()) or {}
-        except FileNotFoundError:
-            raise UserError(f"{self.path}: no run.yaml; not an imagerec run directory") from None
+        if not is_file(self.config):
+            raise UserError(f"{self.path}: no run.yaml; not an imagerec run directory")
+        return load_yaml(self.config) or {}  # a run folder may come from elsewhere: read as any untrusted YAML
 
     def read_resolved(self) -> Resolved:
         """run.yaml's `resolved` part: versions, data fingerprint, numerics, weights loaded."""

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from imagerec.data._mask_checks import check_polygons, mask_inspection, mask_problems, polygon_problems
-from imagerec.data.convert import Placer, check_out, free_name, staged_output
+from imagerec.data.convert import Placer, free_name
 from imagerec.data.formats import DETECTION_FORMATS, load_index, load_index_with_findings
 from imagerec.data.images import MAX_PIXELS, frame_count, read_image
 from imagerec.data.index import DataIndex
@@ -22,6 +22,7 @@ from imagerec.data.scan import entries, exif_orientation, ordered_splits, parall
 from imagerec.data.split import stratified_split
 from imagerec.data.targets import MaskFile, Objects, Sample
 from imagerec.errors import UserError
+from imagerec.runs import check_out, staged_output
 
 __all__ = ["inspect_data", "split_dataset", "validate_data"]
 

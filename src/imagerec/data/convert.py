@@ -9,12 +9,9 @@ plus `categories.json`. Each format's writer lives with its reader, in `imagerec
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from imagerec.data.formats import DATA_FORMATS, DETECTION_FORMATS, load_index
 from imagerec.data.index import DataIndex
 from imagerec.data.targets import Sample
 from imagerec.errors import UserError
-from imagerec.runs import make_folder
+from imagerec.runs import check_out, staged_output
 
 __all__ = ["Converted", "convert_data", "convert_index"]
 
@@ -30,37 +27,6 @@ TARGETS: tuple[str, ...] = tuple(f.name for f in DATA_FORMATS.values() if f.writ
 
 
 # --- placing files (shared with `data split`) ----------------------------------------------------------------
-
-
-def check_out(out: Path, data: Path) -> None:
-    """Refuse an OUT that holds files, or lies inside the data folder."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: already exists and is not empty; give a new folder or remove this one")
-    if data.is_dir() and out.resolve().is_relative_to(data.resolve()):
-        raise UserError(f"{out}: is inside the data folder {data}; give a folder outside it")
-
-
-@contextmanager
-def staged_output(out: Path, what: str) -> Iterator[Path]:
-    """A hidden sibling folder to write into, renamed to `out` only when the block completes, so an interrupted
-    run never leaves a half-written OUT behind. `out` must be absent or empty (see `check_out`); a place that
-    cannot be written (no permission, a read-only disk) or a full disk is a UserError."""
-    make_folder(out.parent)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        yield tmp
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"{out}: out of disk space while writing {what}; nothing was written") from None
-        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise UserError(f"{out}: cannot write {what} here ({error.strerror}); choose another folder") from None
-        raise
 
 
 def free_name(name: str, used: set[str], *, by_stem: bool = False) -> str:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imagerec.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
 _TIFF = frozenset({".tif", ".tiff"})
@@ -120,6 +123,8 @@ def read_image(path: Path, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
         raise UserError(f"{path}: expected a 2-D image, got an array of shape {array.shape}; save one page per file")
     if array.shape[2] in (2, 4):  # LA / RGBA
         array = array[:, :, : array.shape[2] - 1]
+    import torch  # here, not at the top: the annotation readers use this module, and `import imagerec` stays light
+
     return torch.from_numpy(np.ascontiguousarray(_to_unit_float(array).transpose(2, 0, 1)))
 
 
@@ -131,7 +136,7 @@ def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     if have == 1:
         return image.expand(channels, -1, -1).contiguous()
     if channels == 1 and have == 3:
-        weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype).view(3, 1, 1)
+        weights = image.new_tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
         return (image * weights).sum(0, keepdim=True)
     raise UserError(f"cannot convert a {have}-channel image to {channels} channels")
 

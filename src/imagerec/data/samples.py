@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imagerec.data.convert import staged_output
 from imagerec.errors import UserError
 from imagerec.registry import Registry
+from imagerec.runs import staged_output
 
 SAMPLES: Registry[Callable[[Path], Path]] = Registry("sample dataset")
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from imagerec.data.formats import coco, csvboxes, csvfile, imagefolder, masks, voc, yolo
 from imagerec.data.formats._boxes import Findings
-from imagerec.data.formats._files import is_dir, is_file
 from imagerec.data.formats.base import DataFormat
 from imagerec.data.index import DataIndex
 from imagerec.errors import UserError
 from imagerec.registry import Registry
+from imagerec.safe_read import is_dir, is_file
 
 DATA_FORMATS: Registry[DataFormat] = Registry("data format")
 # In the order messages list them; detection asks them by `priority` instead.

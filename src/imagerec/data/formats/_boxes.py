@@ -13,13 +13,13 @@ from typing import Any
 
 from pydantic import BaseModel, StrictInt
 
-from imagerec.data.formats._files import is_file, load_json, read_text
 from imagerec.data.formats._schema import Name, Names, validated
 from imagerec.data.images import IMAGE_EXTENSIONS, is_image_file
 from imagerec.data.index import SPLIT_ALIASES, DataIndex
 from imagerec.data.scan import read_header
 from imagerec.data.targets import Box, Objects, Sample
 from imagerec.errors import UserError
+from imagerec.safe_read import is_file, load_json, read_text
 
 # Problems that stop reading (unless a validate run collects them all) and the ones readers repair with a note.
 FATAL_KINDS = ("inverted", "unknown-category", "unknown-image")

@@ -18,7 +18,6 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import AliasChoices, BaseModel, Field
 
-from imagerec.data.formats._files import is_file, load_yaml_mapping
 from imagerec.data.formats._schema import Colour, Names, validated
 from imagerec.data.masks import (
     VOC_CLASSES,
@@ -30,6 +29,7 @@ from imagerec.data.masks import (
     voc_colours,
 )
 from imagerec.errors import UserError
+from imagerec.safe_read import is_file, load_yaml_mapping
 
 CLASSES_FILES = ("classes.yaml", "classes.yml")
 SAMPLED_MASKS = 32  # masks read to infer the coding: evenly spaced over the data

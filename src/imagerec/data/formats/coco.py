@@ -32,12 +32,12 @@ from imagerec.data.formats._boxes import (
     split_of,
     stored_size,
 )
-from imagerec.data.formats._files import load_json
 from imagerec.data.formats._schema import Name, validated
 from imagerec.data.formats.base import DataFormat, Place, Written
 from imagerec.data.index import DataIndex
 from imagerec.data.targets import Objects, Sample
 from imagerec.errors import UserError
+from imagerec.safe_read import load_json
 
 _SNIFF_BYTES = 1 << 20
 

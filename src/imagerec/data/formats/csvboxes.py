@@ -22,11 +22,11 @@ from imagerec.data.formats._boxes import (
     read_names,
     split_of,
 )
-from imagerec.data.formats._files import read_text
 from imagerec.data.formats.base import DataFormat
 from imagerec.data.index import SPLIT_ALIASES, DataIndex
 from imagerec.data.targets import Sample
 from imagerec.errors import UserError
+from imagerec.safe_read import read_text
 
 BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
 _ALIASES = {

@@ -6,12 +6,12 @@ import csv
 import io
 from pathlib import Path
 
-from imagerec.data.formats._files import is_file, read_text
 from imagerec.data.formats.base import DataFormat
 from imagerec.data.formats.csvboxes import has_box_csv
 from imagerec.data.index import SPLIT_ALIASES, DataIndex
 from imagerec.data.targets import Sample
 from imagerec.errors import UserError
+from imagerec.safe_read import is_file, read_text
 
 MULTILABEL_SEPARATOR = ";"
 

@@ -33,12 +33,12 @@ from imagerec.data.formats._boxes import (
     split_of,
     stored_size,
 )
-from imagerec.data.formats._files import is_file, parse_xml, read_text
 from imagerec.data.formats._schema import Name, validated
 from imagerec.data.formats.base import DataFormat, Place, Written
 from imagerec.data.index import DataIndex
 from imagerec.data.targets import Objects, Sample
 from imagerec.errors import UserError
+from imagerec.safe_read import is_file, parse_xml, read_text
 
 _CORNERS = ("xmin", "ymin", "xmax", "ymax")
 _IMAGE_FOLDERS = ("JPEGImages", "images", "Images", "JPEGimages")

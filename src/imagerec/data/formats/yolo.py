@@ -33,7 +33,6 @@ from imagerec.data.formats._boxes import (
     split_of,
     stored_size,
 )
-from imagerec.data.formats._files import is_dir, is_file, load_yaml_mapping, read_text
 from imagerec.data.formats._mask_classes import CLASSES_FILES
 from imagerec.data.formats._schema import Names, validated
 from imagerec.data.formats.base import DataFormat, Place, Written
@@ -41,6 +40,7 @@ from imagerec.data.images import is_image_file
 from imagerec.data.index import SPLIT_ALIASES, DataIndex
 from imagerec.data.targets import Objects, Sample
 from imagerec.errors import UserError
+from imagerec.safe_read import is_dir, is_file, load_yaml_mapping, read_text
 
 _FIELDS = ("cx", "cy", "w", "h")
 MAX_UNNAMED_CLASSES = 1000  # class numbers named after themselves when no names are given; beyond: a typo, surely

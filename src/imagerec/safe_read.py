@@ -1,6 +1,6 @@
-"""Reading annotation files that may be damaged or hostile: text that is not UTF-8, JSON nested thousands deep,
-YAML whose aliases expand to billions of nodes, XML with entities, names longer than the file system allows.
-Each failure is a UserError naming the file and what to do."""
+"""Reading files that may be damaged or hostile (annotations, config files, run records): text that is not UTF-8,
+JSON nested thousands deep, YAML whose aliases expand to billions of nodes, XML with entities, names longer than the
+file system allows. Each failure is a UserError naming the file and what to do."""
 
 from __future__ import annotations
 
