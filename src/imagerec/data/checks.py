@@ -30,7 +30,7 @@ __all__ = ["inspect_data", "split_dataset", "validate_data"]
 # Most harmful first. Detection adds: boxes the reader could not place, annotated sizes that are not the image's,
 # and the same object boxed twice; segmentation: unpaired files, masks that cannot be read or used, polygons.
 _KIND_ORDER = (
-    "leak", "corrupt", "empty", "mask-corrupt", "no-mask", "no-image", "mask-size", "mask-values", "inverted",
+    "leak", "corrupt", "empty", "mask-corrupt", "no-mask", "no-image", "mask-size", "mask-values", "inverted", "beyond",
     "unknown-category", "unknown-image", "polygon", "size", "orientation", "duplicate", "duplicate-box", "channels",
     "animated",
 )  # fmt: skip
@@ -267,8 +267,9 @@ def _placement_problems(index: DataIndex, scans: dict[Path, _Scan]) -> list[dict
         orientation = exif_orientation(sample.path) if sample.target.boxes else 1  # type: ignore[union-attr]
         if orientation != 1:
             message = (
-                f"{sample.path}: EXIF orientation {orientation} turns the image when decoded, while boxes are read in "
-                "its stored pixels; save it upright (with its boxes in that frame) or check the boxes match"
+                f"{sample.path}: EXIF orientation {orientation} turns the image when decoded; its boxes are read in "
+                "the turned (upright) image, as annotation tools show it: check they were not drawn on the stored "
+                "pixels"
             )
             problems.append(problem("orientation", [sample.path], message))
     return problems
@@ -296,7 +297,8 @@ def validate_data(
     of which only the first is read). `progress(done, total)` is called after each file. Structural problems
     (missing path, empty class folder, bad CSV) raise UserError instead.
 
-    Detection data adds the problems `inverted` (x2 < x1 or y2 < y1), `unknown-category` (a category id, class
+    Detection data adds the problems `inverted` (x2 < x1 or y2 < y1), `beyond` (a box wholly outside its image),
+    `unknown-category` (a category id, class
     index or name not in the class list), `unknown-image` (a COCO annotation for an image id not listed), `size`
     (the annotated image size is not the image's), `orientation` (an EXIF rotation the boxes may not follow) and
     `duplicate-box` (same class, IoU > 0.95 in one image), `polygon` (a segmentation polygon of fewer than 3

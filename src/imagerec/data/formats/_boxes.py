@@ -22,7 +22,7 @@ from imagerec.errors import UserError
 from imagerec.safe_read import is_file, load_json, read_text
 
 # Problems that stop reading (unless a validate run collects them all) and the ones readers repair with a note.
-FATAL_KINDS = ("inverted", "unknown-category", "unknown-image")
+FATAL_KINDS = ("inverted", "beyond", "unknown-category", "unknown-image")
 WARNING_KINDS = ("outside", "zero-area")
 _WARNING_NOTES = {
     "outside": "{n} box(es) reaching outside their image were clipped to it",
@@ -97,6 +97,14 @@ class ObjectsBuilder:
                 [file],
             )
             return
+        if self._beyond((x1, y1, x2, y2)):
+            self.findings.fatal(
+                "beyond",
+                f"{at}: box {_fmt(box)} lies wholly outside {self.image.name} ({self.size[0]}×{self.size[1]}); "
+                "its coordinates belong to another image or another unit (pixels vs fractions): fix the annotation",
+                [file],
+            )
+            return
         clipped = self._clip((x1, y1, x2, y2), at, file)
         if clipped[2] == clipped[0] or clipped[3] == clipped[1]:
             self.findings.warn(
@@ -108,6 +116,14 @@ class ObjectsBuilder:
         self.ignore.append(bool(ignore))
         self.segmentation.append(segmentation if segmentation is not None else [])
         self.area.append(area)
+
+    def _beyond(self, box: Box) -> bool:
+        """Whether a box of some area shares no pixel with its image: clipping would leave nothing to learn from,
+        so the annotation is wrong rather than a little generous (as boxes reaching over an edge often are)."""
+        if self.size is None or box[2] == box[0] or box[3] == box[1]:
+            return False
+        x1, y1, x2, y2 = box
+        return x1 >= self.size[0] or y1 >= self.size[1] or x2 <= 0 or y2 <= 0
 
     def _clip(self, box: Box, at: str, file: Path) -> Box:
         if self.size is None:
