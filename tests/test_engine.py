@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,10 +165,13 @@ def test_checkpoint_save_on_full_disk_keeps_the_previous_epoch(tmp_path, monkeyp
     weights = {"w": torch.ones(2)}
     checkpointer.save_epoch(history=[{"epoch": 1}], weights=weights, state={"fit": {"epoch": 1}}, best=True)
 
-    def full(tensors, filename, metadata=None):
-        _disk_full(__import__("pathlib").Path(filename))
+    real_write = Path.write_bytes
 
-    monkeypatch.setattr("imagerec.weights_io.save_file", full)
+    def full(path: Path, data: bytes) -> None:  # how save_weights writes: the disk fills half way through
+        real_write(path, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
     with pytest.raises(UserError, match="disk space"):
         checkpointer.save_epoch(
             history=[{"epoch": 1}, {"epoch": 2}], weights={"w": torch.zeros(2)}, state={"fit": {"epoch": 2}}, best=True
