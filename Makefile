@@ -23,7 +23,7 @@ $(CHROMIUM):
 	$(APT_INSTALL) || ($(SUDO) apt-get update && $(APT_INSTALL))
 
 test: $(STAMP) $(CHROMIUM)
-	IMAGEREC_BROWSER=$(CHROMIUM) HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	IMAGEREC_BROWSER=$(CHROMIUM) HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
