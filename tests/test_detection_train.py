@@ -117,6 +117,18 @@ def test_predict_formats(detect_run: Path, scenes: Path, tmp_path: Path) -> None
     }  # fmt: skip
     gt.createIndex()
     assert len(gt.loadRes(str(out)).getAnnIds()) == len(entries)
+
+    # With the dataset's annotations, image_id is the ground truth's own id (not the position among the sources).
+    ids = tmp_path / "with-ids.json"
+    annotations = scenes / "annotations" / "instances_test.json"
+    picked = images[2:] + images[:1]
+    result = invoke("predict", detect_run, *picked, "--format", "coco", "--out", ids, "--image-ids", annotations)
+    assert result.exit_code == 0, result.output
+    truth = {image["file_name"]: image["id"] for image in json.loads(annotations.read_text())["images"]}
+    entries = json.loads(ids.read_text())
+    assert {e["image_id"] for e in entries} <= {truth[p.name] for p in picked}
+    assert {(e["file_name"], e["image_id"]) for e in entries} <= set(truth.items())
+    assert len(COCO(str(annotations)).loadRes(str(ids)).getAnnIds()) == len(entries)
     pngs = sorted(drawn.glob("*.png"))
     assert [p.stem for p in pngs] == [p.stem for p in images]
     with Image.open(pngs[0]) as drawn_image:
@@ -201,6 +213,16 @@ def test_resume_continues_a_detection_run(tiny_detect_run: tuple[Path, Path], tm
     assert "val_map" in history[-1]
 
 
+def test_image_ids_from_annotations_that_do_not_list_the_image(detect_run, scenes, tmp_path, capsys, monkeypatch):
+    stray = tmp_path / "stray.png"
+    shutil.copyfile(sorted((scenes / "images" / "test").glob("*.png"))[0], stray)
+    annotations = scenes / "annotations" / "instances_test.json"
+    line = user_error(capsys, monkeypatch, "predict", detect_run, stray, "--format", "coco", "--image-ids", annotations)
+    assert "stray.png: not among the images of" in line
+    line = user_error(capsys, monkeypatch, "predict", detect_run, stray, "--image-ids", annotations)
+    assert "--format coco" in line
+
+
 def test_evaluate_equals_pycocotools_on_the_dataset_file(detect_run: Path, scenes: Path) -> None:
     """Our `evaluate` against COCOeval run on the dataset's own JSON (areas are mask areas there, not box areas)
     with our predictions written as COCO results: every summary number equal to 1e-4."""
@@ -208,10 +230,9 @@ def test_evaluate_equals_pycocotools_on_the_dataset_file(detect_run: Path, scene
     predictor = imagerec.load(detect_run)
     gt = COCO(str(scenes / "annotations" / "instances_test.json"))
     ids = {image["file_name"]: image["id"] for image in gt.dataset["images"]}
-    results = predictor.predict([scenes / "images" / "test" / name for name in ids], conf=EVAL_SCORE_THRESHOLD)
-    entries = coco_results(results, predictor.classes, predictor.info.category_ids)
-    for entry in entries:
-        entry["image_id"] = ids[entry.pop("file_name")]
+    paths = {str(scenes / "images" / "test" / name): image_id for name, image_id in ids.items()}
+    results = predictor.predict(list(paths), conf=EVAL_SCORE_THRESHOLD)
+    entries = coco_results(results, predictor.classes, predictor.info.category_ids, image_ids=paths)
     reference = COCOeval(gt, gt.loadRes(entries), "bbox")
     reference.evaluate()
     reference.accumulate()

@@ -114,11 +114,15 @@ def predict(
         Opt(help="eager | compile | onnx | openvino | torchscript (default: eager for a run, the file's own format)."),
     ] = None,
     max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS,
+    image_ids: Annotated[
+        Path | None,
+        Opt(help="--format coco: COCO annotations whose image ids the results use (matched by file name)."),
+    ] = None,
 ) -> None:
     """Predict images. An unreadable file gets its error in the output (the `error` field or column) in its place;
     after everything else is written, the command then fails (exit 2) with one line counting them."""
     from imagerec.outputs.predict import expand_sources, load
-    from imagerec.outputs.writers import check_format, render, save_outputs
+    from imagerec.outputs.writers import check_format, coco_image_ids, render, save_outputs
 
     predictor = load(run, imgsz=imgsz, runtime=runtime, max_image_pixels=max_image_pixels)
     check_format(fmt, predictor.task.result_type)
@@ -129,6 +133,9 @@ def predict(
     if save_masks is not None and not issubclass(predictor.task.result_type, SegmentationMask):
         raise UserError("--save-masks applies to semantic segmentation runs")
     files = expand_sources(sources)
+    if image_ids is not None and fmt != "coco":
+        raise UserError("--image-ids numbers the results of --format coco; add --format coco or leave it out")
+    ids = coco_image_ids(image_ids, files) if image_ids is not None else None
     console = Console(stderr=True)
     results: list[Any] = []
     with Progress(console=console, transient=True) as progress:
@@ -144,7 +151,7 @@ def predict(
     if fmt == "table" and out is None:
         Console().print(_table(results))
     else:
-        text = render(results, "csv" if fmt == "table" else fmt, predictor.info)
+        text = render(results, "csv" if fmt == "table" else fmt, predictor.info, ids)
         if out is None:
             print(text, end="")
         else:

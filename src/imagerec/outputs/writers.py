@@ -31,12 +31,36 @@ def check_format(fmt: str, result_type: type[Result]) -> None:
         raise UserError("--format coco writes boxes: it applies to detection and instance segmentation runs")
 
 
-def render(results: Sequence[Result], fmt: str, info: ModelInfo) -> str:
-    """`results` as JSON, CSV or (boxes) COCO results JSON text."""
+def coco_image_ids(annotations: Path, sources: Sequence[Path]) -> dict[str, int | str]:
+    """Each source's image id in COCO `annotations` (keyed as results name their source), matched by its
+    `file_name` (the longest trailing part of the source's path that is one); a UserError naming the first source
+    the file does not list."""
+    from imagerec.data.formats.coco import image_ids
+
+    ids = image_ids(Path(annotations))
+    found: dict[str, int | str] = {}
+    missing = []
+    for source in sources:
+        tails = ("/".join(Path(source).parts[-n:]) for n in range(len(Path(source).parts), 0, -1))
+        match = next((tail for tail in tails if tail in ids), None)
+        if match is None:
+            missing.append(source)
+        else:
+            found[printable(source)] = ids[match]  # as results name their source
+    if missing:
+        raise UserError(
+            f"{printable(missing[0])}: not among the images of {annotations} ({len(missing)} of {len(sources)} "
+            "images are not); predict that dataset's images, or leave out --image-ids"
+        )
+    return found
+
+
+def render(results: Sequence[Result], fmt: str, info: ModelInfo, image_ids: dict[str, int | str] | None = None) -> str:
+    """`results` as JSON, CSV or (boxes) COCO results JSON text; `image_ids` (by source) for COCO's image_id."""
     if fmt == "json":
         return json.dumps([r.to_dict() for r in results], indent=2) + "\n"
     if fmt == "coco":
-        return json.dumps(coco_results(results, info.classes, info.category_ids), indent=2) + "\n"
+        return json.dumps(coco_results(results, info.classes, info.category_ids, image_ids), indent=2) + "\n"
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     for row in _csv_rows(results):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import PurePath
 from typing import Any
@@ -64,19 +64,23 @@ class Detections:
 
 
 def coco_results(
-    results: Sequence[Detections], classes: Sequence[str], category_ids: Sequence[int] | None = None
+    results: Sequence[Detections],
+    classes: Sequence[str],
+    category_ids: Sequence[int] | None = None,
+    image_ids: Mapping[str, int | str] | None = None,
 ) -> list[dict[str, Any]]:
     """Detections in the COCO results format (what pycocotools' `loadRes` reads): one entry per box.
 
-    `image_id` is the file name's number when it is one (COCO names images by id), else the 1-based position;
-    `category_id` is the data's own COCO id when the run was trained on COCO data, else the class position + 1.
+    `image_id` is the ground truth's id from `image_ids` (by source) when given, else the file name's number when
+    it is one (COCO names images by id), else the 1-based position; `category_id` is the data's own COCO id when
+    the run was trained on COCO data, else the class position + 1.
     """
     ids = list(category_ids) if category_ids else list(range(1, len(classes) + 1))
     lookup = {name: ids[i] for i, name in enumerate(classes)}
     entries = []
     for position, result in enumerate(results, start=1):
         stem = PurePath(result.source).stem
-        image_id = int(stem) if stem.isdigit() else position
+        image_id = image_ids[result.source] if image_ids else int(stem) if stem.isdigit() else position
         for (x1, y1, x2, y2), label, score in zip(result.boxes, result.labels, result.scores, strict=True):
             entries.append({
                 "image_id": image_id, "file_name": PurePath(result.source).name, "category_id": lookup[label],

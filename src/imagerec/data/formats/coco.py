@@ -152,6 +152,16 @@ def _load(file: Path) -> _Document:
     return validated(_Document, data, file)
 
 
+def image_ids(file: Path) -> dict[str, Id]:
+    """The image ids of COCO annotations `file`, by each image's `file_name` as written."""
+    ids: dict[str, Id] = {}
+    for image in _load(file).images:
+        if image.file_name in ids:
+            raise UserError(f"{file}: image {image.file_name!r} is listed twice; keep one")
+        ids[image.file_name] = image.id
+    return ids
+
+
 def _categories(document: _Document, file: Path) -> dict[int, _Category]:
     categories: dict[int, _Category] = {}
     for category in document.categories:
