@@ -19,7 +19,6 @@ from rich.console import Console
 
 import imagerec
 from helpers import claimed_size_png, invoke, read_only_copy, user_error
-from imagerec.cli.shared import MAX_IMAGE_PIXELS
 from imagerec.data.checks import validate_data
 from imagerec.data.formats import load_index
 from imagerec.data.images import MAX_PIXELS, read_image
@@ -68,10 +67,6 @@ def inputs(tmp_path: Path, data: Path) -> Path:
 # --- decompression bombs ------------------------------------------------------------------------------------------
 
 
-def test_the_cli_states_the_libraries_limit() -> None:
-    assert MAX_IMAGE_PIXELS == MAX_PIXELS
-
-
 def test_a_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
     bomb = claimed_size_png(tmp_path / "bomb.png", 40_000, 40_000)
     with pytest.raises(UserError, match=r"bomb\.png: 1,600,000,000 pixels is above the 178,956,970-pixel limit"):
@@ -115,12 +110,22 @@ def test_explain_and_embed_agree_with_predict(run, inputs, tmp_path, capsys, mon
     assert sorted(Path(f["path"]).name for f in written.meta["failed"]) == ["bomb.png", "truncated.png"]
 
 
-def test_a_higher_limit_is_an_option_of_every_reading_verb(run, inputs, tmp_path, capsys, monkeypatch) -> None:
+def test_a_lower_limit_is_an_option_of_every_reading_verb(run, inputs, tmp_path, capsys, monkeypatch) -> None:
     (inputs / "bomb.png").unlink()
     (inputs / "truncated.png").unlink()
     for verb in (["predict"], ["explain", "--out", tmp_path / "maps"], ["embed", "--out", tmp_path / "e.npz"]):
         line = user_error(capsys, monkeypatch, *verb, run, inputs, "--max-image-pixels", 100)
         assert "good.png: 12×12 pixels is above the 100-pixel limit" in line
+
+
+def test_train_and_evaluate_take_the_limit_too(run, data, tmp_path, capsys, monkeypatch) -> None:
+    """Every image of `data` is 12×12: a 100-pixel limit refuses the first one read, before anything is trained."""
+    line = user_error(capsys, monkeypatch, "train", data, "--max-image-pixels", 100, "--out", tmp_path / "run")
+    assert "12×12 pixels is above the 100-pixel limit" in line
+    assert not (tmp_path / "run").exists()
+    line = user_error(capsys, monkeypatch, "evaluate", run, data, "--max-image-pixels", 100)
+    assert "12×12 pixels is above the 100-pixel limit" in line
+    assert invoke("evaluate", run, data, "--max-image-pixels", 144).exit_code == 0  # the limit is inclusive
 
 
 def test_validate_names_the_bomb(data, tmp_path) -> None:
@@ -225,3 +230,9 @@ def test_a_run_evaluated_on_data_of_another_task_names_both(run, data, tmp_path,
     line = user_error(capsys, monkeypatch, "evaluate", run, scenes)
     assert "--task classify" in line
     assert "--task detect" in line
+
+
+def test_an_error_naming_a_file_that_is_not_utf8_is_printed(run, tmp_path, capsys, monkeypatch) -> None:
+    """The error line itself, not only the outputs, writes such a name's bytes as \\xNN (it used to crash)."""
+    line = user_error(capsys, monkeypatch, "predict", run, tmp_path / BAD_NAME)
+    assert BAD_PRINTED in line

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from imagerec.config import SECTIONS, RunConfig, TrainConfig, build_config, merge, read_yaml
+from imagerec.config import MAX_IMAGE_PIXELS, SECTIONS, RunConfig, TrainConfig, build_config, merge, read_yaml
 from imagerec.engine.evaluate import SplitScores
 from imagerec.errors import UserError
 from imagerec.evaluation import evaluation_index, measure
@@ -162,13 +162,22 @@ def report_after_training(run: Run, cfg: RunConfig, scores: SplitScores | None, 
 
 
 def evaluate(
-    run: str | Path | RunDir, data: str | Path, *, split: str = "test", batch: int | None = None, device: str = "auto"
+    run: str | Path | RunDir,
+    data: str | Path,
+    *,
+    split: str = "test",
+    batch: int | None = None,
+    device: str = "auto",
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> dict[str, Any]:
-    """Metrics of the run's best weights on `split` of `data`; also written to `evaluation/<split>.json`."""
+    """Metrics of the run's best weights on `split` of `data`; also written to `evaluation/<split>.json`. Image
+    files whose header claims more than `max_image_pixels` are refused unread (decompression bombs)."""
     run_dir = run if isinstance(run, RunDir) else open_run(run)
     predictor = Predictor.from_run(run_dir, device=device)
     index = evaluation_index(run_dir, data, split=split, classes=predictor.classes)
-    scores = measure(predictor.task, predictor.model, predictor.info, index, split, batch=batch)
+    scores = measure(
+        predictor.task, predictor.model, predictor.info, index, split, batch=batch, max_image_pixels=max_image_pixels
+    )
     result = {"split": split, "data": str(data), **scores.metrics}
     write_json(run_dir.evaluation(split), result)
     return result

@@ -37,6 +37,11 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Pillow refuses an image above twice its MAX_IMAGE_PIXELS as a likely decompression bomb: the same number is our
+# default, so one limit holds whichever library reads the file (tifffile has none of its own).
+MAX_IMAGE_PIXELS = 178_956_970
+
+
 class DataConfig(_Config):
     path: Path
     format: Literal["auto", "imagefolder", "csv", "coco", "yolo", "voc", "masks"] = "auto"
@@ -57,6 +62,9 @@ class DataConfig(_Config):
         None, description="per-channel normalisation mean (default: the pretrained weights', else the data's)"
     )
     std: tuple[Number, ...] | None = Field(None, description="per-channel normalisation std (default: as for mean)")
+    max_image_pixels: StrictInt = Field(
+        MAX_IMAGE_PIXELS, ge=1, description="refuse images whose header claims more pixels (decompression bombs)"
+    )
 
 
 class ModelConfig(_Config):

@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 from torch.utils.data import DataLoader
 
-from imagerec.config import build_config, merge
+from imagerec.config import MAX_IMAGE_PIXELS, build_config, merge
 from imagerec.data.formats import load_index
 from imagerec.data.index import DataIndex
 from imagerec.data.split import apply_split_record, drawn_by_run
@@ -80,10 +80,15 @@ def measure(
     *,
     batch: int | None = None,
     keep_outputs: bool = False,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> SplitScores:
     """The task's metrics of `model` (in evaluation mode, on its device) on `split` of `index`, and with
-    `keep_outputs` each image's output in the split's order (what the report draws)."""
-    dataset = task.dataset(index.samples(split), info=info, augment=None, cache=False, coding=index.masks)
+    `keep_outputs` each image's output in the split's order (what the report draws). Image files whose header
+    claims more than `max_image_pixels` are refused unread."""
+    dataset = task.dataset(
+        index.samples(split), info=info, augment=None, cache=False, coding=index.masks,
+        max_image_pixels=max_image_pixels,
+    )  # fmt: skip
     loader = DataLoader(dataset, batch_size=batch or task.default_batch, collate_fn=task.collate())
     device = model_device(model)
     return evaluate_split(task, model, loader, device=device, keep_outputs=keep_outputs)

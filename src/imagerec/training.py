@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from imagerec.config import RunConfig, TrainConfig, duration_seconds
 from imagerec.data.datasets import ClassificationDataset, channel_statistics
 from imagerec.data.formats import load_index
+from imagerec.data.images import MAX_PIXELS as MAX_IMAGE_PIXELS
 from imagerec.data.images import image_channels, read_image
 from imagerec.data.index import DataIndex
 from imagerec.data.split import apply_split_record, drawn_by_run, ensure_splits
@@ -93,18 +94,19 @@ def _sampled(index: DataIndex, n: int = 64) -> list[Path]:
     return [s.path for s in samples[::step]]
 
 
-def sampled_shapes(index: DataIndex) -> list[tuple[int, int]]:
+def sampled_shapes(index: DataIndex, max_pixels: int = MAX_IMAGE_PIXELS) -> list[tuple[int, int]]:
     """(height, width) of up to 64 training images spread over the split: what sizes are planned from."""
-    return [tuple(read_image(p).shape[1:]) for p in _sampled(index)]
+    return [tuple(read_image(p, max_pixels=max_pixels).shape[1:]) for p in _sampled(index)]
 
 
 def model_info(cfg: RunConfig, index: DataIndex, task: Task) -> ModelInfo:
     """The new run's model record: classes, channels, input size and statistics (as given, else those of the
     pretrained weights, else measured on the training images) and the task's preprocessing and fields."""
     sampled = _sampled(index)
-    channels = max(image_channels(p) for p in sampled)
+    limit = cfg.data.max_image_pixels
+    channels = max(image_channels(p, max_pixels=limit) for p in sampled)
     pretrained = _pretrained_preprocessing(cfg, task)
-    imgsz = cfg.data.imgsz or pretrained_imgsz(cfg, pretrained) or task.default_imgsz(sampled_shapes(index))
+    imgsz = cfg.data.imgsz or pretrained_imgsz(cfg, pretrained) or task.default_imgsz(sampled_shapes(index, limit))
     for name, given in (("mean", cfg.data.mean), ("std", cfg.data.std)):
         if given is not None and len(given) != channels:
             raise UserError(f"--{name} has {len(given)} values but the images have {channels} channels")
@@ -181,7 +183,10 @@ def make_loaders(cfg: RunConfig, index: DataIndex, info: ModelInfo, task: Task) 
             continue
         train = split == "train"
         augment = d.augment if train else None
-        dataset = task.dataset(index.samples(split), info=info, augment=augment, cache=d.cache, coding=index.masks)
+        dataset = task.dataset(
+            index.samples(split), info=info, augment=augment, cache=d.cache, coding=index.masks,
+            max_image_pixels=d.max_image_pixels,
+        )  # fmt: skip
         loaders[split] = make_loader(
             dataset, batch=d.batch or task.default_batch, train=train, workers=d.workers,
             collate=task.collate(augment), seed=cfg.train.seed if train else 0, balanced=train and d.balanced_sampler,

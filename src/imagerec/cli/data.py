@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from imagerec.cli.shared import MAX_IMAGE_PIXELS, MaxImagePixels
+from imagerec.cli.shared import MaxImagePixels
+from imagerec.config import MAX_IMAGE_PIXELS
 from imagerec.data.samples import SAMPLES, write_sample
 
 app = typer.Typer(help="Write, inspect, validate, convert and split datasets.", no_args_is_help=True)

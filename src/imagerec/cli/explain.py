@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from imagerec.cli.shared import MAX_IMAGE_PIXELS, MaxImagePixels, fail_if_unreadable
+from imagerec.cli.shared import MaxImagePixels, fail_if_unreadable
+from imagerec.config import MAX_IMAGE_PIXELS
 
 Opt = typer.Option
 METHODS = "gradcam | gradcam++ | scorecam | hirescam | integrated-gradients"  # outputs.explain.METHODS, without torch

@@ -37,7 +37,9 @@ def main() -> None:
     try:
         app()
     except UserError as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        # A file name whose bytes are not UTF-8 (held as surrogates) is printed as \xNN, as every output writes it.
+        line = _one_line(error).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
 

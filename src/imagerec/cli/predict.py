@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from imagerec.cli.shared import MAX_IMAGE_PIXELS, MaxImagePixels, fail_if_unreadable
+from imagerec.cli.shared import MaxImagePixels, fail_if_unreadable
+from imagerec.config import MAX_IMAGE_PIXELS
 from imagerec.errors import UserError
 from imagerec.runs import write_text
 from imagerec.tasks.results import Detections, SegmentationMask
@@ -52,11 +53,12 @@ def evaluate(
     data: Annotated[Path, typer.Argument(help="Image folder or CSV with the same classes.")],
     split: Annotated[str, Opt(help="Split to evaluate: train, val or test.")] = "test",
     as_json: Annotated[bool, Opt("--json", help="Print the metrics JSON instead of a table.")] = False,
+    max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS,
 ) -> None:
     """Measure a trained run on a split of DATA (also saved to RUN/evaluation/<split>.json)."""
     from imagerec.api import evaluate as evaluate_run
 
-    metrics = evaluate_run(run, data, split=split)
+    metrics = evaluate_run(run, data, split=split, max_image_pixels=max_image_pixels)
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:

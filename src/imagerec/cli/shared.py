@@ -8,9 +8,6 @@ import typer
 
 from imagerec.errors import UserError
 
-# imagerec.data.images.MAX_PIXELS (Pillow's own decompression-bomb limit), repeated so `--help` needs no torch import.
-MAX_IMAGE_PIXELS = 178_956_970
-
 MaxImagePixels = Annotated[
     int,
     typer.Option(

@@ -68,6 +68,10 @@ def train(
     eval_every: Annotated[int | None, Opt(help="Validate every N epochs (and after the last).")] = None,
     loss: Annotated[str | None, Opt(help="Segmentation: auto | ce | dice | focal | ce_dice.")] = None,
     workers: Annotated[int | None, Opt(help="DataLoader processes decoding and augmenting images.")] = None,
+    max_image_pixels: Annotated[
+        int | None,
+        Opt(min=1, help="Refuse image files whose header claims more pixels than this (default 178,956,970)."),
+    ] = None,
     weights: Annotated[
         str | None, Opt(help="Start from: DEFAULT, IMAGENET1K_V2, timm:NAME.TAG, a weights file or a run directory.")
     ] = None,
@@ -93,7 +97,7 @@ def train(
         "loss": loss, "workers": workers, "weights": weights, "finetune": finetune, "stages": stages,
         "layer_decay": layer_decay, "backbone_lr_mult": backbone_lr_mult, "mean": tuple(mean) if mean else None,
         "std": tuple(std) if std else None, "head": head, "time": time, "recipe": recipe, "threads": threads,
-        "positive": positive, "threshold_by": threshold_by,
+        "positive": positive, "threshold_by": threshold_by, "max_image_pixels": max_image_pixels,
     }  # fmt: skip
     console = Console(soft_wrap=True)
     if dry_run:

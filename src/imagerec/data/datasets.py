@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from imagerec.data.formats._boxes import image_size
-from imagerec.data.images import read_image, to_channels
+from imagerec.data.images import MAX_PIXELS, read_image, to_channels
 from imagerec.data.masks import MaskCoding, check_segmentations, instance_masks, size_mismatch
 from imagerec.data.targets import MaskFile, Objects, Sample
 from imagerec.errors import UserError
@@ -29,9 +29,12 @@ MultiSampleTransform = Callable[[DetectionSample, Callable[[], DetectionSample]]
 class ImageDataset(Dataset):
     """Indexed images decoded to float C×H×W with `channels` channels, kept in memory when they fit."""
 
-    def __init__(self, samples: Sequence[Sample], *, channels: int, cache: bool | None) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], *, channels: int, cache: bool | None, max_pixels: int = MAX_PIXELS
+    ) -> None:
         self.samples = list(samples)
         self.channels = channels
+        self.max_pixels = max_pixels  # refused from the header above this, before decoding (decompression bombs)
         self._cache: list[torch.Tensor] | None = None
         if self.samples and (cache or (cache is None and self._fits_in_memory())):
             self._cache = [self._decode(i) for i in range(len(self.samples))]
@@ -41,7 +44,7 @@ class ImageDataset(Dataset):
         return first.numel() * len(self.samples) <= CACHE_LIMIT_VALUES
 
     def _decode(self, i: int) -> torch.Tensor:
-        return to_channels(read_image(self.samples[i].path), self.channels)
+        return to_channels(read_image(self.samples[i].path, max_pixels=self.max_pixels), self.channels)
 
     def pixels(self, i: int) -> torch.Tensor:
         """Image `i` as decoded, before any transform (shared with the cache: do not modify in place)."""
@@ -62,10 +65,11 @@ class ClassificationDataset(ImageDataset):
         num_classes: int,
         transform: Callable | None = None,
         cache: bool | None = None,
+        max_pixels: int = MAX_PIXELS,
     ) -> None:
         self.num_classes = num_classes
         self.transform = transform
-        super().__init__(samples, channels=channels, cache=cache)
+        super().__init__(samples, channels=channels, cache=cache, max_pixels=max_pixels)
 
     def target(self, i: int) -> int | torch.Tensor:
         target = self.samples[i].target
@@ -102,13 +106,14 @@ class DetectionDataset(ImageDataset):
         mosaic: MultiSampleTransform | None = None,
         cache: bool | None = None,
         masks: bool = False,
+        max_pixels: int = MAX_PIXELS,
     ) -> None:
         self.transform = transform
         self.mosaic = mosaic
         self.masks = masks
         if masks:
             check_segmentations(samples)
-        super().__init__(samples, channels=channels, cache=cache)
+        super().__init__(samples, channels=channels, cache=cache, max_pixels=max_pixels)
 
     def target(self, i: int, canvas_size: tuple[int, int]) -> DetectionTarget:
         """The boxes, labels and ignore flags of sample `i`, on an image of `canvas_size` (height, width)."""
@@ -164,12 +169,13 @@ class SegmentationDataset(ImageDataset):
         transform: Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[tv_tensors.Image, tv_tensors.Mask]]
         | None = None,
         cache: bool | None = None,
+        max_pixels: int = MAX_PIXELS,
     ) -> None:
         self.coding = coding
         self.transform = transform
         self.samples = list(samples)
         self._check_sizes()
-        super().__init__(samples, channels=channels, cache=cache)
+        super().__init__(samples, channels=channels, cache=cache, max_pixels=max_pixels)
         self._masks: list[torch.Tensor] | None = None
         if self._cache is not None:
             small = max(coding.num_classes - 1, coding.ignore_index) < 256 and coding.ignore_index >= 0

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imagerec.config import MAX_IMAGE_PIXELS as MAX_PIXELS
 from imagerec.errors import UserError
 
 if TYPE_CHECKING:
@@ -17,9 +18,6 @@ if TYPE_CHECKING:
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
 _TIFF = frozenset({".tif", ".tiff"})
-# Pillow refuses an image above twice its MAX_IMAGE_PIXELS as a likely decompression bomb: the same number is our
-# default, so one limit holds whichever library reads the file (tifffile has none of its own).
-MAX_PIXELS = 178_956_970
 _PILLOW_COUNT = re.compile(r"\((\d+) pixels\)")  # how DecompressionBombError states the size it refused
 
 

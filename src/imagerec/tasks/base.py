@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from imagerec.config import ModelConfig
+from imagerec.data.images import MAX_PIXELS as MAX_IMAGE_PIXELS
 from imagerec.data.masks import MaskCoding
 from imagerec.data.targets import Sample
 from imagerec.errors import UserError
@@ -156,6 +157,7 @@ class Task(Protocol):
         augment: str | None,
         cache: bool | None,
         coding: MaskCoding | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> Dataset: ...
 
     def collate(self, preset: str | None = None) -> Callable[[list], Any]: ...

@@ -13,6 +13,7 @@ from torch.utils.data import default_collate
 
 from imagerec.config import ModelConfig
 from imagerec.data.datasets import ClassificationDataset
+from imagerec.data.images import MAX_PIXELS as MAX_IMAGE_PIXELS
 from imagerec.data.masks import MaskCoding
 from imagerec.data.targets import Sample
 from imagerec.metrics.classification import MONITOR, ClassificationMetrics
@@ -102,6 +103,7 @@ class ClassificationTask:
         augment: str | None,
         cache: bool | None,
         coding: MaskCoding | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> ClassificationDataset:
         """Images and targets of `samples`, augmented with preset `augment` (None: evaluation preprocessing)."""
         size = {"imgsz": info.imgsz, "mean": info.mean, "std": info.std}
@@ -110,7 +112,12 @@ class ClassificationTask:
         else:
             transform = self.train_transform(augment, channels=info.channels, **size)
         return ClassificationDataset(
-            samples, channels=info.channels, num_classes=self.num_classes, transform=transform, cache=cache
+            samples,
+            channels=info.channels,
+            num_classes=self.num_classes,
+            transform=transform,
+            cache=cache,
+            max_pixels=max_image_pixels,
         )
 
     def train_transform(self, preset: str, *, imgsz: int, channels: int, mean: Sequence[float], std: Sequence[float]):

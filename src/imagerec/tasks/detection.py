@@ -12,6 +12,7 @@ from torch import nn
 
 from imagerec.config import ModelConfig
 from imagerec.data.datasets import DetectionDataset
+from imagerec.data.images import MAX_PIXELS as MAX_IMAGE_PIXELS
 from imagerec.data.masks import MaskCoding
 from imagerec.data.targets import Sample
 from imagerec.metrics.detection import DEFAULT_CONF, DetectionMetrics
@@ -115,6 +116,7 @@ class DetectionTask:
         augment: str | None,
         cache: bool | None,
         coding: MaskCoding | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> DetectionDataset:
         """Images with their boxes, augmented with preset `augment` (None: as stored; the model resizes)."""
         transform = mosaic = None
@@ -123,7 +125,13 @@ class DetectionTask:
             # Mosaic and mixup combine boxes only; with instance masks they stay off.
             mosaic = None if self.masks else presets.mosaic_transform(augment, imgsz=info.imgsz)
         return DetectionDataset(
-            samples, channels=info.channels, transform=transform, mosaic=mosaic, cache=cache, masks=self.masks
+            samples,
+            channels=info.channels,
+            transform=transform,
+            mosaic=mosaic,
+            cache=cache,
+            masks=self.masks,
+            max_pixels=max_image_pixels,
         )
 
     def with_imgsz(self, info: ModelInfo, imgsz: int) -> ModelInfo:

@@ -17,6 +17,7 @@ from torch import nn
 from imagerec.config import ModelConfig
 from imagerec.data.datasets import SegmentationDataset
 from imagerec.data.formats._boxes import image_size
+from imagerec.data.images import MAX_PIXELS as MAX_IMAGE_PIXELS
 from imagerec.data.masks import MaskCoding
 from imagerec.data.targets import Sample
 from imagerec.errors import UserError
@@ -132,6 +133,7 @@ class SegmentationTask:
         augment: str | None,
         cache: bool | None,
         coding: MaskCoding | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> SegmentationDataset:
         """Images with their masks (decoded by `coding`, default the training data's): random imgsz crops with
         preset `augment`, or whole images (None)."""
@@ -143,7 +145,10 @@ class SegmentationTask:
         coding = coding or self.coding
         if coding is None:
             raise ValueError("SegmentationTask.dataset needs the data's mask coding")
-        return SegmentationDataset(samples, channels=info.channels, coding=coding, transform=transform, cache=cache)
+        return SegmentationDataset(
+            samples, channels=info.channels, coding=coding, transform=transform, cache=cache,
+            max_pixels=max_image_pixels,
+        )  # fmt: skip
 
     with_imgsz = staticmethod(keep_imgsz)
 
