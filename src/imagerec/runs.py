@@ -25,6 +25,7 @@ from imagerec.records import ModelInfo, Resolved, parse_model_info
 from imagerec.safe_read import is_file, load_yaml
 
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR)  # the place, not the program
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 _TEMPORARY = re.compile(r"^\.(.+)\.(\d+)\.tmp$")  # atomic_write's `.<name>.<pid>.tmp`
 
 
@@ -41,18 +42,19 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except OSError as error:
         with contextlib.suppress(OSError):  # on a read-only disk the cleanup fails too; the first error is the news
             tmp.unlink(missing_ok=True)
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(
-                f"{path}: out of disk space while saving; the previous {path.name} is intact. "
-                "Free some space, then continue with --resume"
-            ) from None
-        if error.errno in _UNWRITABLE:
-            raise _cannot_write(path, error) from None
-        raise
+        full = f"while saving; the previous {path.name} is intact. Free some space, then continue with --resume"
+        raise write_error(path, error, if_full=full) from None
 
 
-def _cannot_write(path: Path, error: OSError) -> UserError:
-    return UserError(f"{path}: cannot write here ({error.strerror}); choose another output")
+def write_error(place: Path, error: OSError, *, if_full: str) -> Exception:
+    """What to raise for `error`, met writing to `place`: when the place is at fault (full, read-only, no
+    permission, a file in the way) the one line saying so, `if_full` telling what became of the work on a full
+    disk; any other error as it is (a bug, not the user's)."""
+    if error.errno in _FULL:
+        return UserError(f"{place}: out of disk space {if_full}")
+    if error.errno in _UNWRITABLE:
+        return UserError(f"{place}: cannot write here ({error.strerror}); choose another output")
+    return error
 
 
 def make_folder(folder: Path) -> None:
@@ -71,7 +73,7 @@ def temporary_folder(folder: Path, *, prefix: str) -> tempfile.TemporaryDirector
     try:
         return tempfile.TemporaryDirectory(dir=folder, prefix=prefix)
     except OSError as error:
-        raise UserError(f"{folder}: cannot write here ({error.strerror}); choose another --out") from None
+        raise write_error(folder, error, if_full="while creating it") from None
 
 
 def check_out(out: Path, data: Path) -> None:
@@ -98,10 +100,8 @@ def staged_output(out: Path, what: str) -> Iterator[Path]:
         tmp.rename(out)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"{out}: out of disk space while writing {what}; nothing was written") from None
-        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise UserError(f"{out}: cannot write {what} here ({error.strerror}); choose another folder") from None
+        if isinstance(error, OSError):
+            raise write_error(out, error, if_full=f"while writing {what}; nothing was written") from None
         raise
 
 
@@ -220,7 +220,7 @@ def new_run_dir(out: Path | None, task: str, root: Path = Path("runs")) -> RunDi
         except FileExistsError:
             n += 1
         except OSError as error:
-            raise _cannot_write(root, error) from None
+            raise write_error(root, error, if_full="while creating it") from None
 
 
 def refuse_existing(run: RunDir) -> None:
@@ -242,7 +242,7 @@ def run_lock(run: RunDir) -> Iterator[None]:
     try:
         fd = os.open(run.lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:  # a read-only disk, no permission
-        raise _cannot_write(run.lock, error) from None
+        raise write_error(run.lock, error, if_full="while creating it") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,10 +1,12 @@
 """Reading files that may be damaged or hostile (annotations, config files, run records): text that is not UTF-8,
 JSON nested thousands deep, YAML whose aliases expand to billions of nodes, XML with entities, names longer than the
-file system allows. Each failure is a UserError naming the file and what to do."""
+file system allows. Each failure is a UserError naming the file and what to do. Also: names whose bytes are not
+UTF-8 as printable text (`printable`), as every output and error line writes them."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +162,9 @@ def parse_xml(file: Path) -> Any:
         ) from None
     except OSError as error:
         raise unreadable(file, error) from None
+
+
+def printable(path: str | Path) -> str:
+    """`path` as text every UTF-8 writer and terminal accepts: bytes of a file name that are not UTF-8 (which
+    Python holds as surrogate escapes) become `\\xNN`. Lossy on purpose: the output stays valid UTF-8."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

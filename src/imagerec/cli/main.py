@@ -8,6 +8,7 @@ import typer
 
 from imagerec.cli import benchmark, data, embed, explain, export, predict, report, serve, train
 from imagerec.errors import UserError
+from imagerec.safe_read import printable
 
 app = typer.Typer(
     name="imagerec",
@@ -37,9 +38,8 @@ def main() -> None:
     try:
         app()
     except UserError as error:
-        # A file name whose bytes are not UTF-8 (held as surrogates) is printed as \xNN, as every output writes it.
-        line = _one_line(error).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        print(f"error: {line}", file=sys.stderr)
+        # A file name whose bytes are not UTF-8 is printed as \xNN, as every output writes it.
+        print(f"error: {printable(_one_line(error))}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from PIL import Image
 
 from imagerec.errors import UserError
 from imagerec.registry import Registry
-from imagerec.runs import staged_output
+from imagerec.runs import staged_output, write_error
 
 SAMPLES: Registry[Callable[[Path], Path]] = Registry("sample dataset")
 
@@ -63,11 +62,7 @@ def write_sample(name: str, out: Path | str, *, force: bool = False) -> Path:
         try:
             return write(out)
         except OSError as error:
-            if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
-                raise UserError(
-                    f"{out}: cannot write the sample here ({error.strerror}); choose another folder"
-                ) from None
-            raise
+            raise write_error(out, error, if_full="while writing the sample; part of it may be written") from None
     with staged_output(out, f"the {name} sample") as tmp:
         write(tmp)
     return out

@@ -29,8 +29,8 @@ from imagerec.errors import UserError
 from imagerec.models.cam_layers import cam_layer
 from imagerec.models.detection import thresholds
 from imagerec.outputs.predict import ImageLike, Predictor, expand_sources, load, source_name
-from imagerec.outputs.writers import printable
 from imagerec.runs import RunDir, write_json
+from imagerec.safe_read import printable
 from imagerec.tasks.results import Classification, Detections
 
 METHODS = ("gradcam", "gradcam++", "scorecam", "hirescam", "integrated-gradients")

@@ -33,9 +33,9 @@ from imagerec.outputs.runtimes import (
     open_exported,
     runtime_names,
 )
-from imagerec.outputs.writers import printable
 from imagerec.records import ModelInfo
 from imagerec.runs import Run, RunDir, open_run
+from imagerec.safe_read import printable
 from imagerec.tasks.base import PredictOptions
 from imagerec.tasks.build import task_from_info
 from imagerec.tasks.results import Result

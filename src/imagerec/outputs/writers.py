@@ -5,22 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from imagerec.errors import UserError
 from imagerec.records import ModelInfo
+from imagerec.safe_read import printable
 from imagerec.tasks.results import Classification, Detections, InstanceMasks, Result, SegmentationMask, coco_results
 
 FORMATS = ("table", "json", "csv", "coco")
-
-
-def printable(path: str | Path) -> str:
-    """`path` as text every UTF-8 writer and terminal accepts: bytes of a file name that are not UTF-8 (which
-    Python holds as surrogate escapes) become `\\xNN`. Lossy on purpose: the output stays valid UTF-8."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def check_format(fmt: str, result_type: type[Result]) -> None:

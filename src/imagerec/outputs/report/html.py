@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from imagerec.outputs.report.blocks import Block, Figure, Gallery, ReportContext, Section, Table
-from imagerec.outputs.writers import printable
 from imagerec.runs import atomic_write, write_text
+from imagerec.safe_read import printable
 
 DPI = 100
 SHEET_CELL = 160  # pixels per image in the PNG contact sheet written for each gallery
