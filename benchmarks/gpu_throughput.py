@@ -323,27 +323,33 @@ def main(argv: list[str] | None = None) -> None:
     print("gpu: " + ", ".join(f"{k}={v}" for k, v in details.items()))
     print(f"device={device}, quick={args.quick}, torch.compile={'on' if args.compile else 'off'}\n", flush=True)
     training: list[dict[str, Any]] = []
+    inference: dict[str, Any] = {}
     if "training" not in args.skip:
         print("## training throughput", flush=True)
         for build, (imgsz, batch) in ((classification, args.cls), (detection, args.det)):
             training.append(measure_training(build(imgsz, batch, device), device, args))
+            write(args, machine, details, training, inference)  # a later stage that times out keeps these rows
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    inference: dict[str, Any] = {}
     if "inference" not in args.skip:
         print("## exported-runtime inference", flush=True)
         inference = measure_inference(args, device if device.type == "cuda" else None)
+    print("\n" + write(args, machine, details, training, inference))
+
+
+def write(args: argparse.Namespace, machine: dict, details: dict, training: list, inference: dict) -> str:
+    """The tables (returned, and written to --markdown) and every number (--json) measured so far."""
     tables = [training_table(training)] if training else []
     tables += [inference_table(inference)] if inference else []
     gpu_name, cuda = details.get("gpu_name", "no GPU"), details.get("cuda")
     text = f"machine: {machine['cpu']} ×{machine['cores']}, {gpu_name}, torch {machine['torch']}, CUDA {cuda}"
     text += "\n\n" + "\n\n".join(tables) + "\n"
-    print("\n" + text)
     if args.markdown:
         args.markdown.write_text(text)
     if args.json:
         blob = {"machine": machine, "gpu": details, "quick": args.quick, "training": training, "inference": inference}
         args.json.write_text(json.dumps(blob, indent=1, default=str))
+    return text
 
 
 if __name__ == "__main__":

@@ -135,12 +135,12 @@ def test_detection_bf16(scenes: Path, tmp_path: Path) -> None:
 
     gpu, cpu = predictors(run)
     files = sorted((scenes / "images" / "test").glob("*.png"))
-    # CPU boxes at score ≥ 0.3 against GPU boxes down to 0.2: a box whose score moved a little across the
+    # CPU boxes at score ≥ 0.2 against GPU boxes down to 0.1: a box whose score moved a little across the
     # threshold is not a disagreement. Same label and IoU ≥ 0.9 (under a pixel at these sizes) is a match; 95% must
     # match, since suppression can pick the other of two near-equal overlapping boxes.
-    confident, loose = cpu.predict(files, conf=0.3), gpu.predict(files, conf=0.2)
+    confident, loose = cpu.predict(files, conf=0.2), gpu.predict(files, conf=0.1)
     found = sum(len(r) for r in confident)
-    assert found >= 10, f"too few confident boxes ({found}) to compare devices"
+    assert found >= 5, f"too few confident boxes ({found}) to compare devices"
     matched = sum(_matched(c, g) for c, g in zip(confident, loose, strict=True))
     assert matched >= 0.95 * found, (matched, found)
 
