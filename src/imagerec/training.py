@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from lightning_fabric import Fabric
 from lightning_fabric.loggers import TensorBoardLogger
-from lightning_fabric.utilities.rank_zero import rank_zero_only
 from lightning_fabric.utilities.seed import seed_everything
 from rich.console import Console
 from torch.optim.swa_utils import AveragedModel
@@ -38,6 +37,7 @@ from imagerec.engine.checkpoint import Checkpointer, rng_state, set_rng_state
 from imagerec.engine.evaluate import SplitScores, evaluate_split
 from imagerec.engine.finetune import FineTuning, plan_finetuning
 from imagerec.engine.inputs import check_min_imgsz
+from imagerec.engine.launch import check_launcher, launch_rank
 from imagerec.engine.loop import Diverged, FitLoop, FitState, fit
 from imagerec.engine.optim import build_optimizer, build_scheduler, ema_with_warmup, reschedule, schedule_position
 from imagerec.errors import UserError
@@ -370,12 +370,13 @@ def train_run(
     (`torch_threads`) and put back afterwards. The run directory is locked (`runs.run_lock`) while training writes
     into it, a resumed one from the start (before its state is read): a second training into it is refused.
     """
+    check_launcher(cfg.train.devices, cfg.train.num_nodes)
     before = torch.get_num_threads()
     torch.set_num_threads(torch_threads(cfg.train))
     try:
         with contextlib.ExitStack() as held:
             # Global rank 0 is known from the environment before Fabric launches; only it locks the run directory.
-            if resume is not None and rank_zero_only.rank == 0:
+            if resume is not None and launch_rank(cfg.train.devices) == 0:
                 held.enter_context(run_lock(resume))
             return _train(cfg, console, resume, recipe, held)
     finally:
