@@ -152,9 +152,18 @@ def load_pretrained(cfg: RunConfig, task: Task, net: torch.nn.Module) -> LoadRep
 
 
 def make_loader(
-    dataset: Dataset, *, batch: int, train: bool, workers: int, collate: Any, seed: int, balanced: bool
+    dataset: Dataset,
+    *,
+    batch: int,
+    train: bool,
+    workers: int,
+    collate: Any,
+    seed: int,
+    balanced: bool,
+    processes: int = 1,
 ) -> DataLoader:
-    """A DataLoader whose shuffling is re-seeded every epoch (see engine.loop._set_epoch)."""
+    """A DataLoader whose shuffling is re-seeded every epoch (see engine.loop._set_epoch). With `processes` > 1
+    Fabric shares the training images out (DistributedSampler): each process gets len / processes of them."""
     generator = torch.Generator().manual_seed(seed)
     sampler = None
     if train and balanced:
@@ -167,7 +176,8 @@ def make_loader(
         shuffle=train and sampler is None,
         sampler=sampler,
         generator=generator if sampler is None else None,
-        drop_last=train and len(dataset) > batch,  # a last batch of one image breaks batch norm
+        # A last batch of one image breaks batch norm; but each process must keep one batch of its share.
+        drop_last=train and -(-len(dataset) // processes) > batch,
         num_workers=workers,
         persistent_workers=workers > 0,
         collate_fn=collate,
@@ -190,6 +200,7 @@ def make_loaders(cfg: RunConfig, index: DataIndex, info: ModelInfo, task: Task) 
         loaders[split] = make_loader(
             dataset, batch=d.batch or task.default_batch, train=train, workers=d.workers,
             collate=task.collate(augment), seed=cfg.train.seed if train else 0, balanced=train and d.balanced_sampler,
+            processes=cfg.train.devices * cfg.train.num_nodes,
         )  # fmt: skip
     return loaders
 
