@@ -191,7 +191,9 @@ def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitS
                 val = evaluate_split(
                     task, loop.eval_model or model, loop.val_loader, autocast=fabric.autocast
                 ).as_dict()
-                row |= {f"val_{k}": v for k, v in val.items() if isinstance(v, int | float)}
+                # Rank 0's scores decide for all: the EMA copy averages each process's own BatchNorm statistics,
+                # so processes score it differently, and could disagree on the best epoch or on stopping early.
+                row |= fabric.broadcast({f"val_{k}": v for k, v in val.items() if isinstance(v, int | float)}, src=0)
             state.epoch, state.history = epoch, [*state.history, row]
             best = _judge(state, row, loop.monitor) if validated or loop.val_loader is None else False
             state.stopped_early = bool(loop.patience) and state.bad_epochs >= loop.patience
