@@ -428,6 +428,7 @@ def _train(
         strategy=_strategy(cfg.train),
     )  # fmt: skip
     fabric.launch()
+    cfg = _rank_zero_plan(fabric, cfg, budget)
     run = resume if resume is not None else _new_run(fabric, cfg, held)
     if fabric.is_global_zero:
         if continued is None:
@@ -516,6 +517,19 @@ def _budgeted(
     )  # fmt: skip
     epochs = budget.first_estimate(seconds, text=cfg.train.time or "")
     console.print(f"time budget {cfg.train.time}: about {seconds:.1f} s per epoch estimated, {epochs} epochs planned")
+    return _with_epochs(cfg, epochs)
+
+
+def _rank_zero_plan(fabric: Fabric, cfg: RunConfig, budget: TimeBudget | None) -> RunConfig:
+    """`cfg` with the epochs rank 0 planned for the time budget. Each process timed its own estimate before launch;
+    all follow rank 0's, or their schedules (and so their learning rates) would differ while DDP averages their
+    gradients."""
+    if budget is None:
+        return cfg
+    return _with_epochs(cfg, int(fabric.broadcast(cfg.train.epochs, src=0)))
+
+
+def _with_epochs(cfg: RunConfig, epochs: int) -> RunConfig:
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
 
 
