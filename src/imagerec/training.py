@@ -428,6 +428,7 @@ def _train(
         strategy=_strategy(cfg.train),
     )  # fmt: skip
     fabric.launch()
+    _keep_threads(cfg.train)
     cfg = _rank_zero_plan(fabric, cfg, budget)
     run = resume if resume is not None else _new_run(fabric, cfg, held)
     if fabric.is_global_zero:
@@ -518,6 +519,13 @@ def _budgeted(
     epochs = budget.first_estimate(seconds, text=cfg.train.time or "")
     console.print(f"time budget {cfg.train.time}: about {seconds:.1f} s per epoch estimated, {epochs} epochs planned")
     return _with_epochs(cfg, epochs)
+
+
+def _keep_threads(cfg: TrainConfig) -> None:
+    """Fabric's launch sets cores ÷ processes torch threads in each process when OMP_NUM_THREADS is unset, over
+    `--threads`; threads the user asked for win again (the default stays Fabric's share of the cores)."""
+    if cfg.threads or os.environ.get("IMAGEREC_THREADS", "").isdigit():
+        torch.set_num_threads(torch_threads(cfg))
 
 
 def _rank_zero_plan(fabric: Fabric, cfg: RunConfig, budget: TimeBudget | None) -> RunConfig:
