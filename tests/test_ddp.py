@@ -97,9 +97,9 @@ def _close(ddp: Trained, single: Trained, keys: dict[str, float]) -> dict[str, f
     """The difference of each metric between the runs (`last_` keys: the last epoch's row; `test_`: the test
     metrics), checked against `keys`' absolute tolerance and returned, so a failure says what was measured.
 
-    The tolerances come from benchmarks/ddp.py (3 seeds, docs/benchmarks.md): two processes and one see the same
+    The tolerances come from benchmarks/ddp.py (3 seeds): two processes and one see the same
     images per optimizer step, but in another order (DistributedSampler shares them out) and with batch-norm
-    statistics of each process's half-batch, so they differ as much as two seeds of one process do, and no more."""
+    statistics of each process's half-batch, so they differ about as much as two seeds of one process do."""
     assert [r["epoch"] for r in ddp.rows] == [r["epoch"] for r in single.rows]
     measured = {}
     for key in keys:

@@ -31,7 +31,8 @@ def _srun_tasks() -> int | None:
 
 def check_launcher(devices: int, num_nodes: int) -> None:
     """Raise a UserError when `devices` × `num_nodes` is not the set of processes torchrun or srun started."""
-    wanted = f"--devices {devices} --num-nodes {num_nodes} ask for {devices * num_nodes} processes"
+    count = devices * num_nodes
+    wanted = f"--devices {devices} --num-nodes {num_nodes} ask for {count} process{'es' if count != 1 else ''}"
     if torch.distributed.is_available() and torch.distributed.is_torchelastic_launched():
         world, local = int(os.environ["WORLD_SIZE"]), _count("LOCAL_WORLD_SIZE")
         if world != devices * num_nodes or (local is not None and local != devices):
