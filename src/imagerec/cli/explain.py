@@ -33,7 +33,7 @@ def explain(
     segmented class. An unreadable file gets its error in explanations.json; after the others are explained, the
     command then fails (exit 2) with one line counting them."""
     from imagerec.outputs.explain import explain as explain_images
-    from imagerec.outputs.predict import expand_sources
+    from imagerec.outputs.sources import expand_sources
 
     files = expand_sources(sources)
     folder = out if out is not None else run / "explanations"

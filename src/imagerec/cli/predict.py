@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from imagerec.cli.shared import MaxImagePixels, fail_if_unreadable
 from imagerec.config import MAX_IMAGE_PIXELS
 from imagerec.errors import UserError
-from imagerec.runs import write_text
 from imagerec.tasks.results import Detections, SegmentationMask
 
 Opt = typer.Option
@@ -89,10 +96,28 @@ def _table(results: list[Any]) -> Table:
     return table
 
 
+def _progress(console: Console) -> Progress:
+    """A bar with images done of all, images per second and the time left."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+    )  # fmt: skip
+
+
 def predict(
     run: Annotated[Path, typer.Argument(help="Run directory, or a file `imagerec export` wrote.")],
-    sources: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
-    fmt: Annotated[str, Opt("--format", help="table | json | csv | coco (boxes as COCO results JSON)")] = "table",
+    sources: Annotated[
+        list[Path],
+        typer.Argument(help="Image files, folders, .txt files listing images (one per line) and/or quoted globs."),
+    ],
+    fmt: Annotated[
+        str | None,
+        Opt(
+            "--format",
+            help="table | csv | jsonl | json | coco (boxes as COCO results) | parquet (default: from "
+            "--out's suffix, else a table).",
+        ),
+    ] = None,
     topk: Annotated[int, Opt(help="Classification: labels per image.")] = 5,
     conf: Annotated[
         float | None, Opt(help="Detection: minimum score of a box (default: the run's threshold, else 0.25).")
@@ -108,7 +133,13 @@ def predict(
     max_pixels: Annotated[int, Opt(help="Segmentation: largest image predicted whole (else --tile).")] = MAX_PIXELS,
     save_images: Annotated[Path | None, Opt(help="Write each image with its labels, boxes or masks drawn.")] = None,
     save_masks: Annotated[Path | None, Opt(help="Segmentation: write each class map as an index PNG here.")] = None,
-    out: Annotated[Path | None, Opt(help="Write the results to this file instead of the screen.")] = None,
+    out: Annotated[
+        Path | None,
+        Opt(help="Write the results here as they are made: .parquet (a folder of Parquet files), .jsonl, .csv, .json."),
+    ] = None,
+    resume: Annotated[
+        bool, Opt("--resume", help="Continue an interrupted --out after the images it holds (same options).")
+    ] = False,
     batch: Annotated[int, Opt(help="Images per batch.")] = 16,
     workers: Annotated[int, Opt(help="Processes decoding images in parallel.")] = 0,
     runtime: Annotated[
@@ -121,47 +152,87 @@ def predict(
         Opt(help="--format coco: COCO annotations whose image ids the results use (matched by file name)."),
     ] = None,
 ) -> None:
-    """Predict images. An unreadable file gets its error in the output (the `error` field or column) in its place;
-    after everything else is written, the command then fails (exit 2) with one line counting them."""
-    from imagerec.outputs.predict import expand_sources, load
-    from imagerec.outputs.writers import check_format, coco_image_ids, render, save_outputs
+    """Predict images. Results are written as they are made, so memory stays flat for millions of images, and an
+    interrupted --out continues with --resume. An unreadable or missing file gets its error in the output (the
+    `error` field or column) in its place; after everything else is written, the command then fails (exit 2) with
+    one line counting them."""
+    from imagerec.outputs.predict import load
+    from imagerec.outputs.stream import write_predictions
+    from imagerec.outputs.writers import choose_format, save_outputs
 
     predictor = load(run, imgsz=imgsz, runtime=runtime, max_image_pixels=max_image_pixels)
-    check_format(fmt, predictor.task.result_type)
+    fmt = choose_format(fmt, out, predictor.task.result_type)
     options = {
         "topk": topk, "conf": conf, "iou": iou, "agnostic": agnostic_nms, "max_det": max_det, "tile": tile,
         "overlap": overlap, "max_pixels": max_pixels,
     }  # fmt: skip
     if save_masks is not None and not issubclass(predictor.task.result_type, SegmentationMask):
         raise UserError("--save-masks applies to semantic segmentation runs")
-    files = expand_sources(sources)
-    if image_ids is not None and fmt != "coco":
-        raise UserError("--image-ids numbers the results of --format coco; add --format coco or leave it out")
-    ids = coco_image_ids(image_ids, files) if image_ids is not None else None
+    if fmt == "table" and (resume or image_ids is not None):
+        raise UserError(f"{'--resume' if resume else '--image-ids'} applies to results written to --out")
     console = Console(stderr=True)
-    results: list[Any] = []
-    with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("predict", total=len(files))
-        found = predictor.predict_iter(files, batch=batch, workers=workers, **options)
-        for source, result in zip(files, found, strict=True):
-            results.append(result)
-            save_outputs(
-                result, Path(source), predictor.info, images=save_images, masks=save_masks,
-                max_pixels=max_image_pixels,
-            )  # fmt: skip
+    how = {"batch": batch, "workers": workers, **options}
+    with _progress(console) as progress:
+        bar = progress.add_task("predict", total=None, rate="")
+
+        def on_start(total: int, skipped: int) -> None:
+            progress.reset(bar, total=total, completed=skipped, rate="")
+
+        def on_result(result: Any) -> None:
+            save_outputs(result, Path(result.source), predictor.info, images=save_images, masks=save_masks,
+                         max_pixels=max_image_pixels)  # fmt: skip
             progress.advance(bar)
-    if fmt == "table" and out is None:
-        Console().print(_table(results))
-    else:
-        text = render(results, "csv" if fmt == "table" else fmt, predictor.info, ids)
-        if out is None:
-            print(text, end="")
+            speed = progress.tasks[bar].speed
+            progress.update(bar, rate=f"{speed:.1f} img/s" if speed else "")
+
+        if fmt == "table":
+            results = _predict_table(predictor, sources, how, on_start, on_result)
         else:
-            write_text(out, text)
-    where = "printed above" if out is None else f"written to {out}"
-    fail_if_unreadable([r.error for r in results if r.error is not None], len(results), done=f"results were {where}")
-    if out is not None:
-        console.print(f"{len(results)} results written to {out}")
-    for folder, what in ((save_images, "drawn images"), (save_masks, "index-mask PNGs")):
+            try:
+                written = write_predictions(
+                    predictor, sources, out, fmt=fmt, resume=resume, image_ids=image_ids, on_start=on_start,
+                    on_result=on_result, **how,
+                )  # fmt: skip
+            except KeyboardInterrupt:
+                if out is None:
+                    raise
+                task = progress.tasks[bar]
+                console.print(f"interrupted: {task.completed:.0f} of {task.total or 0:.0f} images are written to "
+                              f"{out}; run the same command with --resume to continue")  # fmt: skip
+                raise typer.Exit(130) from None
+    _say_saved(console, save_images, save_masks)
+    if fmt == "table":
+        Console().print(_table(results))
+        fail_if_unreadable([r.error for r in results if r.error], len(results), done="results were printed above")
+    else:
+        _report(console, written, out)
+
+
+def _say_saved(console: Console, images: Path | None, masks: Path | None) -> None:
+    for folder, what in ((images, "drawn images"), (masks, "index-mask PNGs")):
         if folder is not None:
             console.print(f"{what} written to {folder}")
+
+
+def _report(console: Console, written: Any, out: Path | None) -> None:
+    """What was written; exit 2 when some images could not be read."""
+    where = "printed above" if out is None else f"written to {out}"
+    first = [written.first_error] if written.first_error else []
+    fail_if_unreadable(first, written.total, count=written.unreadable, done=f"results were {where}")
+    if out is not None:
+        resumed = f" ({written.skipped} of them before --resume)" if written.skipped else ""
+        console.print(f"{written.total} results{resumed} written to {out}")
+
+
+def _predict_table(
+    predictor: Any, sources: list[Path], how: dict[str, Any], on_start: Callable, on_result: Callable
+) -> list[Any]:
+    """Every result, kept for the table on the screen."""
+    from imagerec.outputs.sources import count_sources
+
+    on_start(count_sources(sources), 0)
+    results = []
+    for result in predictor.predict_iter(sources, **how):
+        results.append(result)
+        on_result(result)
+    return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
@@ -17,12 +18,12 @@ MaxImagePixels = Annotated[
 ]
 
 
-def fail_if_unreadable(errors: list[str], total: int, *, done: str) -> None:
-    """Exit 2 with one line when some of `total` inputs could not be read (`errors`, one message each), after
-    everything else was written; `done` says what became of the others."""
-    if errors:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+def fail_if_unreadable(errors: Sequence[str], total: int, *, done: str, count: int | None = None) -> None:
+    """Exit 2 with one line when some of `total` inputs could not be read (`errors`, one message each, or the first
+    few of `count`), after everything else was written; `done` says what became of the others."""
+    count = len(errors) if count is None else count
+    if count:
+        more = f" (and {count - 1} more)" if count > 1 else ""
         raise UserError(
-            f"{len(errors)} of {total} image(s) could not be read: {errors[0]}{more}; the other "
-            f"{total - len(errors)} {done}"
+            f"{count} of {total} image(s) could not be read: {errors[0]}{more}; the other {total - count} {done}"
         )

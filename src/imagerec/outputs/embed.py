@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from imagerec.data.images import MAX_PIXELS, to_channels
 from imagerec.errors import UserError
 from imagerec.models.embedding import backbone_name, check_layer, classifier_name, extract
-from imagerec.outputs.predict import DecodedImages, ImageLike, expand_sources, load, pick_device, to_tensor
+from imagerec.outputs.predict import load, pick_device, to_tensor
+from imagerec.outputs.sources import ImageLike, decoded_batches, expand_sources
 from imagerec.tasks.results import Classification, Detections
 
 INDEX_FORMAT = 1  # bumped when the files' layout changes incompatibly
@@ -166,8 +166,7 @@ class Embedder:
         self, sources: Iterable[ImageLike], *, batch: int = 64, workers: int = 0
     ) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
         """(name, vector, None) per image in order, or (name, None, error) for an unreadable one."""
-        items = DecodedImages(expand_sources(sources), self.preprocess)
-        for chunk in DataLoader(items, batch_size=batch, num_workers=workers, collate_fn=list):
+        for chunk in decoded_batches(sources, self.preprocess, batch=batch, workers=workers):
             good = [image for _, image, error in chunk if error is None]
             vectors = iter(self.vectors(good).numpy() if good else [])
             for name, _, error in chunk:

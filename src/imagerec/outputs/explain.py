@@ -28,7 +28,8 @@ from imagerec.data.images import MAX_PIXELS as MAX_IMAGE_PIXELS
 from imagerec.errors import UserError
 from imagerec.models.cam_layers import cam_layer
 from imagerec.models.detection import thresholds
-from imagerec.outputs.predict import ImageLike, Predictor, expand_sources, load, source_name
+from imagerec.outputs.predict import Predictor, load
+from imagerec.outputs.sources import ImageLike, expand_sources, source_name
 from imagerec.runs import RunDir, write_json
 from imagerec.safe_read import printable
 from imagerec.tasks.results import Classification, Detections

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from imagerec.data.images import (
-    IMAGE_EXTENSIONS,
-    MAX_PIXELS,
-    _pil_to_array,
-    _to_unit_float,
-    is_image_file,
-    read_image,
-    to_channels,
-)
+from imagerec.data.images import MAX_PIXELS, _pil_to_array, _to_unit_float, read_image, to_channels
 from imagerec.errors import UserError
 from imagerec.outputs.graphs import in_memory
 from imagerec.outputs.runtimes import (
@@ -33,15 +24,13 @@ from imagerec.outputs.runtimes import (
     open_exported,
     runtime_names,
 )
+from imagerec.outputs.sources import ImageLike, decoded_batches
 from imagerec.records import ModelInfo
 from imagerec.runs import Run, RunDir, open_run
-from imagerec.safe_read import printable
 from imagerec.tasks.base import PredictOptions
 from imagerec.tasks.build import task_from_info
 from imagerec.tasks.results import Result
 from imagerec.weights_io import load_weights
-
-ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -50,28 +39,6 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
     return torch.device(device)
-
-
-def expand_sources(sources: Iterable[ImageLike]) -> list[ImageLike]:
-    """Folders become their image files (recursively, sorted); a missing path, or a folder without images, is an
-    error."""
-    expanded: list[ImageLike] = []
-    for source in sources:
-        if isinstance(source, str | Path):
-            path = Path(source).expanduser()
-            if path.is_dir():
-                found = sorted(p for p in path.rglob("*") if is_image_file(p))
-                if not found:
-                    kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
-                    raise UserError(f"{path}: no image files in this folder or below it ({kinds}); give another folder")
-                expanded.extend(found)
-            elif path.exists():
-                expanded.append(path)
-            else:
-                raise UserError(f"{path}: no such file or folder")
-        else:
-            expanded.append(source)
-    return expanded
 
 
 def to_tensor(image: ImageLike, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
@@ -86,28 +53,6 @@ def to_tensor(image: ImageLike, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor
             array = array[:, :, :-1]
         return torch.from_numpy(_to_unit_float(array).transpose(2, 0, 1).copy())
     return image.float()
-
-
-def source_name(image: ImageLike, position: int) -> str:
-    """How results name a source: its path (see `printable`), or `<image N>` for an in-memory image at position N."""
-    return printable(image) if isinstance(image, str | Path) else f"<image {position}>"
-
-
-class DecodedImages(Dataset):
-    """Sources decoded and preprocessed one by one: (name, tensor, None), or (name, None, error) if unreadable."""
-
-    def __init__(self, sources: list[ImageLike], preprocess: Callable[[ImageLike], torch.Tensor]) -> None:
-        self.sources, self.preprocess = sources, preprocess
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None]:
-        name = source_name(self.sources[i], i)
-        try:
-            return name, self.preprocess(self.sources[i]), None
-        except UserError as error:
-            return name, None, printable(str(error))
 
 
 class Predictor:
@@ -172,18 +117,20 @@ class Predictor:
         return self.task.probabilities(self.model(batch.to(self.device))).cpu()
 
     def predict_iter(
-        self, sources: Iterable[ImageLike], *, batch: int = 64, workers: int = 0, **options: Any
+        self, sources: Iterable[ImageLike], *, batch: int = 64, workers: int = 0, skip: int = 0, **options: Any
     ) -> Iterator[Result]:
-        """Yield one result per image, in order; unreadable files yield a result with `error` set.
+        """Yield one result per image, in order, after the first `skip` images (a resumed run's); unreadable or
+        missing files yield a result with `error` set.
 
-        `workers` > 0 decodes images in that many DataLoader processes while the model runs. The options
-        (`PredictOptions`' fields) apply to this call only: the model is never changed, so threads may share it.
+        Sources stream (see `imagerec.outputs.sources.iter_sources`: folders, `.txt` lists, globs), so memory does not
+        grow with their number. `workers` > 0 decodes images in that many DataLoader processes while the model runs.
+        The options (`PredictOptions`' fields) apply to this call only: the model is never changed, so threads may
+        share it.
         """
         chosen = PredictOptions(**options)
         if isinstance(self.model, GraphModel):
             check_options(self.model.record, chosen)
-        items = DecodedImages(expand_sources(sources), self.preprocess)
-        for chunk in DataLoader(items, batch_size=batch, num_workers=workers, collate_fn=list):
+        for chunk in decoded_batches(sources, self.preprocess, batch=batch, workers=workers, skip=skip):
             good = [(name, image) for name, image, error in chunk if error is None]
             results = iter(self._predict(good, chosen) if good else [])
             for name, _, error in chunk:

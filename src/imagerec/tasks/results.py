@@ -32,6 +32,13 @@ class Classification:
         data["labels"], data["probs"] = list(self.labels), [round(p, 6) for p in self.probs]
         return data
 
+    def to_row(self) -> dict[str, Any]:
+        """One flat table row (Parquet's columns; see `imagerec.outputs.tables`)."""
+        return {
+            "source": self.source, "label": self.label, "prob": self.prob, "topk_labels": list(self.labels),
+            "topk_probs": list(self.probs), "error": self.error,
+        }  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Detections:
@@ -62,23 +69,33 @@ class Detections:
             data["error"] = self.error
         return data
 
+    def to_row(self) -> dict[str, Any]:
+        """One flat table row: the boxes, labels and scores as aligned lists."""
+        width, height = self.size or (None, None)
+        return {
+            "source": self.source, "width": width, "height": height, "labels": list(self.labels),
+            "scores": list(self.scores), "boxes": [list(box) for box in self.boxes], "error": self.error,
+        }  # fmt: skip
+
 
 def coco_results(
     results: Sequence[Detections],
     classes: Sequence[str],
     category_ids: Sequence[int] | None = None,
     image_ids: Mapping[str, int | str] | None = None,
+    *,
+    first: int = 1,
 ) -> list[dict[str, Any]]:
     """Detections in the COCO results format (what pycocotools' `loadRes` reads): one entry per box.
 
     `image_id` is the ground truth's id from `image_ids` (by source) when given, else the file name's number when
-    it is one (COCO names images by id), else the 1-based position; `category_id` is the data's own COCO id when
-    the run was trained on COCO data, else the class position + 1.
+    it is one (COCO names images by id), else the position (`results[0]`'s is `first`); `category_id` is the
+    data's own COCO id when the run was trained on COCO data, else the class position + 1.
     """
     ids = list(category_ids) if category_ids else list(range(1, len(classes) + 1))
     lookup = {name: ids[i] for i, name in enumerate(classes)}
     entries = []
-    for position, result in enumerate(results, start=1):
+    for position, result in enumerate(results, start=first):
         stem = PurePath(result.source).stem
         image_id = image_ids[result.source] if image_ids else int(stem) if stem.isdigit() else position
         for (x1, y1, x2, y2), label, score in zip(result.boxes, result.labels, result.scores, strict=True):
@@ -123,6 +140,20 @@ class SegmentationMask:
             data["masks"] = {names[c]: rle(self.mask == c) for c in np.unique(self.mask).tolist()}
         return data
 
+    def to_row(self) -> dict[str, Any]:
+        """One flat table row: the classes present, their pixel counts and their masks (COCO RLE), aligned."""
+        if self.mask is None:
+            return {"source": self.source, "width": None, "height": None, "classes": [], "pixels": [], "masks": [],
+                    "error": self.error}  # fmt: skip
+        names = list(self.areas or {})
+        present = np.unique(self.mask).tolist()
+        width, height = self.size
+        return {
+            "source": self.source, "width": width, "height": height, "classes": [names[c] for c in present],
+            "pixels": [int((self.areas or {})[names[c]]) for c in present],
+            "masks": [rle(self.mask == c) for c in present], "error": None,
+        }  # fmt: skip
+
 
 @dataclass(frozen=True)
 class InstanceMasks(Detections):
@@ -135,6 +166,9 @@ class InstanceMasks(Detections):
         for entry, mask in zip(data["objects"], self.masks, strict=True):
             entry["mask"] = mask
         return data
+
+    def to_row(self) -> dict[str, Any]:
+        return {**super().to_row(), "masks": list(self.masks)}
 
 
 Result = Classification | Detections | SegmentationMask  # InstanceMasks are Detections
