@@ -152,6 +152,11 @@ def test_an_interrupted_output_is_not_overwritten_or_resumed_differently(run, im
     finally:
         shutil.move(moved, first)
     assert "the images are not those the interrupted prediction began with" in line
+    with monkeypatch.context() as patch:  # killed before its first commit: the record of none done lets it resume
+        _crash_after(patch, 0, RuntimeError)
+        with pytest.raises(RuntimeError):
+            invoke("predict", run, images, "--out", tmp_path / "early.csv", *BATCH)
+    assert invoke("predict", run, images, "--out", tmp_path / "early.csv", *BATCH, "--resume").exit_code == 0
     clean = tmp_path / "clean.csv"
     assert invoke("predict", run, images, "--out", clean, *BATCH, "--resume").exit_code == 0  # nothing yet: starts
     line = user_error(capsys, monkeypatch, "predict", run, images, "--out", clean, *BATCH, "--resume")

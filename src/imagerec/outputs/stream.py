@@ -363,7 +363,7 @@ def _start(
     total, fingerprint = _count(sources, 0)
     if out is not None:
         _fresh(out, plan["format"])
-    return Progress(plan=plan, total=total), fingerprint
+    return Progress(plan=plan, total=total, digest=fingerprint.hexdigest()), fingerprint
 
 
 def _encoder(
