@@ -22,7 +22,7 @@ ROOT = "imagerec"
 # An entry is a module, or a package with everything under it; the root package `imagerec` is only its
 # __init__.py. New modules need a row here (test_every_module_has_a_layer).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("face", ("imagerec", "imagerec.__main__", "imagerec.cli")),
+    ("face", ("imagerec", "imagerec.__main__", "imagerec.cli", "imagerec.batch")),
     ("api", ("imagerec.api",)),
     ("outputs", ("imagerec.outputs",)),
     ("training glue", ("imagerec.training", "imagerec.evaluation", "imagerec.embedding_head", "imagerec.recipe")),
