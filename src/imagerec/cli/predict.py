@@ -151,21 +151,39 @@ def predict(
         Path | None,
         Opt(help="--format coco: COCO annotations whose image ids the results use (matched by file name)."),
     ] = None,
+    engine: Annotated[
+        str, Opt(help="local (this machine) | ray (a pool of model copies on Ray; writes --out results.parquet).")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        Opt(help="--engine ray: the cluster's head (host:port, or ray://host:port); default: a local Ray instance."),
+    ] = None,
+    actors: Annotated[
+        int | None, Opt(help="--engine ray: model copies at work (default: one per GPU, else one per CPU but one).")
+    ] = None,
 ) -> None:
     """Predict images. Results are written as they are made, so memory stays flat for millions of images, and an
     interrupted --out continues with --resume. An unreadable or missing file gets its error in the output (the
     `error` field or column) in its place; after everything else is written, the command then fails (exit 2) with
-    one line counting them."""
+    one line counting them. With --engine ray the images are predicted on Ray (each actor loads the model once) and
+    written to --out in their order, with the columns and files of the local engine; no --resume."""
+    options = {
+        "topk": topk, "conf": conf, "iou": iou, "agnostic": agnostic_nms, "max_det": max_det, "tile": tile,
+        "overlap": overlap, "max_pixels": max_pixels,
+    }  # fmt: skip
+    if _engine(engine, address, actors) == "ray":
+        refused = {"--resume": resume, "--workers": workers, "--save-images": save_images, "--save-masks": save_masks,
+                   "--image-ids": image_ids}  # fmt: skip
+        ray = {"address": address, "actors": actors, "batch": batch, "runtime": runtime, "imgsz": imgsz,
+               "max_image_pixels": max_image_pixels}  # fmt: skip
+        _predict_on_ray(run, sources, out, fmt, refused, **ray, **options)
+        return
     from imagerec.outputs.predict import load
     from imagerec.outputs.stream import write_predictions
     from imagerec.outputs.writers import choose_format, save_outputs
 
     predictor = load(run, imgsz=imgsz, runtime=runtime, max_image_pixels=max_image_pixels)
     fmt = choose_format(fmt, out, predictor.task.result_type)
-    options = {
-        "topk": topk, "conf": conf, "iou": iou, "agnostic": agnostic_nms, "max_det": max_det, "tile": tile,
-        "overlap": overlap, "max_pixels": max_pixels,
-    }  # fmt: skip
     if save_masks is not None and not issubclass(predictor.task.result_type, SegmentationMask):
         raise UserError("--save-masks applies to semantic segmentation runs")
     if fmt == "table" and (resume or image_ids is not None):
@@ -206,6 +224,48 @@ def predict(
         fail_if_unreadable([r.error for r in results if r.error], len(results), done="results were printed above")
     else:
         _report(console, written, out)
+
+
+def _engine(engine: str, address: str | None, actors: int | None) -> str:
+    if engine not in ("local", "ray"):
+        raise UserError(f"--engine {engine!r}: use local or ray")
+    if engine == "local" and (address is not None or actors is not None):
+        flag = "--address" if address is not None else "--actors"
+        raise UserError(f"{flag} applies to --engine ray: add --engine ray, or leave out {flag}")
+    if actors is not None and actors < 1:
+        raise UserError(f"--actors {actors}: give 1 or more model copies")
+    return engine
+
+
+def _predict_on_ray(
+    run: Path, sources: list[Path], out: Path | None, fmt: str | None, refused: dict[str, Any], **how: Any
+) -> None:
+    """`predict --engine ray`: the sources predicted on Ray, written to the Parquet folder `out`."""
+    given = [option for option, value in refused.items() if value]
+    if "--resume" in given:
+        raise UserError("--resume continues a prediction of --engine local; --engine ray writes its --out whole: leave "
+                        "out --resume, or use --engine local")  # fmt: skip
+    if given:
+        raise UserError(f"{given[0]} applies to --engine local; leave it out with --engine ray")
+    wanted = fmt or ("parquet" if out is not None and out.suffix.lower() == ".parquet" else None)
+    if out is None or wanted != "parquet":
+        raise UserError("--engine ray writes a folder of Parquet files: give --out results.parquet")
+    from imagerec.outputs.batch import predict_files
+
+    console = Console(stderr=True)
+    with _progress(console) as progress:
+        bar = progress.add_task("predict", total=None, rate="")
+
+        def on_result(row: dict[str, Any]) -> None:
+            progress.advance(bar)
+            speed = progress.tasks[bar].speed
+            progress.update(bar, rate=f"{speed:.1f} img/s" if speed else "")
+
+        written = predict_files(
+            run, sources, out, on_start=lambda total, _: progress.reset(bar, total=total, rate=""), on_result=on_result,
+            **how,
+        )  # fmt: skip
+    _report(console, written, out)
 
 
 def _say_saved(console: Console, images: Path | None, masks: Path | None) -> None:
