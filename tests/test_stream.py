@@ -195,5 +195,9 @@ def test_parquet_needs_a_folder_of_its_own(run, images, tmp_path, capsys, monkey
     line = user_error(capsys, monkeypatch, "predict", run, images, "--out", taken)
     assert "is not a folder of results imagerec wrote" in line
     assert (taken / "notes.txt").read_text() == "mine"
+    single = tmp_path / "part-00000.parquet"  # a file, not a folder: replacing it would lose someone's data
+    single.write_bytes(b"PAR1")
+    line = user_error(capsys, monkeypatch, "predict", run, images, "--out", single)
+    assert "is not a folder of results imagerec wrote" in line
     line = user_error(capsys, monkeypatch, "predict", run, images, "--format", "parquet")
     assert "add --out results.parquet" in line

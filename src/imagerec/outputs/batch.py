@@ -28,7 +28,7 @@ from imagerec.data.images import MAX_PIXELS, read_array
 from imagerec.errors import UserError
 from imagerec.outputs.predict import Predictor, load, to_tensor
 from imagerec.outputs.sources import ImageLike, iter_sources, source_name
-from imagerec.outputs.stream import PARQUET_SHARD, Written, _fresh
+from imagerec.outputs.stream import PARQUET_SHARD, Written, prepare_output
 from imagerec.outputs.tables import to_table
 from imagerec.runs import make_folder, write_error
 from imagerec.safe_read import printable
@@ -310,7 +310,7 @@ def predict_files(
     load_options = {"runtime": runtime, "imgsz": imgsz, "max_image_pixels": max_image_pixels}
     checked = _checked(run, load_options, options)  # before Ray starts: its mistakes come at once
     items = list(_paths(sources))
-    _fresh(out, "parquet")
+    prepare_output(out, "parquet")
     written = Written(out, "parquet", len(items))
     started = connect(address)
     if on_start is not None:

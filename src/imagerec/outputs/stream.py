@@ -243,8 +243,9 @@ def _resume(out: Path, plan: dict[str, Any], sources: Sequence[ImageLike]) -> tu
     return progress, fingerprint
 
 
-def _fresh(out: Path, fmt: str) -> None:
-    """Make room for a new output at `out`, refusing to overwrite an interrupted one."""
+def prepare_output(out: Path, fmt: str) -> None:
+    """Make room for a new output at `out` (an earlier complete one is replaced), refusing to overwrite an
+    interrupted one, or for Parquet anything but a folder of results imagerec wrote."""
     progress = _read_progress(out)
     if progress is not None and out.exists():
         raise UserError(
@@ -252,8 +253,8 @@ def _fresh(out: Path, fmt: str) -> None:
             f"--resume to continue it, or remove {out} to start again"
         )
     if fmt == "parquet" and out.exists():
-        parts = list(out.iterdir()) if out.is_dir() else [out]
-        if any(not p.name.startswith("part-") or p.suffix != ".parquet" for p in parts):
+        parts = list(out.iterdir()) if out.is_dir() else None
+        if parts is None or any(not p.name.startswith("part-") or p.suffix != ".parquet" for p in parts):
             raise UserError(f"{out}: exists and is not a folder of results imagerec wrote; choose another --out")
         shutil.rmtree(out)
 
@@ -362,7 +363,7 @@ def _start(
         return _resume(out, plan, sources)
     total, fingerprint = _count(sources, 0)
     if out is not None:
-        _fresh(out, plan["format"])
+        prepare_output(out, plan["format"])
     return Progress(plan=plan, total=total, digest=fingerprint.hexdigest()), fingerprint
 
 
