@@ -180,14 +180,15 @@ def predict(
         return
     from imagerec.outputs.predict import load
     from imagerec.outputs.stream import write_predictions
-    from imagerec.outputs.writers import choose_format, save_outputs
+    from imagerec.outputs.writers import check_image_ids, choose_format, save_outputs
 
     predictor = load(run, imgsz=imgsz, runtime=runtime, max_image_pixels=max_image_pixels)
     fmt = choose_format(fmt, out, predictor.task.result_type)
     if save_masks is not None and not issubclass(predictor.task.result_type, SegmentationMask):
         raise UserError("--save-masks applies to semantic segmentation runs")
-    if fmt == "table" and (resume or image_ids is not None):
-        raise UserError(f"{'--resume' if resume else '--image-ids'} applies to results written to --out")
+    check_image_ids(image_ids, fmt)
+    if fmt == "table" and resume:
+        raise UserError("--resume continues results written to --out; give the --out of the interrupted prediction")
     console = Console(stderr=True)
     how = {"batch": batch, "workers": workers, **options}
     with _progress(console) as progress:

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 from imagerec.errors import UserError
 from imagerec.outputs.predict import Predictor
 from imagerec.outputs.sources import Fingerprint, ImageLike, iter_sources, source_name
-from imagerec.outputs.writers import TEXT_FORMATS, choose_format, coco_image_ids
+from imagerec.outputs.writers import TEXT_FORMATS, check_image_ids, choose_format, coco_image_ids
 from imagerec.runs import make_folder, write_error, write_json
 from imagerec.safe_read import load_json
 from imagerec.tasks.results import Result
@@ -68,13 +68,13 @@ def progress_path(out: Path) -> Path:
 
 
 def plan_of(predictor: Predictor, sources: Sequence[ImageLike], fmt: str, batch: int, options: dict[str, Any]) -> dict:
-    """What a resumed run must share with the interrupted one: the model (its run or file, runtime and model.json),
+    """What a resumed run must share with the interrupted one: the model (its run or file, runtime and ModelInfo),
     the sources as given, the format, the batch (a detector's boxes can depend on the images batched with it) and
     the prediction options."""
     info = json.dumps(predictor.info.to_json(), sort_keys=True)
     return {
         "model": str(predictor.run.path.resolve()) if predictor.run is not None else predictor.info.model,
-        "model.json": hashlib.sha256(info.encode()).hexdigest()[:16],
+        "model_info": hashlib.sha256(info.encode()).hexdigest()[:16],
         "runtime": predictor.runtime,
         "sources": [str(Path(s).expanduser().absolute()) if isinstance(s, str | Path) else repr(s) for s in sources],
         "format": fmt,
@@ -322,8 +322,7 @@ def write_predictions(
     fmt = choose_format(fmt, out, predictor.task.result_type)
     if fmt == "table":
         raise UserError("write_predictions writes files or text; give an --out file or another --format")
-    if image_ids is not None and fmt != "coco":
-        raise UserError("--image-ids numbers the results of --format coco; add --format coco or leave it out")
+    check_image_ids(image_ids, fmt)
     progress, fingerprint = _start(out, plan_of(predictor, sources, fmt, batch, options), sources, resume=resume)
     ids = coco_image_ids(image_ids, (Path(s) for s in iter_sources(sources))) if image_ids is not None else None
     sink = _open_sink(out, fmt, progress, predictor.task.result_type)

@@ -35,6 +35,12 @@ def choose_format(fmt: str | None, out: Path | None, result_type: type[Result]) 
     return "csv" if fmt == "table" and out is not None else fmt
 
 
+def check_image_ids(image_ids: Path | None, fmt: str) -> None:
+    """Refuse COCO image ids (`--image-ids`) for a format other than COCO results."""
+    if image_ids is not None and fmt != "coco":
+        raise UserError("--image-ids numbers the results of --format coco; add --format coco or leave it out")
+
+
 def coco_image_ids(annotations: Path, sources: Iterable[Path]) -> dict[str, int | str]:
     """Each source's image id in COCO `annotations` (keyed as results name their source), matched by its
     `file_name` (the longest trailing part of the source's path that is one); a UserError naming the first source
