@@ -201,3 +201,15 @@ def test_parquet_needs_a_folder_of_its_own(run, images, tmp_path, capsys, monkey
     assert "is not a folder of results imagerec wrote" in line
     line = user_error(capsys, monkeypatch, "predict", run, images, "--format", "parquet")
     assert "add --out results.parquet" in line
+
+
+def test_folders_are_walked_as_rglob_orders_them_without_entering_links(images, tmp_path):
+    """The lazy walk gives `sorted(rglob)`'s order; a link to a folder (here one that loops) is not entered."""
+    from imagerec.outputs.sources import walk_images
+
+    folder = tmp_path / "scans"
+    shutil.copytree(images, folder)
+    (folder / "1" / "back").symlink_to(folder, target_is_directory=True)
+    expected = sorted(p for p in folder.rglob("*.png") if "back" not in p.parts)
+    assert list(walk_images(folder)) == expected
+    assert len(expected) == 30

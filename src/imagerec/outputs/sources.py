@@ -36,7 +36,7 @@ def walk_images(folder: Path) -> Iterator[Path]:
         raise UserError(f"{folder}: cannot list this folder ({error.strerror})") from None
     for entry in entries:
         path = Path(entry.path)
-        if entry.is_dir():
+        if entry.is_dir() and not entry.is_symlink():  # as rglob: a linked folder is not entered (no loops)
             yield from walk_images(path)
         elif is_image_file(path):
             yield path
