@@ -41,6 +41,7 @@ def cpu_kind() -> str:
     amx = "-amx" if " amx_bf16" in info else ""
     return f"{vendor or 'unknown'}-{torch.backends.cpu.get_cpu_capability()}{amx}".lower()
 
+
 # (task, model, extra options): each trains in seconds on the data written below. The recipe's choices are pinned
 # to the defaults the stored outputs were made with (augment light, no label smoothing, the task's monitor), so
 # that what is compared is the engine, not the recipe.
@@ -138,8 +139,10 @@ def test_golden_run(case: str, digits_dir: Path, scenes: Path, tmp_path: Path) -
         path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
     if not path.exists():
         kinds = ", ".join(sorted(p.name for p in GOLDEN.iterdir() if p.is_dir()))
-        pytest.skip(f"no golden outputs for this CPU ({cpu_kind()}; stored for {kinds}): record them with "
-                    "IMAGEREC_WRITE_GOLDEN=1 on a commit whose outputs match the stored ones on a CPU that has them")
+        pytest.skip(
+            f"no golden outputs for this CPU ({cpu_kind()}; stored for {kinds}): record them with "
+            "IMAGEREC_WRITE_GOLDEN=1 on a commit whose outputs match the stored ones on a CPU that has them"
+        )
     want = json.loads(path.read_text())
     # model.json and the metrics may gain fields (the typed record's; scores at a decision threshold chosen after
     # the golden outputs were stored); every field they had keeps its value.
