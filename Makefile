@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev,deploy,ray]'
+	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev,deploy,ray,pretrain]'
 	touch $(STAMP)
 
 demo: $(STAMP)

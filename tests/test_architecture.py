@@ -25,7 +25,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("face", ("imagerec", "imagerec.__main__", "imagerec.cli", "imagerec.batch")),
     ("api", ("imagerec.api",)),
     ("outputs", ("imagerec.outputs",)),
-    ("training glue", ("imagerec.training", "imagerec.evaluation", "imagerec.embedding_head", "imagerec.recipe")),
+    (
+        "training glue",
+        (
+            "imagerec.training",
+            "imagerec.pretraining",
+            "imagerec.evaluation",
+            "imagerec.embedding_head",
+            "imagerec.recipe",
+        ),
+    ),
     ("engine", ("imagerec.engine",)),
     ("tasks", ("imagerec.tasks",)),
     ("transforms, models, data", ("imagerec.transforms", "imagerec.models", "imagerec.data")),

@@ -14,6 +14,7 @@ __version__ = version("imagerec")
 
 _EXPORTS = {
     "train": "imagerec.api",
+    "pretrain": "imagerec.api",
     "benchmark": "imagerec.outputs.benchmark",
     "BenchmarkReport": "imagerec.outputs.benchmark",
     "evaluate": "imagerec.api",
@@ -44,13 +45,14 @@ __all__ = [
     "export",
     "list_models",
     "load",
+    "pretrain",
     "serve",
     "train",
     "write_sample",
 ]
 
 if TYPE_CHECKING:
-    from imagerec.api import evaluate, train
+    from imagerec.api import evaluate, pretrain, train
     from imagerec.data.samples import write_sample
     from imagerec.errors import UserError
     from imagerec.models import list_models

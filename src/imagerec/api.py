@@ -14,9 +14,9 @@ from imagerec.evaluation import evaluation_index, measure
 from imagerec.outputs.predict import Predictor, load
 from imagerec.recipe import Choice, Plan, plan_recipe, profile
 from imagerec.runs import Run, RunDir, open_run, write_json
-from imagerec.tasks.build import default_model, infer_task
+from imagerec.tasks.build import default_model, infer_task, pretrained_model
 
-__all__ = ["Plan", "Run", "evaluate", "load", "plan", "train"]
+__all__ = ["Plan", "Run", "evaluate", "load", "plan", "pretrain", "train"]
 
 RUN_ONLY = ("resolved", "out")  # run.yaml keys that describe one run, not a recipe to repeat
 
@@ -59,7 +59,13 @@ def _resolve(data: str | Path | None, config: str | Path | None, options: dict[s
         choices.append(Choice("task", task, f"inferred: {why} (--task to choose)"))
     cfg = build_config(values)
     if "model.name" not in given:
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": default_model(cfg.task)})})
+        derived = pretrained_model(cfg.task, cfg.model.weights)
+        name, backbone = derived or (default_model(cfg.task), cfg.model.backbone)
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": name, "backbone": backbone})})
+        if derived is not None:
+            on = f" on its {backbone} backbone" if backbone else ""
+            choices.append(Choice("model.name", name, f"the --weights pretraining run's architecture{on}"))
+            given = given | {"model.name"}
     return cfg, Plan(cfg, choices, given)
 
 
@@ -103,23 +109,14 @@ def train(
     if resume is not None:
         run = open_run(resume)
         saved = {k: v for k, v in run.read_config().items() if k != "resolved"}
+        if "method" in saved:
+            raise UserError(f"{run.path}: a pretraining run; continue it with imagerec pretrain --resume {run.path}")
         if saved.get("model", {}).get("head", "network") != "network":
             raise UserError(
                 f"{run.path}: a --head {saved['model']['head']} run is fitted in one go, with no epochs to resume; "
                 "start a new run"
             )
-        extra = {k: v for k, v in options.items() if v is not None}
-        if "time" in extra or "recipe" in extra:
-            raise UserError(
-                f"--time and --recipe plan a new run; to train {run.path} further pass --epochs with more epochs"
-            )
-        fixed = sorted(k for k in extra if k not in TrainConfig.model_fields)
-        if fixed:
-            raise UserError(
-                f"--resume continues {run.path} with its own data and model settings; drop {', '.join(fixed)} "
-                "(only training options such as epochs and patience may change)"
-            )
-        cfg = build_config(merge(saved, {"train": extra}))
+        cfg = build_config(_resumed(run, saved, options))
         trained, scores = train_run(cfg, console=console, resume=run)
     else:
         _note_run_config(config, console)
@@ -133,6 +130,57 @@ def train(
     if trained.primary:
         report_after_training(trained, cfg, scores, console)
     return trained
+
+
+def _resumed(run: RunDir, saved: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The saved settings of `run` with the training options given to `--resume` (the only ones that may change)."""
+    extra = {k: v for k, v in options.items() if v is not None}
+    if "time" in extra or "recipe" in extra:
+        raise UserError(
+            f"--time and --recipe plan a new run; to train {run.path} further pass --epochs with more epochs"
+        )
+    fixed = sorted(k for k in extra if k not in TrainConfig.model_fields)
+    if fixed:
+        raise UserError(
+            f"--resume continues {run.path} with its own data and model settings; drop {', '.join(fixed)} "
+            "(only training options such as epochs and patience may change)"
+        )
+    return merge(saved, {"train": extra})
+
+
+def pretrain(
+    data: str | Path | None = None,
+    *,
+    method: str | None = None,
+    config: str | Path | None = None,
+    resume: str | Path | None = None,
+    console: Console | None = None,
+    **options: Any,
+) -> Run:
+    """Self-supervised pretraining of a backbone on the images of `data` (labels, if any, are ignored); returns the
+    Run, whose directory `train(..., weights=run.path)` starts any task from.
+
+    `method`: simclr (default), byol, dino, or mae for vision transformers. Options are those of `train` that
+    apply (model, imgsz, batch, epochs, time, lr, seed, devices, …). `resume` continues an interrupted run.
+    """
+    from imagerec.config import PretrainConfig
+    from imagerec.pretraining import DEFAULT_MODEL, pretrain_run
+
+    console = console or Console(soft_wrap=True)
+    if resume is not None:
+        run = open_run(resume)
+        saved = {k: v for k, v in run.read_config().items() if k != "resolved"}
+        if "method" not in saved:
+            raise UserError(f"{run.path}: not a pretraining run; continue it with imagerec train --resume {run.path}")
+        if method is not None and method != saved["method"]:
+            raise UserError(f"--resume continues {run.path} with --method {saved['method']}; drop --method {method}")
+        cfg = build_config(_resumed(run, saved, options), PretrainConfig)
+        return pretrain_run(cfg, console=console, resume=run)
+    values = _values(data, config, {k: v for k, v in options.items() if v is not None})
+    values.setdefault("model", {}).setdefault("name", DEFAULT_MODEL)
+    if method is not None:
+        values["method"] = method
+    return pretrain_run(build_config(values, PretrainConfig), console=console)
 
 
 def _note_run_config(config: str | Path | None, console: Console) -> None:

@@ -147,13 +147,22 @@ class RunConfig(_Config):
     out: Path | None = None
 
 
+class PretrainConfig(RunConfig):
+    """A self-supervised pretraining run (`imagerec pretrain`): a run's settings and the method."""
+
+    method: Literal["simclr", "byol", "dino", "mae"] = Field(
+        "simclr", description="self-supervised method (Lightly): simclr | byol | dino, or mae for vision transformers"
+    )
+
+
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
-def build_config(values: dict[str, Any]) -> RunConfig:
-    """Validate nested values into a RunConfig, turning the first problem into one clear line."""
+def build_config(values: dict[str, Any], schema: type[RunConfig] = RunConfig) -> RunConfig:
+    """Validate nested values into a RunConfig (or `schema`, e.g. PretrainConfig), turning the first problem into
+    one clear line."""
     try:
-        return RunConfig.model_validate(values)
+        return schema.model_validate(values)
     except ValidationError as error:
         raise UserError(_problem(error.errors()[0])) from None
 

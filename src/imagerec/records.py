@@ -123,6 +123,12 @@ class ModelInfo(_Record):
         preprocessing = {**legacy, "channels": channels, "size": size, "mean": mean, "std": std}
         return {**data, "record_version": 1, "kind": kind, "preprocessing": preprocessing}
 
+    @property
+    def pretraining(self) -> str | None:
+        """The self-supervised method of a pretraining run (`imagerec pretrain`), whose network embeds images and
+        has no classes to predict; None for every other run."""
+        return self.head["method"] if self.head and self.head.get("kind") == "pretrained" else None
+
     def to_json(self) -> dict[str, Any]:
         """model.json's content: the common fields and the task's own (the unset ones are left out)."""
         keep = self.model_fields_set | {"format", "record_version", "kind", "preprocessing"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -381,6 +381,14 @@ def train_run(
     (`torch_threads`) and put back afterwards. The run directory is locked (`runs.run_lock`) while training writes
     into it, a resumed one from the start (before its state is read): a second training into it is refused.
     """
+    with session(cfg, resume) as held:
+        return _train(cfg, console, resume, recipe, held)
+
+
+@contextlib.contextmanager
+def session(cfg: RunConfig, resume: RunDir | None) -> Iterator[contextlib.ExitStack]:
+    """What holds while a run trains: the launcher checked, torch's thread count set (`torch_threads`, put back
+    afterwards) and a resumed run's directory locked; the stack yielded holds the locks taken later."""
     check_launcher(cfg.train.devices, cfg.train.num_nodes)
     before = torch.get_num_threads()
     torch.set_num_threads(torch_threads(cfg.train))
@@ -389,16 +397,17 @@ def train_run(
             # Global rank 0 is known from the environment before Fabric launches; only it locks the run directory.
             if resume is not None and launch_rank(cfg.train.devices) == 0:
                 held.enter_context(run_lock(resume))
-            return _train(cfg, console, resume, recipe, held)
+            yield held
     finally:
         torch.set_num_threads(before)
 
 
-def _new_run(fabric: Fabric, cfg: RunConfig, held: contextlib.ExitStack) -> RunDir:
-    """Rank 0 picks the new run directory and locks it until `held` closes; the others get its path."""
+def claim_run_dir(fabric: Fabric, cfg: RunConfig, held: contextlib.ExitStack, *, prefix: str | None = None) -> RunDir:
+    """Rank 0 picks the new run directory (`--out`, else runs/<prefix or task>-NNN) and locks it until `held`
+    closes; the others get its path."""
     path = ""
     if fabric.is_global_zero:
-        run = new_run_dir(cfg.out, cfg.task)
+        run = new_run_dir(cfg.out, prefix or cfg.task)
         held.enter_context(run_lock(run))
         refuse_existing(run)  # again, now that no other training can be writing into it
         path = str(run.path)
@@ -428,16 +437,16 @@ def _train(
         strategy=_strategy(cfg.train),
     )  # fmt: skip
     fabric.launch()
-    _keep_threads(cfg.train)
-    cfg = _rank_zero_plan(fabric, cfg, budget)
-    run = resume if resume is not None else _new_run(fabric, cfg, held)
+    keep_threads(cfg.train)
+    cfg = rank_zero_plan(fabric, cfg, budget)
+    run = resume if resume is not None else claim_run_dir(fabric, cfg, held)
     if fabric.is_global_zero:
         if continued is None:
             write_run_files(cfg, run, index, info, settings, loaded, recipe)
         else:
             update_run_config(cfg, run)
         if resume is not None:
-            _remove_temporaries(run, console)
+            remove_temporaries_of(run, console)
         counts = " / ".join(f"{len(index.samples(s))} {s}" for s in ("train", "val", "test"))
         console.print(f"run directory: [bold]{run.path}[/]  ({settings.describe()}; {counts} images)")
         for line in filter(None, (loaded.summary() if loaded else "", finetuning.summary())):
@@ -459,13 +468,14 @@ def _train(
         accumulate=t.accumulate, clip_grad=t.clip_grad, seed=t.seed,
         eval_model=parts.ema.module if parts.ema is not None else None,
         on_step=(lambda: parts.ema.update_parameters(net)) if parts.ema is not None else None,
-        on_epoch_start=finetuning.apply, save=_saver(checkpointer, net, parts, logger), budget=budget,
-        replan=_replanner(fabric, cfg, run, parts) if budget is not None else None,
+        on_epoch_start=finetuning.apply, budget=budget,
+        save=epoch_saver(checkpointer, net, parts, logger, lambda: _epoch_weights(net, parts)),
+        replan=replanner(fabric, cfg, run, parts) if budget is not None else None,
     )  # fmt: skip
     try:
         state = fit(fabric, task, parts.model, loop, state, console)
     except Diverged as error:
-        raise _diverged(error, run, state, cfg.train.lr) from None
+        raise diverged_error(error, run, state, cfg.train.lr) from None
     if logger is not None:
         logger.finalize("success")
     best = parts.ema.module if parts.ema is not None else net
@@ -484,14 +494,14 @@ def _resume_point(
     return None, None, [Choice(**choice) for choice in run.read_resolved().recipe]
 
 
-def _remove_temporaries(run: RunDir, console: Console) -> None:
+def remove_temporaries_of(run: RunDir, console: Console) -> None:
     """Remove the temporary files of the writes a kill interrupted."""
     removed = remove_stale_temporaries(run.path)
     if removed:
         console.print(f"removed {len(removed)} temporary files of interrupted writes", markup=False)
 
 
-def _diverged(error: Diverged, run: RunDir, state: FitState, lr: float) -> UserError:
+def diverged_error(error: Diverged, run: RunDir, state: FitState, lr: float) -> UserError:
     """The one line for a run whose loss became NaN or infinite; `state` is the last epoch saved before it."""
     if state.epoch:
         best = f", best.safetensors from epoch {state.best_epoch}" if state.best_epoch else ""
@@ -518,30 +528,30 @@ def _budgeted(
     )  # fmt: skip
     epochs = budget.first_estimate(seconds, text=cfg.train.time or "")
     console.print(f"time budget {cfg.train.time}: about {seconds:.1f} s per epoch estimated, {epochs} epochs planned")
-    return _with_epochs(cfg, epochs)
+    return with_epochs(cfg, epochs)
 
 
-def _keep_threads(cfg: TrainConfig) -> None:
+def keep_threads(cfg: TrainConfig) -> None:
     """Fabric's launch sets cores ÷ processes torch threads in each process when OMP_NUM_THREADS is unset, over
     `--threads`; threads the user asked for win again (the default stays Fabric's share of the cores)."""
     if cfg.threads or os.environ.get("IMAGEREC_THREADS", "").isdigit():
         torch.set_num_threads(torch_threads(cfg))
 
 
-def _rank_zero_plan(fabric: Fabric, cfg: RunConfig, budget: TimeBudget | None) -> RunConfig:
+def rank_zero_plan(fabric: Fabric, cfg: RunConfig, budget: TimeBudget | None) -> RunConfig:
     """`cfg` with the epochs rank 0 planned for the time budget. Each process timed its own estimate before launch;
     all follow rank 0's, or their schedules (and so their learning rates) would differ while DDP averages their
     gradients."""
     if budget is None:
         return cfg
-    return _with_epochs(cfg, int(fabric.broadcast(cfg.train.epochs, src=0)))
+    return with_epochs(cfg, int(fabric.broadcast(cfg.train.epochs, src=0)))
 
 
-def _with_epochs(cfg: RunConfig, epochs: int) -> RunConfig:
+def with_epochs(cfg: RunConfig, epochs: int) -> RunConfig:
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
 
 
-def _replanner(
+def replanner(
     fabric: Fabric, cfg: RunConfig, run: RunDir, parts: FitParts
 ) -> Callable[[int], torch.optim.lr_scheduler.LRScheduler]:
     """The time budget's re-planning: a schedule `epochs` long from where training stands, recorded in run.yaml."""
@@ -616,16 +626,21 @@ def _epoch_weights(net: torch.nn.Module, parts: FitParts) -> dict[str, torch.Ten
     return (parts.ema.module if parts.ema is not None else net).state_dict()
 
 
-def _saver(
-    checkpointer: Checkpointer, net: torch.nn.Module, parts: FitParts, logger: TensorBoardLogger | None
+def epoch_saver(
+    checkpointer: Checkpointer,
+    net: torch.nn.Module,
+    parts: FitParts,
+    logger: TensorBoardLogger | None,
+    weights: Callable[[], dict[str, torch.Tensor]],
 ) -> Callable[[FitState, bool], None]:
-    """The end-of-epoch callback: checkpoint everything --resume needs, then log to TensorBoard."""
+    """The end-of-epoch callback: checkpoint everything --resume needs (`weights()` gives what last and best
+    hold), then log to TensorBoard."""
 
     def save(state: FitState, best: bool) -> None:
         ema = parts.ema
         checkpointer.save_epoch(
             history=state.history,
-            weights=_epoch_weights(net, parts),
+            weights=weights(),
             state={
                 "fit": state.to_dict(),
                 "model": net.state_dict(),

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from imagerec.cli import benchmark, data, embed, explain, export, predict, report, serve, train
+from imagerec.cli import benchmark, data, embed, explain, export, predict, pretrain, report, serve, train
 from imagerec.errors import UserError
 from imagerec.safe_read import printable
 
@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("train")(train.train)
+app.command("pretrain")(pretrain.pretrain)
 app.command("evaluate")(predict.evaluate)
 app.command("predict")(predict.predict)
 app.command("explain")(explain.explain)

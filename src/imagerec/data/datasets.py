@@ -15,6 +15,7 @@ from imagerec.data.images import MAX_PIXELS, read_image, to_channels
 from imagerec.data.masks import MaskCoding, check_segmentations, instance_masks, size_mismatch
 from imagerec.data.targets import MaskFile, Objects, Sample
 from imagerec.errors import UserError
+from imagerec.metrics.embedding import UNLABELLED
 
 # Decode everything once when the decoded pixels stay under this many floats (~1 GiB).
 CACHE_LIMIT_VALUES = 256 * 1024 * 1024
@@ -84,6 +85,34 @@ class ClassificationDataset(ImageDataset):
         if self.transform is not None:
             image = self.transform(image)
         return image.as_subclass(torch.Tensor), self.target(i)
+
+
+class ViewDataset(ImageDataset):
+    """(transform(image), class index) pairs for self-supervised pretraining: the transform gives one tensor or the
+    list of a method's augmented views; images without one class (unlabelled, detection or segmentation data) get
+    `UNLABELLED`. The class is read only by the k-NN monitor on the validation split."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        *,
+        channels: int,
+        transform: Callable,
+        cache: bool | None = None,
+        max_pixels: int = MAX_PIXELS,
+    ) -> None:
+        self.transform = transform
+        super().__init__(samples, channels=channels, cache=cache, max_pixels=max_pixels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | list[torch.Tensor], int]:
+        out = self.transform(self.pixels(i))
+        plain = (
+            out.as_subclass(torch.Tensor)
+            if isinstance(out, torch.Tensor)
+            else [v.as_subclass(torch.Tensor) for v in out]
+        )
+        target = self.samples[i].target
+        return plain, target if isinstance(target, int) else UNLABELLED
 
 
 class DetectionDataset(ImageDataset):

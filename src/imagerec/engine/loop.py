@@ -165,6 +165,7 @@ class FitLoop:
     budget: TimeBudget | None = None  # --time: the epochs are re-planned after the first and checked after each
     replan: Callable[[int], torch.optim.lr_scheduler.LRScheduler] | None = None  # the schedule for N epochs
     epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch of this call, for the budget
+    shown: tuple[str, ...] = ()  # metrics printed after each epoch besides the losses and the monitored one
 
 
 def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitState, console: Console) -> FitState:
@@ -201,7 +202,7 @@ def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitS
                 loop.save(state, best)
             fabric.barrier()
             if fabric.is_global_zero:
-                console.print(_summary(row, key, best))
+                console.print(_summary(row, (key, *loop.shown), best))
                 if state.stopped_early:
                     console.print(f"early stop: {key} did not improve for {loop.patience} epochs")
             if state.stopped_early or (
@@ -258,8 +259,8 @@ def _set_epoch(loader: DataLoader, seed: int) -> None:
         generator.manual_seed(seed)
 
 
-def _summary(row: dict[str, Any], key: str, best: bool) -> str:
+def _summary(row: dict[str, Any], keys: tuple[str, ...], best: bool) -> str:
     shown = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}"]
-    shown += [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_") and k in ("val_loss", key)]
+    shown += [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_") and k in ("val_loss", *keys)]
     shown += [f"{row['images_per_s']:.0f} img/s", f"{row['epoch_time_s']:.1f}s"]
     return "  ".join(shown) + ("  [green]best[/]" if best else "")

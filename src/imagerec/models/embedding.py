@@ -51,6 +51,11 @@ class NeighborVote(nn.Module):
         return log_shares
 
 
+class Embedding(nn.Identity):
+    """Where a self-supervised backbone's classifier was (`imagerec pretrain`): its input, the pooled pre-logits
+    features, is the model's output. A run ending in it has no classes; it embeds and starts other runs."""
+
+
 def similarity_weights(distances: Any) -> Any:
     """scikit-learn neighbour weights for cosine distances d = 1 - cos: (1 + cos) / 2, as `NeighborVote`."""
     return 1 - distances / 2
@@ -60,6 +65,8 @@ def build_head(spec: dict[str, Any], *, num_classes: int, num_outputs: int) -> n
     """The empty head model.json's `head` entry describes; its fitted values come with the run's weights."""
     if spec["kind"] == "logistic":
         return nn.Linear(spec["dim"], num_outputs)
+    if spec["kind"] == "pretrained":
+        return Embedding()
     if spec["kind"] == "knn":
         return NeighborVote(
             bank_size=spec["bank_size"],
@@ -80,7 +87,7 @@ def classifier_name(model: nn.Module) -> str:
     """The name of the classifier's last layer, whose input is the pre-logits embedding."""
     modules = list(model.named_modules())
     for name, module in modules:
-        if isinstance(module, NeighborVote):
+        if isinstance(module, NeighborVote | Embedding):
             return name
     get_classifier = getattr(model, "get_classifier", None)  # timm
     if callable(get_classifier):

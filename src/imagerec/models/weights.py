@@ -357,7 +357,8 @@ def _run_state(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     if not weights.exists():
         raise UserError(f"{path}: the run has no saved weights yet (no best.safetensors or last.safetensors)")
     info = run.read_model_info()
-    return load_weights(weights), f"{path} (a {info.task} run of {info.model})"
+    kind = f"{info.pretraining} pretraining" if info.pretraining else info.task
+    return load_weights(weights), f"{path} (a {kind} run of {info.model})"
 
 
 def resolve_state(source: str, *, model_name: str) -> tuple[dict[str, torch.Tensor], str]:

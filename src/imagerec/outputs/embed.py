@@ -203,7 +203,7 @@ def open_embedder(
 
 
 def _run_embedder(path: Path, *, layer: str | None, imgsz: int | None, device: str, max_image_pixels: int) -> Embedder:
-    predictor = load(path, device=device, imgsz=imgsz, max_image_pixels=max_image_pixels)
+    predictor = load(path, device=device, imgsz=imgsz, max_image_pixels=max_image_pixels, embedding=True)
     info, model = predictor.info, predictor.model
     classify = issubclass(predictor.task.result_type, Classification)
     if layer is not None:

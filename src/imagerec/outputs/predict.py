@@ -92,9 +92,16 @@ class Predictor:
         weights: str = "best",
         imgsz: int | None = None,
         max_image_pixels: int = MAX_PIXELS,
+        embedding: bool = False,
     ) -> Predictor:
-        """The run's eager network with its best (else last) weights; `imgsz` overrides a detector's input size."""
+        """The run's eager network with its best (else last) weights; `imgsz` overrides a detector's input size.
+        A pretraining run, which has no classes, loads only to embed images (`embedding`)."""
         info = run.read_model_info()
+        if info.pretraining and not embedding:
+            raise UserError(
+                f"{run.path}: a {info.pretraining} pretraining run has no classes to predict or score; train from it "
+                f"(imagerec train DATA --model {info.model} --weights {run.path}), or embed images with it"
+            )
         task = task_from_info(info)
         if imgsz is not None:
             info = task.with_imgsz(info, imgsz)
@@ -158,6 +165,7 @@ def load(
     imgsz: int | None = None,
     runtime: str | None = None,
     max_image_pixels: int = MAX_PIXELS,
+    embedding: bool = False,
 ) -> Predictor:
     """Load a run directory (any task; or the Run `imagerec.train` returned) or an exported file (.onnx, .xml,
     .torchscript) for prediction.
@@ -165,7 +173,8 @@ def load(
     `runtime`: `eager` (default for runs), `compile` (torch.compile), or `onnx`, `openvino`, `torchscript` (default
     for an exported file: its own format; a run is exported in memory first). `imgsz` overrides a detector's input
     size (runs only: an exported graph fixes it). Image files whose header claims more than `max_image_pixels` are
-    refused unread (a decompression bomb).
+    refused unread (a decompression bomb). `embedding`: the network is only to embed images, which a pretraining
+    run (no classes) is for.
     """
     if isinstance(run, str | Path) and is_exported(run):
         return _load_exported(Path(run), device=device, imgsz=imgsz, runtime=runtime, max_image_pixels=max_image_pixels)
@@ -175,8 +184,9 @@ def load(
         RUNTIMES.get(runtime)  # names the runtimes there are
     if runtime in EAGER_RUNTIMES:
         predictor = Predictor.from_run(
-            run_dir, device=device, weights=weights, imgsz=imgsz, max_image_pixels=max_image_pixels
-        )
+            run_dir, device=device, weights=weights, imgsz=imgsz, max_image_pixels=max_image_pixels,
+            embedding=embedding,
+        )  # fmt: skip
         if runtime == "compile":
             predictor.model, predictor.runtime = compiled(predictor.model), runtime
         return predictor

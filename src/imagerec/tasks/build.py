@@ -161,6 +161,20 @@ def default_model(task: str) -> str:
     return {"classify": ClassificationTask, "detect": DetectionTask}[task].default_model
 
 
+def pretrained_model(task: str, weights: str | None) -> tuple[str, str | None] | None:
+    """(model, backbone) to train when `--weights` is a pretraining run and no `--model` is given: its architecture
+    for classification, the default backbone-taking model on it for detection (fcos) and segmentation (smp_unet);
+    None for other weights."""
+    from imagerec.runs import open_run
+
+    if not weights or not Path(weights).expanduser().is_dir():
+        return None
+    info = open_run(Path(weights).expanduser()).read_model_info()
+    if not info.pretraining:
+        return None
+    return (info.model, None) if task == "classify" else ({"detect": "fcos"}.get(task, "smp_unet"), info.model)
+
+
 def task_from_info(info: ModelInfo) -> Task:
     """The task object of a trained run, rebuilt from its model.json (for predict, evaluate and reports)."""
     return _FROM_INFO[info.kind](info).with_decision(info.decision)

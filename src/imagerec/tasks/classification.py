@@ -62,9 +62,10 @@ class ClassificationTask:
     def build_model(self, info: ModelInfo, *, dropout: float = 0.0) -> nn.Module:
         """A fresh model for the input described by `info` (its `head` when a k-NN or logistic-regression head
         fitted on embeddings replaces the network's classifier)."""
+        # A pretraining run has no classes: it is built with one output, whose layer `info.head` then replaces.
         model = create_model(
-            self.name, info.model, num_outputs=self.num_outputs, in_channels=info.channels, imgsz=info.imgsz,
-            dropout=dropout,
+            self.name, info.model, num_outputs=max(1, self.num_outputs), in_channels=info.channels,
+            imgsz=info.imgsz, dropout=dropout,
         )  # fmt: skip
         if info.head:
             head = build_head(info.head, num_classes=self.num_classes, num_outputs=self.num_outputs)
