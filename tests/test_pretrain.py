@@ -76,6 +76,23 @@ def test_the_run_holds_the_backbone_and_what_the_monitor_measured(pretrained: im
     assert recorded["knn_accuracy"] > 0.3  # ten classes: chance is 0.1
 
 
+def test_the_report_shows_the_collapse_check_and_the_k_nn_monitor(pretrained: imagerec.Run, tmp_path: Path) -> None:
+    """Pretraining writes report.html (and `imagerec report RUN` redraws it) with nothing evaluated: the embedding
+    quality at the kept epoch, and the spread and k-NN accuracy per epoch as pictures."""
+    written = (pretrained.path / "report.html").read_text()
+    assert "self-supervised pretraining (simclr)" in written
+    result = invoke("report", pretrained.path, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report.html").read_text()
+    kept = _rows(pretrained.path)[pretrained.best_epoch - 1]
+    assert f"{pretrained.best_epoch} (by val_knn_accuracy)" in page
+    verdict = "collapsed" if float(kept["val_embedding_spread"]) < 0.1 else "not collapsed"
+    assert f"{float(kept['val_embedding_spread']):.3f}: {verdict}" in page
+    assert f"{float(kept['val_knn_accuracy']):.3f}" in page
+    assert (tmp_path / "embedding_spread.png").stat().st_size > 5000
+    assert "Metrics on the" not in page  # no classes: nothing evaluated
+
+
 def test_every_task_trains_from_a_pretraining_run_without_naming_the_model(
     pretrained: imagerec.Run, digits: Path, tmp_path: Path
 ) -> None:
@@ -196,7 +213,7 @@ def test_bad_inputs_get_one_line(
     line = user_error(capsys, monkeypatch, "pretrain", digits, "--method", "mae", "--out", tmp_path / "a")
     assert "--method mae does not suit resnet18; use --method simclr | byol | dino" in line
     run = pretrained.path
-    for verb in (("predict", run, digits / "0"), ("evaluate", run, digits), ("export", run), ("report", run)):
+    for verb in (("predict", run, digits / "0"), ("evaluate", run, digits), ("export", run)):
         assert "pretraining run has no classes" in user_error(capsys, monkeypatch, *verb), verb[0]
     line = user_error(capsys, monkeypatch, "train", digits, "--model", "seed_cnn", "--weights", run, "--epochs", "1")
     assert "(a simclr pretraining run of resnet18) does not fit seed_cnn" in line
@@ -205,3 +222,19 @@ def test_bad_inputs_get_one_line(
     monkeypatch.setitem(sys.modules, "lightly", None)  # as if not installed
     line = user_error(capsys, monkeypatch, "pretrain", digits, "--out", tmp_path / "b")
     assert line.endswith("pip install 'imagerec[pretrain]'")
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "dino"])
+def test_each_method_model_can_be_copied(method: str) -> None:
+    """The time budget and autotune measure speed on a deep copy of the model (DINO's head once could not be)."""
+    import copy
+
+    from imagerec.models import create_model
+    from imagerec.models.ssl import build_ssl_model, headless
+
+    network = create_model("classify", "resnet18", num_outputs=1, in_channels=1, imgsz=16)
+    _, width = headless(network)
+    model = copy.deepcopy(build_ssl_model(method, network, width))
+    views = [torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16), torch.rand(4, 1, 8, 8)]
+    assert torch.isfinite(model(views))
+    assert model(torch.rand(4, 1, 16, 16)).shape == (4, width)

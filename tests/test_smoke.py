@@ -87,3 +87,28 @@ def test_every_verb_runs_on_every_task_with_no_options(
     matches = json.loads(found.stdout)[0]["matches"]
     assert matches
     assert all(Path(m["path"]).parent == image.parent and Path(m["path"]) != image for m in matches)
+
+
+@pytest.mark.slow
+def test_pretrain_then_train_from_it_with_no_options(
+    data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`imagerec pretrain DATA`, then `imagerec train DATA --weights runs/pretrain-001`: the model comes from the
+    pretraining run, and embed / neighbors read the pretraining run as any other."""
+    monkeypatch.chdir(tmp_path)
+    source = data["classify"]
+    pretrained = invoke("pretrain", source)
+    assert pretrained.exit_code == 0, pretrained.output
+    run = tmp_path / "runs" / "pretrain-001"
+    assert json.loads((run / "model.json").read_text())["head"]["method"] == "simclr"
+    assert "val_embedding_spread" in pretrained.output  # the collapse check is printed per epoch
+    trained = invoke("train", source, "--weights", run)
+    assert trained.exit_code == 0, trained.output
+    info = json.loads((tmp_path / "runs" / "classify-001" / "model.json").read_text())
+    assert info["model"] == "resnet18"
+    embedded = invoke("embed", run, source, "--out", tmp_path / "e.npz")
+    assert embedded.exit_code == 0, embedded.output
+    image = _image("classify", source)
+    found = invoke("neighbors", run, image, "--index", tmp_path / "e.npz", "--json")
+    assert found.exit_code == 0, found.output
+    assert json.loads(found.stdout)[0]["matches"]

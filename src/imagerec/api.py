@@ -175,12 +175,17 @@ def pretrain(
         if method is not None and method != saved["method"]:
             raise UserError(f"--resume continues {run.path} with --method {saved['method']}; drop --method {method}")
         cfg = build_config(_resumed(run, saved, options), PretrainConfig)
-        return pretrain_run(cfg, console=console, resume=run)
-    values = _values(data, config, {k: v for k, v in options.items() if v is not None})
-    values.setdefault("model", {}).setdefault("name", DEFAULT_MODEL)
-    if method is not None:
-        values["method"] = method
-    return pretrain_run(build_config(values, PretrainConfig), console=console)
+        pretrained = pretrain_run(cfg, console=console, resume=run)
+    else:
+        values = _values(data, config, {k: v for k, v in options.items() if v is not None})
+        values.setdefault("model", {}).setdefault("name", DEFAULT_MODEL)
+        if method is not None:
+            values["method"] = method
+        cfg = build_config(values, PretrainConfig)
+        pretrained = pretrain_run(cfg, console=console)
+    if pretrained.primary:
+        report_after_training(pretrained, cfg, None, console)
+    return pretrained
 
 
 def _note_run_config(config: str | Path | None, console: Console) -> None:

@@ -37,7 +37,7 @@ from imagerec.engine.finetune import FineTuning
 from imagerec.engine.inputs import check_min_imgsz
 from imagerec.engine.loop import Diverged, FitLoop, FitState, fit
 from imagerec.errors import UserError
-from imagerec.metrics.embedding import COLLAPSED, UNLABELLED
+from imagerec.metrics.embedding import COLLAPSED, UNLABELLED, knn_measurable
 from imagerec.models.classification import check_input_size
 from imagerec.models.ssl import build_ssl_model, check_method, headless
 from imagerec.records import ModelInfo
@@ -101,11 +101,11 @@ def _unlabelled(path: Path) -> DataIndex:
 
 
 def _monitor_samples(index: DataIndex) -> tuple[list[Sample], bool]:
-    """The images embedded after each epoch, and whether they have classes: the validation split, else a spread
-    sample of the training images (collapse check only)."""
+    """The images embedded after each epoch, and whether their classes give the k-NN accuracy: the validation
+    split, else a spread sample of the training images (collapse check only)."""
     val = index.samples("val")
     if val:
-        return val, any(isinstance(s.target, int) for s in val)
+        return val, knn_measurable([s.target for s in val if isinstance(s.target, int) and s.target != UNLABELLED])
     train = index.samples("train")
     return train[:: max(1, len(train) // MONITOR_IMAGES)], False
 

@@ -37,13 +37,19 @@ def leave_one_out_knn(embeddings: np.ndarray, labels: np.ndarray, k: int = KNN_K
     from sklearn.neighbors import NearestNeighbors
 
     # A class with few images cannot outvote the others among k neighbours: k stays below its count.
-    k = max(1, min(k, int(np.bincount(labels).min()) - 1, len(labels) - 1))
+    k = max(1, min(k, int(np.unique(labels, return_counts=True)[1].min()) - 1, len(labels) - 1))
     index = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(embeddings)
     distances, neighbours = index.kneighbors()  # no query: each image's neighbours, itself left out
     classes = int(labels.max()) + 1
     votes = np.zeros((len(labels), classes))
     np.add.at(votes, (np.arange(len(labels))[:, None], labels[neighbours]), 1 - distances / 2)
     return float((votes.argmax(axis=1) == labels).mean())
+
+
+def knn_measurable(labels: list[int]) -> bool:
+    """Whether these class indices (no UNLABELLED) are enough for the k-NN accuracy: more than k images, of more
+    than one class."""
+    return len(labels) > KNN_K and len(set(labels)) > 1
 
 
 class EmbeddingMetrics:
@@ -64,7 +70,7 @@ class EmbeddingMetrics:
         vectors, labels = torch.cat(self._vectors), torch.cat(self._labels)
         scores: dict[str, Any] = {"embedding_spread": round(spread(vectors), 6), "count": len(labels)}
         labelled = labels != UNLABELLED
-        if int(labelled.sum()) > KNN_K and len(labels[labelled].unique()) > 1:
+        if knn_measurable(labels[labelled].tolist()):
             accuracy = leave_one_out_knn(vectors[labelled].numpy(), labels[labelled].numpy())
             scores["knn_accuracy"] = round(accuracy, 6)
         return scores

@@ -138,6 +138,16 @@ class BYOL(_Momentum):
         return 0.5 * (self.criterion(p1, z2) + self.criterion(p2, z1))
 
 
+def _copyable(head: nn.Module) -> nn.Module:
+    """Lightly's DINO head with its last layer's weight normalisation (norm fixed at 1) as a parametrization: torch's
+    old weight_norm hook holds a computed tensor that deepcopy refuses, and the teacher, the time budget's probe and
+    autotune's all copy the model."""
+    layer = nn.utils.remove_weight_norm(head.last_layer)  # weight = v / ‖v‖, since Lightly fixes the norm at 1
+    head.last_layer = nn.utils.parametrizations.weight_norm(layer, dim=0)
+    head.last_layer.parametrizations.weight.original0.requires_grad_(False)
+    return head
+
+
 class DINO(_Momentum):
     """Two global and some local views; the student matches the teacher's centred, sharpened outputs."""
 
@@ -148,14 +158,11 @@ class DINO(_Momentum):
         from lightly.loss import DINOLoss
         from lightly.models.modules import DINOProjectionHead
 
-        with warnings.catch_warnings():  # Lightly's head uses torch's deprecated weight_norm: not ours to change
+        with warnings.catch_warnings():  # Lightly's head uses torch's deprecated weight_norm: replaced below
             warnings.filterwarnings("ignore", message=".*weight_norm.* is deprecated", category=FutureWarning)
-            self.head = DINOProjectionHead(width, 512, 64, self.OUTPUT_DIM)
-            # A new head given the student's weights: the weight-normalised last layer cannot be deep-copied.
-            self.teacher_head = DINOProjectionHead(width, 512, 64, self.OUTPUT_DIM)
+            self.head = _copyable(DINOProjectionHead(width, 512, 64, self.OUTPUT_DIM))
         self.teacher_backbone = _frozen_copy(backbone)
-        self.teacher_head.load_state_dict(self.head.state_dict())
-        self.teacher_head.requires_grad_(False)
+        self.teacher_head = _frozen_copy(self.head)
         self.criterion = DINOLoss(output_dim=self.OUTPUT_DIM, warmup_teacher_temp_epochs=0)
 
     def pairs(self) -> list[tuple[nn.Module, nn.Module]]:

@@ -74,18 +74,19 @@ def build_context(
         history=read_history(run_dir),
         out=Path(out) if out is not None else run_dir.path,
     )
-    if evaluate:
+    if evaluate and not info.pretraining:  # a pretraining run has no classes: nothing to evaluate
         _evaluate(ctx, data, split=split, device=device, scores=scores, batch=batch)
     return ctx
 
 
 def report_sections(ctx: ReportContext) -> list[Section]:
-    """The summary and training sections, the task's sections (none yet for a task whose module is not written),
-    then the configuration."""
+    """The summary and training sections, the task's sections (a pretraining run's: the embedding quality), then
+    the configuration."""
     from imagerec.outputs.report import common
 
     first, last = common.sections(ctx)
-    module = importlib.import_module(f"imagerec.outputs.report.{TASK_MODULES[ctx.task.kind]}")
+    name = "pretraining" if ctx.info.pretraining else TASK_MODULES[ctx.task.kind]
+    module = importlib.import_module(f"imagerec.outputs.report.{name}")
     return first + module.sections(ctx) + last
 
 

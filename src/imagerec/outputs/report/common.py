@@ -67,6 +67,9 @@ def _number(text: str) -> Any:
 def monitor(ctx: ReportContext) -> tuple[str, str]:
     """The metrics.csv column that picked the best epoch, and whether higher (max) or lower (min) is better."""
     key = ctx.config.get("train", {}).get("monitor")
+    if ctx.info.pretraining:  # the monitor pretraining used (tasks.pretrain.PretrainObjective)
+        labelled = any("val_knn_accuracy" in row for row in ctx.history)
+        return ("val_knn_accuracy", "max") if labelled else ("train_loss", "min")
     if key:
         return key, "min" if key.endswith("loss") else ctx.task.monitor[1]
     metric, mode = ctx.task.monitor
@@ -103,11 +106,12 @@ def summary_section(ctx: ReportContext, key: str, mode: str) -> Section:
     shown = ", ".join(classes[:12]) + (f", … ({len(classes)} in all)" if len(classes) > 12 else "")
     model = info.model + (f" on {info.backbone}" if info.backbone else "")
     best = best_epoch(ctx.history, key, mode)
+    task = f"self-supervised pretraining ({info.pretraining})" if info.pretraining else info.task
     rows: list[list[Any]] = [
         ["run", str(ctx.run.path)],
-        ["task", info.task + (" (multi-label)" if info.multilabel else "")],
+        ["task", task + (" (multi-label)" if info.multilabel else "")],
         ["model", model],
-        ["classes", shown],
+        ["classes", shown or "none: a backbone to train from"],
         ["input", f"{info.imgsz} px, {info.channels} channel(s)"],
         ["epochs trained", f"{len(ctx.history)} of {train.get('epochs', '?')}"],
         ["best epoch", DASH if best is None else f"{best} (by {key})"],
@@ -116,7 +120,14 @@ def summary_section(ctx: ReportContext, key: str, mode: str) -> Section:
         data = ctx.metrics.get("data", "?")
         rows.append(["evaluated on", f"the {ctx.split} split of {data}: {len(ctx.samples)} images"])
     section = Section("summary", "Summary", [Table(["", ""], rows)])
-    if ctx.split is None:
+    if info.pretraining:
+        section.blocks.append(
+            Text(
+                "A pretraining run: a backbone without classes, so there is nothing to evaluate. Train any task "
+                f"from it with imagerec train DATA --weights {ctx.run.path}; embed and neighbors read it as is."
+            )
+        )
+    elif ctx.split is None:
         section.blocks.append(
             Text(
                 "No evaluation data: this report shows how training went. Give the run's data "
@@ -158,7 +169,7 @@ def training_section(ctx: ReportContext, key: str, mode: str) -> Section:
     return section
 
 
-def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+def series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     rows = [r for r in history if isinstance(r.get(key), int | float)]
     return [r["epoch"] for r in rows], [float(r[key]) for r in rows]
 
@@ -167,12 +178,12 @@ def _curves_figure(history: list[dict[str, Any]], key: str, best: int | None) ->
     figure = plain_figure(10, 3.6, columns=2)
     loss_ax, metric_ax = figure.subplots(1, 2)
     for column, colour, label in (("train_loss", TRAIN_COLOUR, "training"), ("val_loss", VAL_COLOUR, "validation")):
-        epochs, values = _series(history, column)
+        epochs, values = series(history, column)
         if epochs:
             loss_ax.plot(epochs, values, marker="o", markersize=3, color=colour, label=label)
     loss_ax.set(title="loss", xlabel="epoch")
     loss_ax.legend(frameon=False)
-    epochs, values = _series(history, key)
+    epochs, values = series(history, key)
     metric_ax.plot(epochs, values, marker="o", markersize=3, color=VAL_COLOUR)
     metric_ax.set(title=key, xlabel="epoch")
     for ax in (loss_ax, metric_ax):
@@ -195,7 +206,7 @@ def epoch_ticks(ax: Any, epochs: list[int]) -> None:
 def learning_rate_section(ctx: ReportContext) -> Section:
     train = ctx.config.get("train", {})
     section = Section("learning-rate", "Learning-rate schedule")
-    epochs, values = _series(ctx.history, "lr")
+    epochs, values = series(ctx.history, "lr")
     describe = (
         f"{train.get('optimizer', '?')} with peak learning rate {train.get('lr', '?')}, {train.get('scheduler', '?')} "
         f"schedule, {train.get('warmup_epochs', 0)} warm-up epoch(s), weight decay {train.get('weight_decay', '?')}."
@@ -219,8 +230,8 @@ def learning_rate_section(ctx: ReportContext) -> Section:
 
 def speed_section(ctx: ReportContext) -> Section:
     section = Section("speed", "Time and throughput")
-    epochs, seconds = _series(ctx.history, "epoch_time_s")
-    _, speeds = _series(ctx.history, "images_per_s")
+    epochs, seconds = series(ctx.history, "epoch_time_s")
+    _, speeds = series(ctx.history, "images_per_s")
     compute = ctx.resolved.compute
     rows: list[list[Any]] = [
         ["training time (sum of epochs)", f"{sum(seconds):.1f} s" if seconds else DASH],
