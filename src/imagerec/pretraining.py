@@ -35,7 +35,7 @@ from imagerec.engine.budget import TimeBudget, estimate_epoch_seconds
 from imagerec.engine.checkpoint import Checkpointer
 from imagerec.engine.finetune import FineTuning
 from imagerec.engine.inputs import check_min_imgsz
-from imagerec.engine.loop import Diverged, FitLoop, FitState, fit
+from imagerec.engine.loop import FitLoop, FitState
 from imagerec.errors import UserError
 from imagerec.metrics.embedding import COLLAPSED, UNLABELLED, knn_measurable
 from imagerec.models.classification import check_input_size
@@ -47,9 +47,9 @@ from imagerec.tasks.pretrain import PretrainObjective
 from imagerec.training import (
     accelerator,
     claim_run_dir,
-    diverged_error,
     epoch_saver,
     fit_parts,
+    fit_run,
     keep_threads,
     load_pretrained,
     make_loader,
@@ -209,12 +209,7 @@ def _pretrain(cfg: PretrainConfig, console: Console, resume: RunDir | None, held
         replan=replanner(fabric, cfg, run, parts) if budget is not None else None,
         shown=("val_knn_accuracy", "val_embedding_spread"),
     )  # fmt: skip
-    try:
-        state = fit(fabric, objective, parts.model, loop, state, console)
-    except Diverged as error:
-        raise diverged_error(error, run, state, cfg.train.lr) from None
-    if logger is not None:
-        logger.finalize("success")
+    state = fit_run(fabric, objective, parts.model, loop, state, console, run=run, lr=cfg.train.lr, logger=logger)
     return _finish(fabric, cfg, run, state, console)
 
 

@@ -472,12 +472,7 @@ def _train(
         save=epoch_saver(checkpointer, net, parts, logger, lambda: _epoch_weights(net, parts)),
         replan=replanner(fabric, cfg, run, parts) if budget is not None else None,
     )  # fmt: skip
-    try:
-        state = fit(fabric, task, parts.model, loop, state, console)
-    except Diverged as error:
-        raise diverged_error(error, run, state, cfg.train.lr) from None
-    if logger is not None:
-        logger.finalize("success")
+    state = fit_run(fabric, task, parts.model, loop, state, console, run=run, lr=cfg.train.lr, logger=logger)
     best = parts.ema.module if parts.ema is not None else net
     return _test(fabric, cfg, task, info, run, best, parts.eval_loaders, state, console)
 
@@ -501,7 +496,30 @@ def remove_temporaries_of(run: RunDir, console: Console) -> None:
         console.print(f"removed {len(removed)} temporary files of interrupted writes", markup=False)
 
 
-def diverged_error(error: Diverged, run: RunDir, state: FitState, lr: float) -> UserError:
+def fit_run(
+    fabric: Fabric,
+    objective: Any,
+    model: torch.nn.Module,
+    loop: FitLoop,
+    state: FitState,
+    console: Console,
+    *,
+    run: RunDir,
+    lr: float,
+    logger: TensorBoardLogger | None,
+) -> FitState:
+    """`engine.loop.fit` for a run directory: a diverged loss becomes one line saying what is kept, and the
+    TensorBoard log is closed when training ends."""
+    try:
+        state = fit(fabric, objective, model, loop, state, console)
+    except Diverged as error:
+        raise _diverged_error(error, run, state, lr) from None
+    if logger is not None:
+        logger.finalize("success")
+    return state
+
+
+def _diverged_error(error: Diverged, run: RunDir, state: FitState, lr: float) -> UserError:
     """The one line for a run whose loss became NaN or infinite; `state` is the last epoch saved before it."""
     if state.epoch:
         best = f", best.safetensors from epoch {state.best_epoch}" if state.best_epoch else ""
