@@ -24,7 +24,9 @@ def pretrain(
     epochs: Annotated[int | None, Opt(help="Epochs (default 20).")] = None,
     time: Annotated[str | None, Opt(help="Time budget, e.g. 10m, 1h: the epochs that fit are planned.")] = None,
     imgsz: Annotated[int | None, Opt(help="Input size (default: the images' median shorter side, 32–224).")] = None,
-    batch: Annotated[int | None, Opt(help="Images per batch (default 64).")] = None,
+    batch: Annotated[
+        int | None, Opt(help="Images per batch (default 64, or the training images there are, at least 16).")
+    ] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
     out: Annotated[Path | None, Opt(help="Run directory (default runs/pretrain-NNN).")] = None,
     device: Annotated[str | None, Opt(help="auto | cpu | cuda | mps")] = None,
