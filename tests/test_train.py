@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -276,3 +277,13 @@ def test_balanced_sampler_on_multilabel_data_is_a_user_error(digits_dir, tmp_pat
 def test_unknown_option_is_refused(digits_dir, tmp_path):
     with pytest.raises(TypeError, match="unknown training option 'epoch'"):
         imagerec.train(digits_dir, out=tmp_path / "run", epoch=1)
+
+
+def test_mixed_precision_is_named_once_by_imagerec_not_by_lightning(digits_dir, tmp_path, caplog):
+    """Lightning Fabric logs "Using bfloat16 Automatic Mixed Precision (AMP)" (to stderr, outside pytest); the run's
+    own first line already names the precision."""
+    console = Console(file=io.StringIO())
+    with caplog.at_level(logging.INFO):
+        imagerec.train(digits_dir, out=tmp_path / "run", epochs=1, console=console, **DIGITS, precision="bf16-mixed")
+    assert not [r for r in caplog.records if "Automatic Mixed Precision" in r.getMessage()]
+    assert "precision bf16-mixed" in console.file.getvalue()

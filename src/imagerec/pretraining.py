@@ -50,7 +50,7 @@ from imagerec.training import (
     epoch_saver,
     fit_parts,
     fit_run,
-    keep_threads,
+    launch_fabric,
     load_pretrained,
     make_loader,
     model_info,
@@ -174,12 +174,7 @@ def _pretrain(cfg: PretrainConfig, console: Console, resume: RunDir | None, held
     settings = default_settings(model, accelerator=device, requested=cfg.train.precision)
     if budget is not None:
         cfg = _budgeted(cfg, budget, objective, model, loaders, settings.precision, console)
-    fabric = Fabric(
-        accelerator=device, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes, precision=settings.precision,
-        strategy="ddp" if cfg.train.devices * cfg.train.num_nodes > 1 else "auto",
-    )  # fmt: skip
-    fabric.launch()
-    keep_threads(cfg.train)
+    fabric = launch_fabric(cfg.train, accelerator=device, precision=settings.precision)
     cfg = rank_zero_plan(fabric, cfg, budget)
     run = resume if resume is not None else claim_run_dir(fabric, cfg, held, prefix="pretrain")
     if fabric.is_global_zero:

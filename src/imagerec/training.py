@@ -9,6 +9,7 @@ everything task-specific.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -345,6 +346,24 @@ def restore(saved: dict[str, Any], net: torch.nn.Module, parts: FitParts) -> Fit
     return FitState(**saved["fit"])
 
 
+def launch_fabric(cfg: TrainConfig, *, accelerator: str, precision: str) -> Fabric:
+    """Fabric for these settings, launched (the DDP processes when devices × nodes > 1), with the threads asked for.
+    Fabric's own log line naming a mixed precision is left out: the run's first line names it with the rest."""
+    log = logging.getLogger("lightning_fabric.utilities.rank_zero")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        fabric = Fabric(
+            accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, precision=precision,
+            strategy=_strategy(cfg),
+        )  # fmt: skip
+    finally:
+        log.setLevel(level)
+    fabric.launch()
+    _keep_threads(cfg)
+    return fabric
+
+
 def _strategy(cfg: TrainConfig) -> str:
     if cfg.devices * cfg.num_nodes == 1:
         return "auto"
@@ -432,12 +451,7 @@ def _train(
     settings = compute_settings(cfg, task, net, loaders["train"], device=device, resume=continued)
     if budget is not None:
         cfg = _budgeted(cfg, budget, task, net, loaders, settings, console)
-    fabric = Fabric(
-        accelerator=device, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes, precision=settings.precision,
-        strategy=_strategy(cfg.train),
-    )  # fmt: skip
-    fabric.launch()
-    keep_threads(cfg.train)
+    fabric = launch_fabric(cfg.train, accelerator=device, precision=settings.precision)
     cfg = rank_zero_plan(fabric, cfg, budget)
     run = resume if resume is not None else claim_run_dir(fabric, cfg, held)
     if fabric.is_global_zero:
@@ -549,7 +563,7 @@ def _budgeted(
     return with_epochs(cfg, epochs)
 
 
-def keep_threads(cfg: TrainConfig) -> None:
+def _keep_threads(cfg: TrainConfig) -> None:
     """Fabric's launch sets cores ÷ processes torch threads in each process when OMP_NUM_THREADS is unset, over
     `--threads`; threads the user asked for win again (the default stays Fabric's share of the cores)."""
     if cfg.threads or os.environ.get("IMAGEREC_THREADS", "").isdigit():
