@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,32 @@ def cli_run(digits_dir, tmp_path_factory) -> Path:
 
 
 # --- happy paths ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["--version"], ["-V"], ["version"]])
+def test_version_is_printed_three_ways(args):
+    from importlib.metadata import version
+
+    import torch
+
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"imagerec {version('imagerec')} (torch {torch.__version__}, torchvision ")
+
+
+@pytest.mark.parametrize("args", [[], ["-h"], ["--help"], ["train", "-h"], ["data", "inspect", "-h"]])
+def test_help_is_a_request_not_an_error(args):
+    """Bare `imagerec` prints the help and exits 0, as `-h` and `--help` do for every command."""
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "Usage: imagerec" in result.stdout
+    assert re.search(r"--help\s+-h\s", result.stdout), result.stdout  # the short form is listed beside the long
+
+
+def test_shell_completion_can_be_installed():
+    result = invoke("--help")
+    assert "--install-completion" in result.stdout
+    assert "--show-completion" in result.stdout
 
 
 def test_train_prints_metrics_and_writes_the_run(cli_run):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -12,11 +13,50 @@ from imagerec.safe_read import printable
 
 app = typer.Typer(
     name="imagerec",
-    help="Image recognition end to end: train, evaluate and predict from your own image folders.",
-    no_args_is_help=True,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
+
+
+def versions() -> str:
+    """imagerec's version and those of what it runs on: the line `--version` prints."""
+    import platform
+    from importlib.metadata import version
+
+    import torch
+
+    device = f"CUDA {torch.version.cuda}" if torch.cuda.is_available() else "CPU only"
+    return (
+        f"imagerec {version('imagerec')} (torch {torch.__version__}, torchvision {version('torchvision')}, "
+        f"Python {platform.python_version()}, {device})"
+    )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(versions())
+        raise typer.Exit
+
+
+@app.callback(invoke_without_command=True)
+def imagerec(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_print_version, is_eager=True, help="Print the versions and exit."),
+    ] = False,
+) -> None:
+    """Image recognition end to end: train, evaluate and predict from your own image folders."""
+    if ctx.invoked_subcommand is None:  # bare `imagerec`: the help, as a request for it, not an error
+        typer.echo(ctx.get_help())
+
+
+@app.command("version")
+def version() -> None:
+    """Print the versions of imagerec, torch, torchvision and Python, and whether CUDA is there."""
+    typer.echo(versions())
+
+
 app.command("train")(train.train)
 app.command("pretrain")(pretrain.pretrain)
 app.command("evaluate")(predict.evaluate)
