@@ -116,6 +116,9 @@ def test_duplicates_and_neighbors_commands(base_run, index, gallery):
     assert first["similarity"] >= 0.9999
     assert len(copy["matches"]) == 2
     assert seven["matches"][0]["similarity"] < 0.98
+    recorded = invoke("neighbors", query, gallery / "7", "--index", index, "--k", 2, "--json")  # run from the index
+    assert recorded.exit_code == 0, recorded.output
+    assert json.loads(recorded.stdout) == [copy, seven]
 
     table = invoke("neighbors", base_run, query, "--index", index, "--threshold", 0.999)
     assert table.exit_code == 0

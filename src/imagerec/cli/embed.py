@@ -84,7 +84,11 @@ def _neighbors_table(results: list) -> Table:
 
 def neighbors(
     run_or_model: Annotated[
-        str | None, typer.Argument(help="Run directory or model name that made the index (omit with --duplicates).")
+        str | None,
+        typer.Argument(
+            help="Run directory or model name that made the index: optional, the index records it (omit with "
+            "--duplicates)."
+        ),
     ] = None,
     queries: Annotated[list[Path] | None, typer.Argument(help="Query images and/or folders.")] = None,
     index: Annotated[Path | None, Opt(help="Embeddings file written by imagerec embed.")] = None,
@@ -104,8 +108,10 @@ def neighbors(
             raise UserError("--duplicates searches the index itself; drop RUN and QUERY")
         _duplicates(index, 0.98 if threshold is None else threshold, as_json=as_json)
         return
-    if run_or_model is None or not queries:
-        raise UserError("give RUN (or the model name the index was made with) and QUERY images, or --duplicates")
+    if run_or_model is not None and _is_query(run_or_model):  # `neighbors QUERY… --index F`: F names its run
+        queries, run_or_model = [Path(run_or_model), *(queries or [])], None
+    if not queries:
+        raise UserError("give QUERY images or folders to look up in the index (or --duplicates)")
     from imagerec.outputs.embed import with_labels
     from imagerec.outputs.neighbors import neighbors as find
 
@@ -120,6 +126,14 @@ def neighbors(
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         Console().print(_neighbors_table(results))
+
+
+def _is_query(argument: str) -> bool:
+    """An image or folder of images, not a run directory; a name that is no path is a model name."""
+    from imagerec.runs import RunDir
+
+    path = Path(argument).expanduser()
+    return path.exists() and not RunDir(path).model_info.exists()
 
 
 def _duplicates(index: Path, threshold: float, *, as_json: bool) -> None:

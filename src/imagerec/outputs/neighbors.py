@@ -125,7 +125,7 @@ def check_made_by(index: Embeddings, run_or_model: str | Path, *, where: str | P
 
 
 def neighbors(
-    run_or_model: str | Path,
+    run_or_model: str | Path | None,
     queries: Sequence[str | Path],
     *,
     index: str | Path | Embeddings,
@@ -136,12 +136,20 @@ def neighbors(
     progress: Callable[[int], None] | None = None,
 ) -> list[Neighbors]:
     """The `k` indexed images most similar to each query image (at least `threshold`, if given), embedded with
-    the run or model that made `index` (its layer, weights and input size); a query never matches itself."""
+    the run or model that made `index` (its layer, weights and input size; None: the one the index records); a
+    query never matches itself."""
     if k < 1:
         raise UserError(f"--k {k}: must be at least 1")
     _check_threshold(threshold)
     where = index if not isinstance(index, Embeddings) else "the index"
     found = index if isinstance(index, Embeddings) else read_embeddings(index)
+    if run_or_model is None:
+        run_or_model = found.meta["run"] or found.meta["model"]
+        if found.meta["run"] and not Path(run_or_model).is_dir():
+            raise UserError(
+                f"{where}: made by the run {run_or_model}, which is no longer there; re-embed the images with "
+                f"another run (imagerec embed RUN … --out {where})"
+            )
     check_made_by(found, run_or_model, where=where)
     meta = found.meta
     imgsz = meta["imgsz"]
