@@ -137,6 +137,16 @@ def test_predict_files(digits_run, digits_dir):
         assert data["error"] is None
 
 
+def test_prediction_options_of_another_task_or_misspelt_are_refused(digits_run, digits_dir):
+    predictor = imagerec.load(digits_run.path, device="cpu")
+    image = _test_files(digits_run, digits_dir, 1)[0]
+    with pytest.raises(imagerec.UserError, match="^conf does not apply to a classify model; its prediction options"):
+        predictor.predict(image, conf=0.3)
+    with pytest.raises(imagerec.UserError, match="^'top_k' is not a prediction option; the options are topk, conf"):
+        predictor.predict(image, top_k=2)
+    assert len(predictor.predict(image, topk=2, conf=None)[0].labels) == 2  # another task's option at its default
+
+
 def test_predict_folder(digits_run, digits_dir):
     folder = Path(digits_dir) / "4"
     results = imagerec.load(digits_run.path, device="cpu").predict(folder, topk=1)

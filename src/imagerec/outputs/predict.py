@@ -27,7 +27,7 @@ from imagerec.outputs.runtimes import (
 from imagerec.outputs.sources import ImageLike, decoded_batches
 from imagerec.records import ModelInfo
 from imagerec.runs import Run, RunDir, open_run
-from imagerec.tasks.base import PredictOptions
+from imagerec.tasks.base import PredictOptions, predict_options
 from imagerec.tasks.build import task_from_info
 from imagerec.tasks.results import Result
 from imagerec.weights_io import load_weights
@@ -134,7 +134,7 @@ class Predictor:
         The options (`PredictOptions`' fields) apply to this call only: the model is never changed, so threads may
         share it.
         """
-        chosen = PredictOptions(**options)
+        chosen = predict_options(self.task, options)
         if isinstance(self.model, GraphModel):
             check_options(self.model.record, chosen)
         for chunk in decoded_batches(sources, self.preprocess, batch=batch, workers=workers, skip=skip):

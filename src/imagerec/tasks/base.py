@@ -7,8 +7,8 @@ never asks which kind of task it holds.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
@@ -59,6 +59,22 @@ class PredictOptions:
             raise UserError(
                 f"--tile {self.tile} --overlap {self.overlap}: the overlap must be at least 0 and below the tile size"
             )
+
+
+def predict_options(task: Task, options: Mapping[str, Any]) -> PredictOptions:
+    """`options` as PredictOptions for `task`, refusing in one line a name that is no option, and an option set
+    (to other than its default) that this task does not read, which would otherwise be silently ignored."""
+    defaults = {f.name: f.default for f in fields(PredictOptions)}
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise UserError(f"{unknown[0]!r} is not a prediction option; the options are {', '.join(defaults)}")
+    unread = sorted(k for k, v in options.items() if k not in task.predict_options and v != defaults[k])
+    if unread:
+        raise UserError(
+            f"{unread[0]} does not apply to a {task.kind} model; its prediction options are "
+            f"{', '.join(task.predict_options)}"
+        )
+    return PredictOptions(**options)
 
 
 def median_side(shapes: Sequence[tuple[int, int]], *, longest: bool, low: int, high: int, multiple: int = 1) -> int:
@@ -131,6 +147,7 @@ class Task(Protocol):
     classes: list[str]
     default_batch: int
     autotune: bool  # whether CPU precision and memory format may be chosen by measuring (engine.autotune)
+    predict_options: tuple[str, ...]  # the PredictOptions fields `predict` reads; the others stay at their defaults
     result_type: type[Result]
     decision: Decision | None  # the run's decision threshold, used by metrics and predict (None: not chosen)
 

@@ -39,6 +39,7 @@ class ClassificationTask:
     default_model: str = "seed_cnn"  # trains in seconds on a CPU; --weights DEFAULT with resnet18 when online
     default_batch: int = 64
     autotune: bool = True  # CPU precision and memory format chosen by measuring (engine.autotune)
+    predict_options: tuple[str, ...] = ("topk",)
     result_type: type = Classification
     decision: Decision | None = None  # chosen on validation after training (Task.with_decision)
     positive: int | None = None  # binary data: the index of the class sensitivity is about (tasks.build)

@@ -66,6 +66,7 @@ class SegmentationTask:
     monitor: tuple[str, str] = MONITOR
     default_batch: int = 8
     autotune: bool = True
+    predict_options: tuple[str, ...] = ("tile", "overlap", "max_pixels")
     result_type: type = SegmentationMask
     decision: Decision | None = None  # chosen on validation after training (Task.with_decision)
 

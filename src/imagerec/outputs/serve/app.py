@@ -187,14 +187,14 @@ async def _answer(request: Any, predictor: Any, settings: Settings) -> dict[str,
     """Read, decode, batch and predict one request; the response body."""
     from starlette.concurrency import run_in_threadpool
 
-    from imagerec.tasks.base import PredictOptions
+    from imagerec.tasks.base import predict_options
 
     start = time.perf_counter()
     limits = settings.limits
     body = await read_body(request.headers, request.stream(), limits.max_bytes)
     uploads, fields = await parse_body(request.headers, body, limits)
     options, flags = parse_options({**request.query_params, **fields})
-    PredictOptions(**options)  # refuse bad values before they can join (and fail) a batch
+    predict_options(predictor.task, options)  # refuse bad values before they can join (and fail) a batch
     images = []
     for name, data in uploads:
         if len(data) <= INLINE_DECODE_BYTES:
