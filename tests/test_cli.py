@@ -27,12 +27,17 @@ CONTRACT_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def cli_run(digits_dir, tmp_path_factory) -> Path:
-    """A run trained through `imagerec train` (2 epochs at 8 px: enough to predict well)."""
+def cli_trained(digits_dir, tmp_path_factory):
+    """`imagerec train` through the command line (2 epochs at 8 px: enough to predict well): its run and output."""
     out = tmp_path_factory.mktemp("cli") / "run"
     result = invoke("train", digits_dir, "--epochs", 2, "--out", out, *TINY)
     assert result.exit_code == 0, result.output
-    return out
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def cli_run(cli_trained) -> Path:
+    return cli_trained[0]
 
 
 # --- happy paths ----------------------------------------------------------------------------------------------
@@ -64,7 +69,16 @@ def test_shell_completion_can_be_installed():
     assert "--show-completion" in result.stdout
 
 
-def test_train_prints_metrics_and_writes_the_run(cli_run):
+def test_train_prints_metrics_and_writes_the_run(cli_run, cli_trained, digits_dir):
+    lines = cli_trained[1].stdout.splitlines()
+    metrics = next(i for i, line in enumerate(lines) if line.strip() == "test metrics (best epoch 2)")
+    saved = lines.index(f"saved to {cli_run}")
+    assert metrics < saved  # the metrics, then where the run and its report are, then what to do next
+    assert lines[saved + 1 :] == [
+        f"report: {cli_run / 'report.html'} (open it in a browser)", f"next: imagerec predict {cli_run} IMAGES",
+        f"next: imagerec evaluate {cli_run} {digits_dir} --split test", f"next: imagerec export {cli_run}",
+        f"next: tensorboard --logdir {cli_run / 'tensorboard'}",
+    ]  # fmt: skip
     assert (cli_run / "best.safetensors").is_file()
     with (cli_run / "metrics.csv").open() as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]

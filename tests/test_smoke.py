@@ -46,9 +46,12 @@ def test_every_verb_runs_on_every_task_with_no_options(
     monkeypatch.chdir(tmp_path)  # runs/ is written here
     source = data[task]
     image = _image(task, source)
-    trained = invoke("train", source, "--task", task)
+    trained = invoke("train", source, "--task", task, "--json")
     assert trained.exit_code == 0, trained.output
     run = tmp_path / "runs" / f"{task}-001"
+    summary = json.loads(trained.stdout)  # the progress went to stderr
+    assert summary["run"] == str(Path("runs") / f"{task}-001")
+    assert summary["report"] == str(Path("runs") / f"{task}-001" / "report.html")
     info = json.loads((run / "model.json").read_text())
     assert info["kind"] == task
     assert (run / "report.html").is_file()
@@ -57,6 +60,9 @@ def test_every_verb_runs_on_every_task_with_no_options(
     assert evaluated.exit_code == 0, evaluated.output
     metrics = json.loads(evaluated.stdout)
     measured_in_training = json.loads((run / "evaluation" / "test.json").read_text())
+    shared = set(summary["metrics"]) & set(measured_in_training)  # the JSON summary gives the test metrics
+    assert len(shared) > 3
+    assert {k: summary["metrics"][k] for k in shared} == {k: measured_in_training[k] for k in shared}
     assert {k: v for k, v in metrics.items() if k != "data"} == {
         k: measured_in_training[k] for k in metrics if k != "data"
     }  # the same weights, numerics and batches: the same numbers
@@ -97,8 +103,9 @@ def test_pretrain_then_train_from_it_with_no_options(
     pretraining run, and embed / neighbors read the pretraining run as any other."""
     monkeypatch.chdir(tmp_path)
     source = data["classify"]
-    pretrained = invoke("pretrain", source)
+    pretrained = invoke("pretrain", source, "--json")
     assert pretrained.exit_code == 0, pretrained.output
+    assert json.loads(pretrained.stdout)["run"] == str(Path("runs") / "pretrain-001")
     run = tmp_path / "runs" / "pretrain-001"
     assert json.loads((run / "model.json").read_text())["head"]["method"] == "simclr"
     assert "val_embedding_spread" in pretrained.output  # the collapse check is printed per epoch

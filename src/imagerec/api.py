@@ -199,19 +199,15 @@ def _note_run_config(config: str | Path | None, console: Console) -> None:
 
 def report_after_training(run: Run, cfg: RunConfig, scores: SplitScores | None, console: Console) -> None:
     """report.html in the run directory, from the scores training just measured (no second pass over the data);
-    drawing it must never cost the run."""
+    drawing it must never cost the run (a failure is a warning; the command line says where it is)."""
     from imagerec.outputs.report import write_report
 
     try:
         device = "cpu" if cfg.train.device == "cpu" else "auto"  # auto: the GPU training used, if there was one
-        path = write_report(
-            run.path, split=run.split or "test", evaluate=scores is not None, scores=scores, device=device
-        )
+        write_report(run.path, split=run.split or "test", evaluate=scores is not None, scores=scores, device=device)
     except Exception as error:  # a plotting bug or odd data must not lose a finished run
         message = f"warning: report.html not written: {type(error).__name__}: {error}"
         console.print(message, style="yellow", markup=False)
-    else:
-        console.print(f"report: {path}", markup=False)
 
 
 def evaluate(

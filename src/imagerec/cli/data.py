@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from imagerec.cli.shared import MaxImagePixels
+from imagerec.cli.shared import JsonOpt, MaxImagePixels
 from imagerec.config import MAX_IMAGE_PIXELS
 from imagerec.data.samples import SAMPLES, write_sample
 
@@ -25,7 +25,6 @@ DataArg = Annotated[
         "(data.yaml or images/ + labels/), Pascal VOC XML, or box CSVs; or segmentation data: images/ + masks/."
     ),
 ]
-JsonOpt = Annotated[bool, Opt("--json", help="Print the result as JSON.")]
 FormatOpt = Annotated[
     str, Opt("--format", help="Data format: auto (from the layout), imagefolder, csv, coco, yolo, voc or masks.")
 ]

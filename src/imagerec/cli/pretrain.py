@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from imagerec.cli.shared import JsonOpt, finish_run
+
 Opt = typer.Option
 
 
@@ -16,7 +18,8 @@ def pretrain(
         Path | None, typer.Argument(help="Folder of images (any layout; labels ignored). Omit with --resume.")
     ] = None,
     model: Annotated[
-        str | None, Opt(help="Backbone to pretrain (default resnet18): a classifier name; train with the same --model.")
+        str | None,
+        Opt(help="Backbone to pretrain (default resnet18): a classifier name; train from it with --weights RUN."),
     ] = None,
     method: Annotated[
         str | None, Opt(help="simclr (default) | byol | dino, or mae for vision transformers (timm:vit_*).")
@@ -38,6 +41,7 @@ def pretrain(
     workers: Annotated[int | None, Opt(help="DataLoader processes decoding and augmenting images.")] = None,
     weights: Annotated[str | None, Opt(help="Start from these weights (as train --weights).")] = None,
     resume: Annotated[Path | None, Opt(help="Continue this pretraining run from its last finished epoch.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Pretrain a backbone on your own images without labels; then `imagerec train DATA --weights RUN`."""
     from imagerec.api import pretrain as pretrain_run
@@ -47,7 +51,7 @@ def pretrain(
         "devices": devices, "num_nodes": num_nodes, "precision": precision, "seed": seed, "threads": threads,
         "workers": workers, "weights": weights,
     }  # fmt: skip
-    console = Console(soft_wrap=True)
+    console = Console(soft_wrap=True, stderr=as_json)
     try:
         if resume is not None:
             run = pretrain_run(resume=resume, method=method, console=console, **options)
@@ -59,6 +63,8 @@ def pretrain(
     if not run.primary:
         return
     shown = "  ".join(f"{k} {v:.4f}" for k, v in run.metrics.items() if isinstance(v, float))
-    if shown:
+    if shown and not as_json:
         console.print(f"val at epoch {run.best_epoch}: {shown}", markup=False)
-    console.print(f"saved to [bold]{run.path}[/]; next: imagerec train DATA --model MODEL --weights {run.path}")
+    steps = [f"imagerec train {data if data is not None else 'DATA'} --weights {run.path}",
+             f"tensorboard --logdir {run.path / 'tensorboard'}"]  # fmt: skip
+    finish_run(console, run, as_json=as_json, steps=steps)

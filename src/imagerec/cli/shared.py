@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from imagerec.errors import UserError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from imagerec.runs import Run
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).")]
 
 MaxImagePixels = Annotated[
     int,
@@ -27,3 +35,19 @@ def fail_if_unreadable(errors: Sequence[str], total: int, *, done: str, count: i
         raise UserError(
             f"{count} of {total} image(s) could not be read: {errors[0]}{more}; the other {total - count} {done}"
         )
+
+
+def finish_run(console: Console, run: Run, *, as_json: bool, steps: Sequence[str]) -> None:
+    """The end of `train` and `pretrain`: where the run and its report are, and what to do next; with `as_json`,
+    the run's summary as JSON on stdout instead (the console then writes to stderr)."""
+    report = run.path / "report.html"
+    if as_json:
+        summary = {"run": str(run.path), "split": run.split, "best_epoch": run.best_epoch, "epochs": run.epochs,
+                   "metrics": run.metrics, "report": str(report) if report.exists() else None}  # fmt: skip
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    console.print(f"saved to [bold]{run.path}[/]")
+    if report.exists():
+        console.print(f"report: {report} (open it in a browser)", markup=False)
+    for step in steps:
+        console.print(f"next: {step}", markup=False)

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from imagerec.cli.shared import JsonOpt, finish_run
 from imagerec.errors import UserError
 
 Opt = typer.Option
@@ -86,6 +87,7 @@ def train(
     std: Annotated[
         list[float] | None, Opt(help="Normalisation std per channel (default: the weights' or data's).")
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Train a model; prints per-epoch metrics and the test metrics at the end."""
     from imagerec.api import train as train_run
@@ -99,7 +101,7 @@ def train(
         "std": tuple(std) if std else None, "head": head, "time": time, "recipe": recipe, "threads": threads,
         "positive": positive, "threshold_by": threshold_by, "max_image_pixels": max_image_pixels,
     }  # fmt: skip
-    console = Console(soft_wrap=True)
+    console = Console(soft_wrap=True, stderr=as_json)
     if dry_run:
         from imagerec.api import plan
 
@@ -123,12 +125,17 @@ def train(
         raise typer.Exit(130) from None
     if not run.primary:
         return
-    if run.metrics:
+    if run.metrics and not as_json:
         from imagerec.cli.predict import print_metrics
 
         fitted = f" (best epoch {run.best_epoch})" if run.epochs else ""  # --head knn|logistic runs have no epochs
         print_metrics(console, run.metrics, title=f"{run.split} metrics{fitted}")
-    console.print(f"saved to [bold]{run.path}[/]")
+    trained_on = data if data is not None else "DATA"
+    steps = [f"imagerec predict {run.path} IMAGES", f"imagerec evaluate {run.path} {trained_on} --split test",
+             f"imagerec export {run.path}"]  # fmt: skip
+    if run.epochs:
+        steps.append(f"tensorboard --logdir {run.path / 'tensorboard'}")
+    finish_run(console, run, as_json=as_json, steps=steps)
 
 
 def models(
