@@ -297,3 +297,28 @@ def test_mixed_precision_is_named_once_by_imagerec_not_by_lightning(digits_dir, 
         imagerec.train(digits_dir, out=tmp_path / "run", epochs=1, console=console, **DIGITS, precision="bf16-mixed")
     assert not [r for r in caplog.records if "Automatic Mixed Precision" in r.getMessage()]
     assert "precision bf16-mixed" in console.file.getvalue()
+
+
+def test_evaluate_shows_its_progress_on_a_terminal(digits_run, digits_dir):
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, force_interactive=True, width=120)
+    metrics = imagerec.evaluate(digits_run.path, digits_dir, console=console)
+    shown = buffer.getvalue()
+    assert "evaluate (test split)" in shown
+    assert f"0/{metrics['count']}" in shown  # the bar over every image (transient: its last state is erased)
+
+
+def test_evaluation_counts_every_image_for_the_progress_bar(digits_run, digits_dir):
+    from torch.utils.data import DataLoader
+
+    from imagerec.data.targets import Sample
+    from imagerec.engine.evaluate import evaluate_split
+
+    predictor = imagerec.load(digits_run.path, device="cpu")
+    paths = predictor.run.read_split()["test"][:70]
+    samples = [Sample(digits_dir / p, predictor.classes.index(Path(p).parent.name)) for p in paths]
+    dataset = predictor.task.dataset(samples, info=predictor.info, augment=None, cache=False)
+    counted: list[int] = []
+    loader = DataLoader(dataset, batch_size=32, collate_fn=predictor.task.collate())
+    evaluate_split(predictor.task, predictor.model, loader, progress=counted.append)
+    assert counted == [32, 32, 6]

@@ -218,15 +218,18 @@ def evaluate(
     batch: int | None = None,
     device: str = "auto",
     max_image_pixels: int = MAX_IMAGE_PIXELS,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Metrics of the run's best weights on `split` of `data`; also written to `evaluation/<split>.json`. Image
-    files whose header claims more than `max_image_pixels` are refused unread (decompression bombs)."""
+    files whose header claims more than `max_image_pixels` are refused unread (decompression bombs). With a
+    `console`, a progress bar is shown on it."""
     run_dir = run if isinstance(run, RunDir) else open_run(run)
     predictor = Predictor.from_run(run_dir, device=device)
     index = evaluation_index(run_dir, data, split=split, classes=predictor.classes)
     scores = measure(
-        predictor.task, predictor.model, predictor.info, index, split, batch=batch, max_image_pixels=max_image_pixels
-    )
+        predictor.task, predictor.model, predictor.info, index, split, batch=batch, max_image_pixels=max_image_pixels,
+        console=console,
+    )  # fmt: skip
     result = {"split": split, "data": str(data), **scores.metrics}
     write_json(run_dir.evaluation(split), result)
     return result

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -15,6 +16,7 @@ from imagerec.data.index import DataIndex
 from imagerec.data.split import apply_split_record, drawn_by_run
 from imagerec.data.targets import Objects, Sample
 from imagerec.engine.evaluate import SplitScores, evaluate_split
+from imagerec.engine.progress import counting
 from imagerec.errors import UserError
 from imagerec.models import model_device
 from imagerec.records import ModelInfo
@@ -81,14 +83,16 @@ def measure(
     batch: int | None = None,
     keep_outputs: bool = False,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
+    console: Console | None = None,
 ) -> SplitScores:
     """The task's metrics of `model` (in evaluation mode, on its device) on `split` of `index`, and with
     `keep_outputs` each image's output in the split's order (what the report draws). Image files whose header
-    claims more than `max_image_pixels` are refused unread."""
+    claims more than `max_image_pixels` are refused unread. With a `console`, a progress bar is shown on it."""
     dataset = task.dataset(
         index.samples(split), info=info, augment=None, cache=False, coding=index.masks,
         max_image_pixels=max_image_pixels,
     )  # fmt: skip
     loader = DataLoader(dataset, batch_size=batch or task.default_batch, collate_fn=task.collate())
     device = model_device(model)
-    return evaluate_split(task, model, loader, device=device, keep_outputs=keep_outputs)
+    with counting(console, f"evaluate ({split} split)", len(dataset)) as advance:
+        return evaluate_split(task, model, loader, device=device, keep_outputs=keep_outputs, progress=advance)

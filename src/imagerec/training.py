@@ -41,6 +41,7 @@ from imagerec.engine.inputs import check_min_imgsz
 from imagerec.engine.launch import check_launcher, launch_rank
 from imagerec.engine.loop import Diverged, FitLoop, FitState, fit
 from imagerec.engine.optim import build_optimizer, build_scheduler, ema_with_warmup, reschedule, schedule_position
+from imagerec.engine.progress import counting
 from imagerec.errors import UserError
 from imagerec.models.classification import check_input_size
 from imagerec.models.weights import LoadReport, apply_weights, fit_channels, weights_preprocessing
@@ -618,9 +619,12 @@ def _test(
     split = next((s for s in ("test", "val") if s in loaders), None)
     scores = None
     if split is not None:
-        scores = evaluate_split(
-            task, best, loaders[split], autocast=fabric.autocast, keep_outputs=fabric.is_global_zero
-        )
+        shown = console if fabric.is_global_zero else None
+        with counting(shown, f"{split} split", len(loaders[split].dataset)) as advance:
+            scores = evaluate_split(
+                task, best, loaders[split], autocast=fabric.autocast, keep_outputs=fabric.is_global_zero,
+                progress=advance,
+            )  # fmt: skip
         if fabric.is_global_zero:
             write_json(run.evaluation(split), {"split": split, "data": str(cfg.data.path), **scores.as_dict()})
     metrics = scores.as_dict() if scores is not None else {}
@@ -643,7 +647,9 @@ def _decide(
     that the record still names what it is about, such as the positive class)."""
     metrics = task.metrics()
     if val is not None:
-        evaluate_split(task, best, val, autocast=fabric.autocast, metrics=metrics)
+        shown = console if fabric.is_global_zero else None
+        with counting(shown, "decision threshold on val", len(val.dataset)) as advance:
+            evaluate_split(task, best, val, autocast=fabric.autocast, metrics=metrics, progress=advance)
     decision = metrics.decide(cfg.train.threshold_by)
     if decision is None:
         return task

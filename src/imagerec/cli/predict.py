@@ -65,11 +65,12 @@ def evaluate(
     """Measure a trained run on a split of DATA (also saved to RUN/evaluation/<split>.json)."""
     from imagerec.api import evaluate as evaluate_run
 
-    metrics = evaluate_run(run, data, split=split, max_image_pixels=max_image_pixels)
+    metrics = evaluate_run(run, data, split=split, max_image_pixels=max_image_pixels, console=Console(stderr=True))
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:
         print_metrics(Console(), metrics, title=f"{split} metrics ({metrics['count']} images)")
+        Console(stderr=True).print(f"saved to {Path(run) / 'evaluation' / f'{split}.json'}", markup=False)
 
 
 def _table(results: list[Any]) -> Table:

@@ -40,12 +40,14 @@ def evaluate_split(
     autocast: Callable[[], AbstractContextManager] = nullcontext,
     keep_outputs: bool = False,
     metrics: Metrics | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> SplitScores:
     """Run `model` in evaluation mode over `loader` and score it with the task's metrics.
 
     Batches are moved to `device` when it is given (a Fabric loader has already placed them) and run under
     `autocast`. Every process of a multi-process run sees the whole loader, so the metrics are exact. `metrics`
-    (default: a fresh `task.metrics()`) is left holding what it accumulated, for `Metrics.decide`.
+    (default: a fresh `task.metrics()`) is left holding what it accumulated, for `Metrics.decide`. `progress` is
+    told the number of images of each batch done.
     """
     model.eval()
     metrics = task.metrics() if metrics is None else metrics
@@ -62,4 +64,6 @@ def evaluate_split(
             size = task.batch_size(batch)
             loss_sum += float(out["loss"]) * size
             seen += size
+        if progress is not None:
+            progress(task.batch_size(batch))
     return SplitScores(metrics.compute(), loss_sum / seen if seen else None, outputs)

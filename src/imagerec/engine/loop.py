@@ -13,12 +13,13 @@ from typing import Any
 import torch
 from lightning_fabric import Fabric
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from torch import nn
 from torch.utils.data import DataLoader
 
 from imagerec.engine.budget import TimeBudget
 from imagerec.engine.evaluate import evaluate_split
+from imagerec.engine.progress import image_counter, image_progress
 from imagerec.errors import UserError
 from imagerec.tasks.base import Task
 
@@ -49,20 +50,6 @@ class FitState:
         return asdict(self)
 
 
-def _progress(console: Console, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.0f} img/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-        transient=True,
-    )
-
-
 def train_one_epoch(
     fabric: Fabric,
     task: Task,
@@ -87,7 +74,7 @@ def train_one_epoch(
     model.train()
     if on_train:
         on_train()
-    bar = progress.add_task(description, total=len(loader), loss=math.nan, speed=0.0) if progress else None
+    bar = progress.add_task(description, total=len(loader), status="") if progress else None
     # Summed on the device: reading it back every step would stall a GPU on each batch.
     loss_sum, seen, start = torch.zeros((), device=fabric.device), 0, time.perf_counter()
     steps = len(loader)
@@ -113,7 +100,7 @@ def train_one_epoch(
             _check_finite(fabric, first_bad, epoch=epoch, steps=steps)
             if bar is not None:
                 speed = seen / (time.perf_counter() - start)
-                progress.update(bar, completed=i + 1, loss=float(loss_sum) / seen, speed=speed)
+                progress.update(bar, completed=i + 1, status=f"loss {float(loss_sum) / seen:.4f}  {speed:.0f} img/s")
     if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
         raise Diverged(epoch, steps, steps)
     elapsed = time.perf_counter() - start
@@ -173,7 +160,7 @@ def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitS
     checkpointing and stopping early (or at the time budget). Raises Diverged before saving an epoch whose loss or
     weights became NaN or infinite."""
     key = loop.monitor[0]
-    progress = _progress(console, fabric.is_global_zero)
+    progress = image_progress(console, enabled=fabric.is_global_zero)
     first = state.epoch + 1
     with progress:
         epoch = first
@@ -189,9 +176,10 @@ def fit(fabric: Fabric, task: Task, model: nn.Module, loop: FitLoop, state: FitS
             )  # fmt: skip
             validated = loop.val_loader is not None and (epoch % loop.eval_every == 0 or epoch == loop.epochs)
             if validated:
-                val = evaluate_split(
-                    task, loop.eval_model or model, loop.val_loader, autocast=fabric.autocast
-                ).as_dict()
+                with image_counter(progress, f"validate {epoch}", len(loop.val_loader.dataset)) as advance:
+                    val = evaluate_split(
+                        task, loop.eval_model or model, loop.val_loader, autocast=fabric.autocast, progress=advance
+                    ).as_dict()
                 # Rank 0's scores decide for all: the EMA copy averages each process's own BatchNorm statistics,
                 # so processes score it differently, and could disagree on the best epoch or on stopping early.
                 row |= fabric.broadcast({f"val_{k}": v for k, v in val.items() if isinstance(v, int | float)}, src=0)
