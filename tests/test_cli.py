@@ -379,3 +379,19 @@ def test_predict_save_images_draws_the_top_labels(cli_run, digits_dir, tmp_path)
         top = int(prediction["labels"][0])  # the digits' class names are their positions
         colour = np.array([int(class_colour(top)[i : i + 2], 16) for i in (1, 3, 5)])
         assert (np.abs(band.astype(int) - colour).sum(axis=1) < 30).sum() > 20  # the top label's text is drawn
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["train", "data", "--epoch", "3"],
+            "error: No such option: --epoch (Possible options: --epochs); see imagerec train -h",
+        ),
+        (["train", "data", "--epochs", "many"], "error: Invalid value for '--epochs': Input should be a valid integer"),
+        (["nosuch"], "error: No such command 'nosuch'; see imagerec -h"),
+        (["data", "inspect"], "error: Missing argument 'data'; see imagerec data inspect -h"),
+    ],
+)
+def test_parse_errors_are_one_line_like_every_other_error(capsys, monkeypatch, args, expected):
+    assert user_error(capsys, monkeypatch, *args).startswith(expected)

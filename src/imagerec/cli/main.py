@@ -76,12 +76,23 @@ EXIT_USER_ERROR = 2
 
 
 def main() -> None:
+    # Outside Click's standalone mode its usage errors reach us, so that a misspelt option gets the one `error:`
+    # line every other mistake gets instead of Typer's box.
     try:
-        app()
+        code = app(prog_name="imagerec", standalone_mode=False)
     except UserError as error:
         # A file name whose bytes are not UTF-8 is printed as \xNN, as every output writes it.
         print(f"error: {printable(_one_line(error))}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except typer.TyperException as error:  # Click's errors (Typer's own copy of Click): usage and parameters
+        context = getattr(error, "ctx", None)
+        message = " ".join(error.format_message().split()).rstrip(".")
+        print(f"error: {message}; see {context.command_path if context else 'imagerec'} -h", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except typer.Abort:  # Ctrl-C outside the commands that say what they kept
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _one_line(error: UserError) -> str:
