@@ -395,3 +395,32 @@ def test_predict_save_images_draws_the_top_labels(cli_run, digits_dir, tmp_path)
 )
 def test_parse_errors_are_one_line_like_every_other_error(capsys, monkeypatch, args, expected):
     assert user_error(capsys, monkeypatch, *args).startswith(expected)
+
+
+def test_every_setting_is_reachable_with_set_and_listed_by_config_print(digits_dir, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from imagerec.config import SECTIONS
+
+    printed = invoke("config", "--print", "--task", "detect")
+    assert printed.exit_code == 0, printed.output
+    defaults = yaml.safe_load(printed.stdout)
+    assert {s: set(defaults[s]) for s in SECTIONS} == {s: set(f.model_fields) for s, f in SECTIONS.items()}
+    assert (defaults["task"], defaults["model"]["name"], defaults["train"]["optimizer"]) == (
+        "detect",
+        "fcos_lite",
+        "adamw",
+    )
+
+    out = tmp_path / "run"
+    result = invoke("train", digits_dir, "--epochs", 1, "--out", out, *TINY, "--set", "optimizer=sgd",
+                    "--set", "label-smoothing=0.1", "--set", "mean=[0.5]", "--set", "std=[0.25]")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "run.yaml").read_text())
+    assert (saved["train"]["optimizer"], saved["train"]["label_smoothing"]) == ("sgd", 0.1)
+    assert (saved["data"]["mean"], saved["data"]["std"]) == ([0.5], [0.25])
+    line = user_error(capsys, monkeypatch, "train", digits_dir, "--set", "optimiser=sgd")
+    assert "'optimiser' is no setting; did you mean optimizer" in line
+    assert "invalid setting train.optimizer" in user_error(
+        capsys, monkeypatch, "train", digits_dir, "--set", "optimizer=rmsprop"
+    )

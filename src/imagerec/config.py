@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from imagerec.errors import UserError
@@ -203,3 +205,47 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         elif value is not None:
             merged[key] = value
     return merged
+
+
+def setting_names() -> list[str]:
+    """Every setting of data, model and train by its option name (`model` for the model's name; the data's path
+    is the DATA argument)."""
+    return [("model" if k == "name" else k) for fields in SECTIONS.values() for k in fields.model_fields if k != "path"]
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` (`--set optimizer=sgd`) → the option name and its value read as YAML (numbers, true/false,
+    [lists]); validated later with the rest. A key that is no setting is refused, naming the closest ones."""
+    key, equals, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not equals or not key:
+        raise UserError(f"--set {text}: give KEY=VALUE, e.g. --set optimizer=sgd")
+    names = setting_names()
+    if key not in names:
+        close = difflib.get_close_matches(key, names, n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise UserError(f"--set {text}: {key!r} is no setting; {hint}imagerec config --print lists them all")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None  # a value typed on one's own command line
+    except yaml.YAMLError:
+        value = raw
+    return key, tuple(value) if isinstance(value, list) else value
+
+
+def describe_defaults(task: str = "classify", overrides: dict[str, dict[str, Any]] | None = None) -> str:
+    """The default settings of `task` as a commented YAML config file (each setting with its description), with
+    `overrides` per section (e.g. the task's model): what `imagerec config --print` writes and `--config` reads."""
+    lines = [
+        "# imagerec settings and their defaults. A file of some of them is what --config reads; on the command line",
+        "# each is --set KEY=VALUE (the common ones also have options of their own, see imagerec train -h).",
+        f"task: {task}",
+    ]
+    for section, fields in SECTIONS.items():
+        lines.append(f"{section}:")
+        for key, field in fields.model_fields.items():
+            value = (overrides or {}).get(section, {}).get(key, field.default)
+            shown = "DATA" if key == "path" else yaml.safe_dump(value, default_flow_style=True).strip()
+            shown = shown.removesuffix("\n...").removesuffix("...").strip()
+            about = f"  # {field.description}" if field.description else ""
+            lines.append(f"  {key}: {shown}{about}")
+    return "\n".join(lines) + "\n"

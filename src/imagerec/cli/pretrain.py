@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from imagerec.cli.shared import JsonOpt, finish_run
+from imagerec.cli.shared import JsonOpt, SetOpt, finish_run, with_settings
 
 Opt = typer.Option
 
@@ -41,6 +41,7 @@ def pretrain(
     workers: Annotated[int | None, Opt(help="DataLoader processes decoding and augmenting images.")] = None,
     weights: Annotated[str | None, Opt(help="Start from these weights (as train --weights).")] = None,
     resume: Annotated[Path | None, Opt(help="Continue this pretraining run from its last finished epoch.")] = None,
+    settings: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Pretrain a backbone on your own images without labels; then `imagerec train DATA --weights RUN`."""
@@ -50,7 +51,7 @@ def pretrain(
         "model": model, "epochs": epochs, "time": time, "imgsz": imgsz, "batch": batch, "lr": lr, "device": device,
         "devices": devices, "num_nodes": num_nodes, "precision": precision, "seed": seed, "threads": threads,
         "workers": workers, "weights": weights,
-    }  # fmt: skip
+    } | with_settings(settings)  # fmt: skip
     console = Console(soft_wrap=True, stderr=as_json)
     try:
         if resume is not None:

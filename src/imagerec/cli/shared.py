@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -16,6 +16,22 @@ if TYPE_CHECKING:
     from imagerec.runs import Run
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Any setting as KEY=VALUE, repeatable (e.g. --set optimizer=sgd --set ema=0.999); "
+        "imagerec config --print lists them.",
+    ),
+]
+
+
+def with_settings(settings: Sequence[str] | None) -> dict[str, Any]:
+    """The `--set KEY=VALUE` settings as keyword options of the Python API (a key given twice: the last wins)."""
+    from imagerec.config import parse_setting
+
+    return dict(parse_setting(text) for text in settings or ())
+
 
 MaxImagePixels = Annotated[
     int,

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from imagerec.cli.shared import JsonOpt, finish_run
+from imagerec.cli.shared import JsonOpt, SetOpt, finish_run, with_settings
 from imagerec.errors import UserError
 
 Opt = typer.Option
@@ -87,6 +87,7 @@ def train(
     std: Annotated[
         list[float] | None, Opt(help="Normalisation std per channel (default: the weights' or data's).")
     ] = None,
+    settings: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model; prints per-epoch metrics and the test metrics at the end."""
@@ -100,7 +101,7 @@ def train(
         "layer_decay": layer_decay, "backbone_lr_mult": backbone_lr_mult, "mean": tuple(mean) if mean else None,
         "std": tuple(std) if std else None, "head": head, "time": time, "recipe": recipe, "threads": threads,
         "positive": positive, "threshold_by": threshold_by, "max_image_pixels": max_image_pixels,
-    }  # fmt: skip
+    } | with_settings(settings)  # fmt: skip
     console = Console(soft_wrap=True, stderr=as_json)
     if dry_run:
         from imagerec.api import plan
@@ -153,6 +154,23 @@ def models(
     for row in rows:
         table.add_row(row["name"], row["source"], row["export"])
     Console().print(table)
+
+
+def config(
+    print_defaults: Annotated[bool, Opt("--print", help="Print every setting with its default and meaning.")] = False,
+    task: Annotated[str, Opt(help="classify | detect | segment: the defaults of this task.")] = "classify",
+) -> None:
+    """The settings a run has (what --config files hold and --set changes): --print writes them with their defaults
+    as a commented YAML file."""
+    from imagerec.config import describe_defaults
+    from imagerec.tasks.build import default_model
+
+    if not print_defaults:
+        raise UserError("imagerec config --print [--task TASK] writes the settings and their defaults")
+    if task not in ("classify", "detect", "segment"):
+        raise UserError(f"--task {task}: choose classify, detect or segment")
+    batch = None if task == "classify" else 8
+    print(describe_defaults(task, {"model": {"name": default_model(task)}, "data": {"batch": batch}}), end="")
 
 
 def demo(out: Annotated[Path, Opt(help="Where the demo writes its data and run.")] = Path("runs/demo")) -> None:
