@@ -49,6 +49,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "imagerec.errors",
             "imagerec.safe_read",
             "imagerec.weights_io",
+            "imagerec.progress",
         ),
     ),
 )

@@ -68,7 +68,9 @@ def planted(digits_dir: Path, make_image, tmp_path: Path) -> tuple[Path, dict[st
 
 
 def test_inspect_digits(digits_dir):
-    report = inspect_data(digits_dir)
+    calls = []
+    report = inspect_data(digits_dir, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(n, 1797) for n in range(1, 1798)]  # the progress bar's: every header, once, in order
     assert report["classes"] == [str(d) for d in range(10)]
     assert report["images"] == 1797
     assert report["splits"] == {"all": 1797}

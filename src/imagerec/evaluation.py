@@ -16,9 +16,9 @@ from imagerec.data.index import DataIndex
 from imagerec.data.split import apply_split_record, drawn_by_run
 from imagerec.data.targets import Objects, Sample
 from imagerec.engine.evaluate import SplitScores, evaluate_split
-from imagerec.engine.progress import counting
 from imagerec.errors import UserError
 from imagerec.models import model_device
+from imagerec.progress import counting
 from imagerec.records import ModelInfo
 from imagerec.runs import RunDir
 from imagerec.tasks.base import Task

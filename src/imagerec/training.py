@@ -41,10 +41,10 @@ from imagerec.engine.inputs import check_min_imgsz
 from imagerec.engine.launch import check_launcher, launch_rank
 from imagerec.engine.loop import Diverged, FitLoop, FitState, fit
 from imagerec.engine.optim import build_optimizer, build_scheduler, ema_with_warmup, reschedule, schedule_position
-from imagerec.engine.progress import counting
 from imagerec.errors import UserError
 from imagerec.models.classification import check_input_size
 from imagerec.models.weights import LoadReport, apply_weights, fit_channels, weights_preprocessing
+from imagerec.progress import counting
 from imagerec.recipe import Choice
 from imagerec.records import RUN_FORMAT, Compute, ModelInfo, Resolved
 from imagerec.runs import (

@@ -8,12 +8,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from imagerec.cli.shared import JsonOpt, MaxImagePixels
 from imagerec.config import MAX_IMAGE_PIXELS
 from imagerec.data.samples import SAMPLES, write_sample
+from imagerec.progress import tally
 
 app = typer.Typer(help="Write, inspect, validate, convert and split datasets.", no_args_is_help=True)
 Opt = typer.Option
@@ -134,7 +134,8 @@ def inspect(data: DataArg, as_json: JsonOpt = False, format: FormatOpt = "auto")
     data each class's pixel share per split and mask sizes."""
     from imagerec.data.checks import inspect_data
 
-    report = inspect_data(data, format=format)
+    with tally(Console(stderr=True), "read image headers") as progress:
+        report = inspect_data(data, format=format, progress=progress)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -177,13 +178,8 @@ def validate(
     from imagerec.data.checks import validate_data
     from imagerec.errors import UserError
 
-    stderr = Console(stderr=True)
-    with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
-        task = bar.add_task("validate", total=None)
-        report = validate_data(
-            data, format=format, max_image_pixels=max_image_pixels,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )  # fmt: skip
+    with tally(Console(stderr=True), "validate") as progress:
+        report = validate_data(data, format=format, max_image_pixels=max_image_pixels, progress=progress)
     if as_json:
         print(json.dumps(report, indent=2))
     else:

@@ -80,7 +80,9 @@ def _box_summary(index: DataIndex, splits: list[str]) -> dict[str, Any]:
     }
 
 
-def inspect_data(path: Path | str, *, format: str = "auto") -> dict[str, Any]:
+def inspect_data(
+    path: Path | str, *, format: str = "auto", progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """Summarise a dataset from its index and image headers, without decoding the pixels.
 
     Returns classes, counts per split and class, width/height spread, decoded channels, bit depths, Pillow
@@ -91,13 +93,17 @@ def inspect_data(path: Path | str, *, format: str = "auto") -> dict[str, Any]:
     polygon of fewer than 3 points raises UserError. For mask data (segmentation), counts are images containing
     each class and the imbalance ratio is by pixels, over up to 200 masks per split, and `masks` adds each class's
     pixel share per split, the ignored share and mask sizes; a mask whose size is not its image's, or whose
-    values are no class, raises UserError.
+    values are no class, raises UserError. `progress(done, total)` is called after each image's header.
     """
     index = load_index(path, format=format)
     if _is_detection(index):
         check_polygons(index)
     paths = _unique_paths(index)
-    headers = dict(zip(paths, parallel(read_header, paths), strict=True))
+    headers = {}
+    for done, (file, header) in enumerate(zip(paths, parallel(read_header, paths), strict=True), start=1):
+        headers[file] = header
+        if progress is not None:
+            progress(done, len(paths))
     readable = [h for h in headers.values() if h is not None]
     splits = ordered_splits(index)
     counts = {split: dict(zip(index.classes, index.counts(split), strict=True)) for split in splits}

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 
 from imagerec.engine.budget import TimeBudget
 from imagerec.engine.evaluate import evaluate_split
-from imagerec.engine.progress import image_counter, image_progress
 from imagerec.errors import UserError
+from imagerec.progress import image_counter, image_progress
 from imagerec.tasks.base import Task
 
 CHECK_EVERY = 10  # steps between reads of the loss on the host (progress bar, divergence): each read syncs a GPU

@@ -49,3 +49,17 @@ def counting(console: Console | None, description: str, total: int) -> Iterator[
         return
     with image_progress(console) as progress, image_counter(progress, description, total) as advance:
         yield advance
+
+
+@contextlib.contextmanager
+def tally(console: Console, description: str) -> Iterator[Callable[[int, int], None]]:
+    """A bar while the block runs, for work that learns its total as it goes: yields `progress(done, total)`."""
+    with image_progress(console) as progress:
+        bar = progress.add_task(description, total=None, status="")
+        start = time.perf_counter()
+
+        def update(done: int, total: int) -> None:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            progress.update(bar, completed=done, total=total, status=f"{rate:.0f} files/s")
+
+        yield update
