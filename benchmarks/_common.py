@@ -9,6 +9,7 @@ import csv
 import io
 import os
 import platform
+import random
 import resource
 import statistics
 import time
@@ -142,3 +143,26 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def symlink_files(files: Sequence[Path], folder: Path) -> None:
+    """Links in `folder` (made if missing) to each of `files`, by name: a data folder without copying the data."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        (folder / f.name).symlink_to(f.resolve())
+
+
+def label_subset(root: Path, fraction: float, seed: int, work: Path) -> Path:
+    """`fraction` of each class's training images of `root` (train/val/test class folders), drawn with `seed`;
+    val and test whole. Symlinks under work/subset-<percent>-<seed>, made once."""
+    out = work / f"subset-{round(fraction * 100)}-{seed}"
+    if out.exists():
+        return out
+    rng = random.Random(seed)
+    for split in ("train", "val", "test"):
+        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            files = sorted(class_dir.glob("*.png"))
+            if split == "train" and fraction < 1:
+                files = sorted(rng.sample(files, max(1, round(fraction * len(files)))))
+            symlink_files(files, out / split / class_dir.name)
+    return out

@@ -23,7 +23,6 @@ Sources (chosen on breastmnist's validation split with `--pilot`, which prints v
 from __future__ import annotations
 
 import argparse
-import random
 import shutil
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from PIL import Image  # noqa: E402
 import imagerec  # noqa: E402
 from _common import (  # noqa: E402
     SHARED_DATASETS,
+    label_subset,
     markdown_table,
     median,
     print_machine,
@@ -100,23 +100,6 @@ def pretrain(source: str, work: Path, epochs: int) -> tuple[Path, dict[str, Any]
     print(f"  source {source}: {epochs} epochs, source test accuracy {found['test_accuracy']:.3f}, "
           f"{found['wall_s']:.0f} s", flush=True)  # fmt: skip
     return run.path, found
-
-
-def label_subset(fraction: float, seed: int, work: Path) -> Path:
-    """`fraction` of each class's training images (drawn with `seed`), val and test whole, as symlinks."""
-    out = work / f"subset-{round(fraction * 100)}-{seed}"
-    if out.exists():
-        return out
-    rng = random.Random(seed)
-    for split in ("train", "val", "test"):
-        for class_dir in sorted(p for p in (DATA / split).iterdir() if p.is_dir()):
-            files = sorted(class_dir.glob("*.png"))
-            if split == "train" and fraction < 1:
-                files = sorted(rng.sample(files, max(1, round(fraction * len(files)))))
-            (out / split / class_dir.name).mkdir(parents=True)
-            for f in files:
-                (out / split / class_dir.name / f.name).symlink_to(f.resolve())
-    return out
 
 
 @dataclass
@@ -226,7 +209,7 @@ def pilot(work: Path, sources: list[str], strategies: list[str], seeds: list[int
             continue
         for source in ["—"] if strategy == "scratch" else sources:
             cell = [
-                finetune(label_subset(fraction, s, work), work, strategy=strategy, lr=lr, epochs=EPOCHS[fraction],
+                finetune(label_subset(DATA, fraction, s, work), work, strategy=strategy, lr=lr, epochs=EPOCHS[fraction],
                          seed=s, source_run=runs.get(source), fraction=fraction)
                 for s in seeds
             ]  # fmt: skip
@@ -242,7 +225,7 @@ def benchmark(work: Path, *, quick: bool, seeds: list[int], strategies: list[str
     results = []
     for fraction, epochs in fractions.items():
         for seed in seeds:
-            subset = label_subset(fraction, seed, work)
+            subset = label_subset(DATA, fraction, seed, work)
             for strategy in strategies:
                 results.append(finetune(subset, work, strategy=strategy, lr=LR[strategy], epochs=epochs, seed=seed,
                                         source_run=source_run, fraction=fraction))  # fmt: skip
