@@ -381,6 +381,21 @@ def test_predict_save_images_draws_the_top_labels(cli_run, digits_dir, tmp_path)
         assert (np.abs(band.astype(int) - colour).sum(axis=1) < 30).sum() > 20  # the top label's text is drawn
 
 
+def test_a_drawn_prediction_keeps_its_input_format(cli_run, digits_dir, tmp_path):
+    from PIL import Image
+
+    photo, scan = tmp_path / "in" / "photo.JPG", tmp_path / "in" / "scan.gif"
+    photo.parent.mkdir()
+    source = Image.open(next((digits_dir / "3").glob("*.png"))).convert("RGB")
+    source.save(photo, format="JPEG")
+    source.save(scan, format="GIF")
+    result = invoke("predict", cli_run, photo, scan, "--save-images", tmp_path / "drawn", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["photo.jpg", "scan.png"]  # GIF: drawn as PNG
+    assert Image.open(tmp_path / "drawn" / "photo.jpg").format == "JPEG"
+    assert Image.open(tmp_path / "drawn" / "scan.png").format == "PNG"
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -151,8 +151,27 @@ def draw_instances(image: torch.Tensor, result: InstanceMasks, classes: Sequence
 
 def save_png(image: torch.Tensor, path: Path) -> None:
     """Write a 3×H×W uint8 tensor as PNG, atomically."""
+    save_image(image, path, format="PNG")
+
+
+# The formats a drawn prediction keeps from its input (by suffix); any other input is drawn as PNG.
+DRAWN_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+                 ".tiff": "TIFF"}  # fmt: skip
+
+
+def drawn_name(source: Path) -> str:
+    """The file name of `source`'s drawn prediction: its name, in its own format where it is one of DRAWN_FORMATS."""
+    suffix = source.suffix.lower()
+    return source.stem + (suffix if suffix in DRAWN_FORMATS else ".png")
+
+
+def save_image(image: torch.Tensor, path: Path, *, format: str | None = None) -> None:
+    """Write a 3×H×W uint8 tensor in `format` (default: the one `path`'s suffix names), atomically; JPEG at
+    quality 95, so that thin lines and label text stay legible."""
     array = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+    chosen = format or DRAWN_FORMATS.get(path.suffix.lower(), "PNG")
+    options = {"quality": 95} if chosen in ("JPEG", "WEBP") else {}
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=chosen, **options))
 
 
 def save_class_map(result: SegmentationMask, path: Path) -> None:

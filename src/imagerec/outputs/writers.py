@@ -154,8 +154,9 @@ def csv_rows(results: Sequence[Result]) -> list[list[Any]]:
 def save_outputs(
     result: Result, source: Path, info: ModelInfo, *, images: Path | None, masks: Path | None, max_pixels: int
 ) -> None:
-    """Write `result`'s drawn image to `images` and its index mask to `masks` (each when given), named after
-    its `source` file's stem; the source is read again under the same `max_pixels` limit it was predicted with."""
+    """Write `result`'s drawn image to `images` (in the source's own format: a .jpg stays a .jpg) and its index mask
+    to `masks` as PNG (each when given), named after its `source` file; the source is read again under the same
+    `max_pixels` limit it was predicted with."""
     if result.error is not None or (images is None and masks is None):
         return
     from imagerec.data.images import read_image
@@ -164,8 +165,9 @@ def save_outputs(
         draw_classification,
         draw_detections,
         draw_instances,
+        drawn_name,
         save_class_map,
-        save_png,
+        save_image,
     )  # fmt: skip
 
     stem = source.stem
@@ -182,4 +184,4 @@ def save_outputs(
         drawn = draw_instances(image, result, info.classes)
     else:
         drawn = draw_detections(image, result, info.classes)
-    save_png(drawn, images / f"{stem}.png")
+    save_image(drawn, images / drawn_name(source))
