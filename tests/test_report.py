@@ -122,6 +122,8 @@ def test_report_numbers_agree_with_evaluate(digits_run, digits_dir):
 
 def test_report_written_at_the_end_of_training(digits_run):
     page = (digits_run.path / "report.html").read_text()
+    for setting, used in (("device", "cpu (auto)"), ("imgsz", "8")):  # what the run used, not "auto" or a dash
+        assert re.search(rf"<td>{setting}</td>\s*<td[^>]*>{re.escape(used)}</td>", page), setting
     assert set(section_ids(page)) == COMMON_SECTIONS | CLASSIFICATION_SECTIONS
     assert f"{digits_run.metrics['accuracy']:.4f}" in page
     assert (digits_run.path / "confusion_matrix.png").exists()

@@ -172,6 +172,7 @@ class Compute(_Record):
     precision: str
     channels_last: bool = False
     measured_images_per_s: dict[str, float] | None = None
+    device: str | None = None  # the accelerator it trained on (cpu, cuda, mps); None in runs recorded before it
 
 
 class Resolved(_Record):

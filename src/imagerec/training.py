@@ -269,7 +269,7 @@ def write_run_files(
     resolved = Resolved(
         format=RUN_FORMAT, versions=_versions(), data_fingerprint=index.fingerprint(), data_notes=index.notes,
         compute=Compute(precision=settings.precision, channels_last=settings.channels_last,
-                        measured_images_per_s=settings.measured),
+                        measured_images_per_s=settings.measured, device=accelerator(cfg.train)),
         weights=loaded.to_dict() if loaded is not None else None, threads=torch.get_num_threads(),
         recipe=[c.to_dict() for c in recipe],
     )  # fmt: skip

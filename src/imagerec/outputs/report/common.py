@@ -237,7 +237,7 @@ def speed_section(ctx: ReportContext) -> Section:
         ["training time (sum of epochs)", f"{sum(seconds):.1f} s" if seconds else DASH],
         ["time per epoch (median)", f"{statistics.median(seconds):.2f} s" if seconds else DASH],
         ["training images/s (median after epoch 1)", _steady(speeds)],
-        ["device", ctx.config.get("train", {}).get("device", "?")],
+        ["device", (compute.device if compute else None) or ctx.config.get("train", {}).get("device", "?")],
         ["precision", compute.precision if compute else "?"],
         ["channels last", compute.channels_last if compute else "?"],
     ]
@@ -266,10 +266,14 @@ def _steady(speeds: list[float]) -> str:
 def configuration_section(ctx: ReportContext) -> Section:
     config, resolved = ctx.config, ctx.resolved
     section = Section("configuration", "Configuration and versions")
+    used = _used_values(ctx)
     for part in ("data", "model", "train"):
         values = config.get(part, {})
         if values:
-            section.blocks.append(Table([f"{part} setting", "value"], [[k, _value(v)] for k, v in values.items()]))
+            rows = [
+                [k, used.get((part, k), _value(v)) if v in (None, "auto") else _value(v)] for k, v in values.items()
+            ]
+            section.blocks.append(Table([f"{part} setting", "value"], rows))
     data_rows = [["fingerprint", resolved.data_fingerprint or DASH]]
     data_rows += [["note", note] for note in resolved.data_notes]
     split = ctx.run.read_split()
@@ -283,6 +287,17 @@ def configuration_section(ctx: ReportContext) -> Section:
         rows = [[k, _value(v)] for k, v in resolved.weights.items()]
         section.blocks.append(Table(["starting weights", ""], rows))
     return section
+
+
+def _used_values(ctx: ReportContext) -> dict[tuple[str, str], str]:
+    """What a setting left to imagerec (None or auto in run.yaml) came out as, where the run recorded it."""
+    compute = ctx.resolved.compute
+    used = {("data", "imgsz"): f"{ctx.info.imgsz} (from the data)"}
+    if compute is not None:
+        used["train", "precision"] = f"{compute.precision} (auto)"
+        if compute.device:
+            used["train", "device"] = f"{compute.device} (auto)"
+    return used
 
 
 def _value(value: Any) -> str:
