@@ -57,6 +57,8 @@ def test_report_command_writes_every_section_with_images_embedded_and_beside(dig
     assert not re.search(r'(src|href)="(https?:|//)', page)  # nothing to fetch
     assert "<script" not in page
     assert "true class → predicted class" in page
+    assert "As <code>imagerec evaluate</code> measures them." in page  # commands set as code, no literal backticks
+    assert "`" not in re.sub(r"<style>.*?</style>", "", page, flags=re.S)
 
 
 def test_report_numbers_agree_with_evaluate(digits_run, digits_dir):

@@ -181,7 +181,7 @@ def _section(section: Section, pictures: Pictures) -> str:
 def _block(block: Block, pictures: Pictures) -> str:
     if isinstance(block, Figure):
         picture = pictures.files[id(block)]
-        caption = f"<figcaption>{_e(block.caption)}</figcaption>" if block.caption else ""
+        caption = f"<figcaption>{_prose(block.caption)}</figcaption>" if block.caption else ""
         return (
             f'<figure class="plot"><img src="{picture.uri}" width="{picture.width}" height="{picture.height}" '
             f'alt="{_e(block.caption or block.name)}" data-file="{_e(picture.name)}">{caption}</figure>'
@@ -190,7 +190,7 @@ def _block(block: Block, pictures: Pictures) -> str:
         return _table(block)
     if isinstance(block, Gallery):
         return _gallery(block, pictures)
-    return f"<p>{_e(block.text)}</p>"
+    return f"<p>{_prose(block.text)}</p>"
 
 
 def _table(table: Table) -> str:
@@ -201,7 +201,7 @@ def _table(table: Table) -> str:
             f'<td class="num">{_e(cell(v))}</td>' if _numeric(v) else f"<td>{_e(cell(v))}</td>" for v in row
         )
         rows.append(f"<tr>{cells}</tr>")
-    caption = f"<caption>{_e(table.caption)}</caption>" if table.caption else ""
+    caption = f"<caption>{_prose(table.caption)}</caption>" if table.caption else ""
     thead = f"<thead><tr>{head}</tr></thead>" if head else ""
     return f'<div class="table"><table>{caption}{thead}<tbody>{"".join(rows)}</tbody></table></div>'
 
@@ -237,7 +237,7 @@ def _gallery(gallery: Gallery, pictures: Pictures) -> str:
             f'height="{picture.height}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
         )
     grid = "".join(items) if items else '<p class="empty">No images.</p>'
-    caption = f"<p>{_e(gallery.caption)}</p>" if gallery.caption else ""
+    caption = f"<p>{_prose(gallery.caption)}</p>" if gallery.caption else ""
     return (
         f'<div class="gallery" data-file="{_e(sheet.name)}"><h3>{_e(gallery.title)}</h3>{caption}'
         f'<div class="grid">{grid}</div></div>'
@@ -246,6 +246,11 @@ def _gallery(gallery: Gallery, pictures: Pictures) -> str:
 
 def _e(text: str) -> str:
     return html.escape(printable(text), quote=True)
+
+
+def _prose(text: str) -> str:
+    """Escaped text whose `backticked` commands and names are set as code, not shown with their backticks."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(text))
 
 
 CSS = """
@@ -266,6 +271,7 @@ h3 { font-size: 1.05rem; margin: 1rem 0 .25rem; }
 figure { margin: .75rem 0; }
 figure.plot img { max-width: 100%; height: auto; display: block; }
 figcaption, caption, .gallery > p { color: var(--muted); font-size: .9rem; }
+code { font: .9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f2f2f2; padding: 0 .2em; }
 .table { display: inline-block; vertical-align: top; max-width: 100%; overflow-x: auto;
   margin: .75rem 1.5rem .75rem 0; }
 table { border-collapse: collapse; font-size: .9rem; }
