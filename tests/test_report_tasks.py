@@ -265,6 +265,16 @@ def _f1(objects: Objects, found: Detections, conf: float) -> float:
 
 def test_detection_report_of_a_trained_run(detect_ctx: ReportContext) -> None:
     ctx = detect_ctx
+    from dataclasses import replace
+
+    from imagerec.outputs.report import common
+
+    rows = [{"epoch": e, "train_loss": 2.0 / e, "val_map50": 0.1 * e} for e in (1, 2)]  # a detector's: no val_loss
+    curves = _blocks(common.training_section(replace(ctx, history=rows), "val_map50", "max"), Figure)[0]
+    assert "validation split" not in curves.caption  # the caption names only the curves drawn
+    with_val = [{**row, "val_loss": 1.0} for row in rows]
+    assert "validation split" in _blocks(common.training_section(replace(ctx, history=with_val), "val_map50", "max"),
+                                         Figure)[0].caption  # fmt: skip
     sections = detection.sections(ctx)
     assert [s.title for s in sections] == [*DETECTION_TITLES, EXPLANATIONS_TITLE]
     by_id = _by_id(sections)

@@ -157,12 +157,13 @@ def training_section(ctx: ReportContext, key: str, mode: str) -> Section:
         section.blocks.append(Text(why))
         return section
     best = best_epoch(ctx.history, key, mode)
+    validated = " and on the validation split" if series(ctx.history, "val_loss")[0] else ""  # detectors have none
     section.blocks.append(
         Figure(
             "training_curves.png",
             _curves_figure(ctx.history, key, best),
-            f"Loss per epoch on the training images (mean over the epoch's batches, with augmentation) and on the "
-            f"validation split; right: {key}, the metric that picked the best epoch"
+            f"Loss per epoch on the training images (mean over the epoch's batches, with augmentation){validated}; "
+            f"right: {key}, the metric that picked the best epoch"
             + (f" (epoch {best}, dotted line)." if best is not None else "."),
         )
     )
