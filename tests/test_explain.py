@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -121,10 +122,14 @@ def test_heat_falls_on_the_region_that_decides(quadrants, method: str, least: fl
 
 def test_every_method_on_a_classifier_writes_maps_and_overlays(quadrants, tmp_path: Path) -> None:
     run, files = quadrants
-    for method in ("gradcam", "gradcam++", "scorecam", "hirescam", "integrated-gradients"):
+    slugs = {"gradcam": "gradcam", "gradcam++": "gradcampp", "scorecam": "scorecam", "hirescam": "hirescam",
+             "integrated-gradients": "ig"}  # fmt: skip  # as docs/explain.md names them
+    for method, slug in slugs.items():
         found = explain(run, files[:2], method=method, out=tmp_path)
         assert [e.method for e in found] == [method] * 2
         for e in found:
+            stem = re.sub(r"[^A-Za-z0-9.-]+", "-", Path(e.source).stem)
+            assert Path(e.files["overlay"]).name == f"{stem}_{re.sub(r'[^A-Za-z0-9.-]+', '-', e.target)}_{slug}.png"
             heat = np.load(e.files["heatmap"])
             assert heat.dtype == np.float32
             assert heat.shape == (32, 32)
