@@ -202,9 +202,10 @@ def report_after_training(run: Run, cfg: RunConfig, scores: SplitScores | None, 
     drawing it must never cost the run (a failure is a warning; the command line says where it is)."""
     from imagerec.outputs.report import write_report
 
+    device = "cpu" if cfg.train.device == "cpu" else "auto"  # auto: the GPU training used, if there was one
     try:
-        device = "cpu" if cfg.train.device == "cpu" else "auto"  # auto: the GPU training used, if there was one
-        write_report(run.path, split=run.split or "test", evaluate=scores is not None, scores=scores, device=device)
+        with console.status("writing report.html (curves, galleries, heatmaps)"):
+            write_report(run.path, split=run.split or "test", evaluate=scores is not None, scores=scores, device=device)
     except Exception as error:  # a plotting bug or odd data must not lose a finished run
         message = f"warning: report.html not written: {type(error).__name__}: {error}"
         console.print(message, style="yellow", markup=False)
