@@ -154,11 +154,21 @@ def positive_class(cfg: RunConfig, index: DataIndex) -> int | None:
 
 def default_model(task: str) -> str:
     """The model `--task TASK` trains when no --model is given (semantic segmentation for `segment`)."""
+    return _task_class(task).default_model
+
+
+def task_defaults(task: str) -> dict[str, dict[str, Any]]:
+    """The settings a task sets apart from the config's own defaults: its model and batch."""
+    chosen = _task_class(task)
+    return {"model": {"name": chosen.default_model}, "data": {"batch": chosen.default_batch}}
+
+
+def _task_class(task: str) -> type:
     if task == "segment":
         from imagerec.tasks.segmentation import SegmentationTask
 
-        return SegmentationTask.default_model
-    return {"classify": ClassificationTask, "detect": DetectionTask}[task].default_model
+        return SegmentationTask
+    return {"classify": ClassificationTask, "detect": DetectionTask}[task]
 
 
 def pretrained_model(task: str, weights: str | None) -> tuple[str, str | None] | None:
