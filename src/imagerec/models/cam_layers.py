@@ -21,6 +21,11 @@ from imagerec.models.stages import find_backbone
 
 Reshape = Callable[[torch.Tensor], torch.Tensor] | None
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+# A classifier's or segmenter's map is taken from the deepest layer whose map is at least this many positions on its
+# shorter side: a ResNet's last stage at 224 px (Grad-CAM's usual 7×7). Deeper maps of small inputs (2×2 for
+# resnet18 at 64 px) cannot point at anything: on digit canvases their peak fell in the digit's box for 0–20 % of
+# the images, against 80–100 % at 8×8 and finer (docs/explain.md, the pointing game).
+MIN_MAP_SIDE = 7
 
 
 def cam_layer(model: nn.Module, *, name: str, channels: int, imgsz: int) -> tuple[nn.Module, Reshape]:
@@ -31,8 +36,9 @@ def cam_layer(model: nn.Module, *, name: str, channels: int, imgsz: int) -> tupl
       tokens are dropped and the rest laid out on the patch grid.
     - Detectors: the finest backbone map the feature pyramid reads at stride 8 or more (stride 8 for every
       detector imagerec builds on a classifier). Each box is small: at stride 32 a 96-pixel image is a 3×3 map.
-    - Every other model: the last module producing a spatial feature map (N×C×h×w, h·w > 1) before any global
-      pooling, inside the backbone for segmenters (models/stages.py tells which part that is).
+    - Every other model: the last module producing a spatial feature map (N×C×h×w) at least MIN_MAP_SIDE on its
+      shorter side before any global pooling (else the widest map there is), inside the backbone for segmenters
+      (models/stages.py tells which part that is).
     """
     vit = _vit_layer(model)
     if vit is not None:
@@ -55,8 +61,38 @@ def cam_layer(model: nn.Module, *, name: str, channels: int, imgsz: int) -> tupl
             f"{name}: no convolutional feature map or ViT token grid to take a class activation map from; "
             "use --method integrated-gradients, which works with any model"
         )
-    name = max(candidates)[1]
+    wide = [c for c in candidates if _side(calls[c[1]]) >= MIN_MAP_SIDE] if wanted is None else candidates
+    name = max(wide)[1] if wide else max(candidates, key=lambda c: (_side(calls[c[1]]), c[0]))[1]
     return model.get_submodule(name), (channels_first if is_channels_last(calls[name].shape) else None)
+
+
+def map_side(model: nn.Module, layer: nn.Module, *, channels: int, imgsz: int) -> int | None:
+    """The shorter side, in positions, of `layer`'s map for an `imgsz` input: how finely its heatmaps can point
+    (None for a layer whose output is no N×C×h×w map, such as a ViT's tokens)."""
+    found: list[int | None] = []
+    hook = layer.register_forward_hook(
+        lambda _m, _i, out: found.append(
+            _min_side(tuple(out.shape)) if isinstance(out, torch.Tensor) and out.ndim == 4 else None
+        )
+    )
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, channels, imgsz, imgsz, device=next(model.parameters()).device))
+    finally:
+        hook.remove()
+        model.train(training)
+    return found[-1] if found else None
+
+
+def _side(call: ModuleCall) -> int:
+    return _min_side(call.shape)
+
+
+def _min_side(shape: tuple[int, ...]) -> int:
+    """The shorter side of an N×C×h×w (or N×h×w×C) map."""
+    height, width = shape[1:3] if is_channels_last(shape) else shape[-2:]
+    return int(min(height, width))
 
 
 def _pyramid_input(detector: nn.Module, body: object) -> torch.Tensor | None:

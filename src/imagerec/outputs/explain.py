@@ -357,6 +357,9 @@ def _uncrop(heat: np.ndarray, size: Sequence[int], imgsz: int) -> tuple[np.ndarr
     canvas = torch.zeros(resized)
     canvas[top : top + imgsz, left : left + imgsz] = torch.from_numpy(_resize(heat, (imgsz, imgsz)))
     full = _resize(canvas.numpy(), (height, width))
+    peak = float(full.max())
+    if peak > 0:  # resampling to the image's size can lower the peak: each map stays scaled to its own maximum
+        full = full / peak
     sy, sx = height / resized[0], width / resized[1]
     return full, (left * sx, top * sy, (left + imgsz) * sx, (top + imgsz) * sy)
 

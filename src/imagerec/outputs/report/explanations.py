@@ -43,6 +43,10 @@ def explanation_sections(
     except UserError as error:
         section.blocks.append(Text(f"No heatmaps for this model: {error}"))
         return [section]
+    coarse = _too_coarse(ctx, explainer)
+    if coarse:
+        section.blocks.append(Text(coarse))
+        return [section]
     shown = []
     for title, positions, captions in galleries:
         pairs = zip(positions[:EXPLAINED], captions, strict=False)
@@ -56,6 +60,25 @@ def explanation_sections(
     )
     section.blocks = [Text(how), *shown] if shown else [Text(empty)]
     return [section]
+
+
+def _too_coarse(ctx: ReportContext, explainer: Explainer) -> str | None:
+    """Why no map is drawn when the finest map a classifier or segmenter has at its input size is too coarse to
+    point at anything (a detector's maps are read at stride 8, and checked on boxes: docs/explain.md)."""
+    from imagerec.models.cam_layers import MIN_MAP_SIDE, map_side
+
+    if explainer.layer is None or explainer.boxes:
+        return None
+    info = ctx.info
+    side = map_side(explainer.model, explainer.layer, channels=info.channels, imgsz=info.imgsz)
+    if side is None or side >= MIN_MAP_SIDE:
+        return None
+    return (
+        f"No heatmaps: at {info.imgsz} px the finest feature map of {info.model} is {side}×{side}, too coarse to "
+        f"point at anything (below {MIN_MAP_SIDE}×{MIN_MAP_SIDE}, maps put their peak on the object no better than "
+        "chance in the pointing game of docs/explain.md). Train at a larger --imgsz to see where it looks, or use "
+        "imagerec explain --method integrated-gradients, which works pixel by pixel."
+    )
 
 
 def _maps(ctx: ReportContext, explainer: Explainer, i: int, caption: str) -> list[tuple[np.ndarray, str]]:
