@@ -22,10 +22,10 @@ from imagerec.models.stages import find_backbone
 Reshape = Callable[[torch.Tensor], torch.Tensor] | None
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 # A classifier's or segmenter's map is taken from the deepest layer whose map is at least this many positions on its
-# shorter side: a ResNet's last stage at 224 px (Grad-CAM's usual 7×7). Deeper maps of small inputs (2×2 for
-# resnet18 at 64 px) cannot point at anything: on digit canvases their peak fell in the digit's box for 0–20 % of
-# the images, against 80–100 % at 8×8 and finer (docs/explain.md, the pointing game).
-MIN_MAP_SIDE = 7
+# shorter side. Chosen by the pointing game (docs/explain.md): on digit canvases resnet18's deepest maps (2×2 at 28
+# and 64 px) put HiResCAM's peak in the digit's box for 1–5 % of the images, as random maps do; 7×7 and 8×8 maps
+# for 42 %; 14×14 and 16×16 for 79–81 %. At 224 px it is ResNet's layer3 (14×14), not the customary layer4 (7×7).
+MIN_MAP_SIDE = 14
 
 
 def cam_layer(model: nn.Module, *, name: str, channels: int, imgsz: int) -> tuple[nn.Module, Reshape]:

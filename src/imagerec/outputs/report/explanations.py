@@ -71,13 +71,13 @@ def _too_coarse(ctx: ReportContext, explainer: Explainer) -> str | None:
         return None
     info = ctx.info
     side = map_side(explainer.model, explainer.layer, channels=info.channels, imgsz=info.imgsz)
-    if side is None or side >= MIN_MAP_SIDE:
+    if side is None or side >= min(MIN_MAP_SIDE, info.imgsz):  # a map as wide as a small image is as fine as it gets
         return None
     return (
         f"No heatmaps: at {info.imgsz} px the finest feature map of {info.model} is {side}×{side}, too coarse to "
-        f"point at anything (below {MIN_MAP_SIDE}×{MIN_MAP_SIDE}, maps put their peak on the object no better than "
-        "chance in the pointing game of docs/explain.md). Train at a larger --imgsz to see where it looks, or use "
-        "imagerec explain --method integrated-gradients, which works pixel by pixel."
+        f"point reliably (below {MIN_MAP_SIDE}×{MIN_MAP_SIDE}, maps found the object far less often in the pointing "
+        "game of docs/explain.md). Train at a larger --imgsz to see where it looks, or use imagerec explain "
+        "--method integrated-gradients, which works pixel by pixel."
     )
 
 
