@@ -54,13 +54,13 @@ from imagerec.training import (
     load_pretrained,
     make_loader,
     model_info,
+    planned_epochs,
     rank_zero_plan,
     remove_temporaries_of,
     replanner,
     restore,
     session,
     update_run_config,
-    with_epochs,
     write_run_files,
 )
 
@@ -241,9 +241,7 @@ def _budgeted(
         model, ([v[:16] for v in views], targets[:16]), lambda m, b: objective.step(m, b)["loss"],
         precision=precision, train_images=len(loaders["train"].dataset), eval_images=len(loaders["val"].dataset),
     )  # fmt: skip
-    epochs = budget.first_estimate(seconds, text=cfg.train.time or "")
-    console.print(f"time budget {cfg.train.time}: about {seconds:.1f} s per epoch estimated, {epochs} epochs planned")
-    return with_epochs(cfg, epochs)
+    return planned_epochs(cfg, budget, seconds, console)
 
 
 def _finish(fabric: Fabric, cfg: PretrainConfig, run: RunDir, state: FitState, console: Console) -> Run:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from lightning_fabric import Fabric
@@ -60,6 +60,8 @@ from imagerec.runs import (
 from imagerec.tasks.base import Task
 from imagerec.tasks.build import build_task, check_task_data, data_format, pretrained_imgsz
 from imagerec.weights_io import load_weights
+
+ConfigT = TypeVar("ConfigT", bound=RunConfig)  # a run's config, or a pretraining run's (PretrainConfig)
 
 
 def accelerator(cfg: TrainConfig) -> str:
@@ -559,6 +561,11 @@ def _budgeted(
         net, (images[:16], targets[:16]), lambda m, b: task.step(m, b)["loss"], precision=settings.precision,
         train_images=len(loaders["train"].dataset), eval_images=len(loaders["val"].dataset) if "val" in loaders else 0,
     )  # fmt: skip
+    return planned_epochs(cfg, budget, seconds, console)
+
+
+def planned_epochs(cfg: ConfigT, budget: TimeBudget, seconds: float, console: Console) -> ConfigT:
+    """`cfg` with the epochs of `seconds` each that the budget's first estimate fits, said on the console."""
     epochs = budget.first_estimate(seconds, text=cfg.train.time or "")
     console.print(f"time budget {cfg.train.time}: about {seconds:.1f} s per epoch estimated, {epochs} epochs planned")
     return with_epochs(cfg, epochs)
@@ -580,7 +587,7 @@ def rank_zero_plan(fabric: Fabric, cfg: RunConfig, budget: TimeBudget | None) ->
     return with_epochs(cfg, int(fabric.broadcast(cfg.train.epochs, src=0)))
 
 
-def with_epochs(cfg: RunConfig, epochs: int) -> RunConfig:
+def with_epochs(cfg: ConfigT, epochs: int) -> ConfigT:
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
 
 
