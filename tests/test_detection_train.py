@@ -132,7 +132,7 @@ def test_predict_formats(detect_run: Path, scenes: Path, tmp_path: Path) -> None
     pngs = sorted(drawn.glob("*.png"))
     assert [p.stem for p in pngs] == [p.stem for p in images]
     with Image.open(pngs[0]) as drawn_image:
-        assert drawn_image.size == (128, 128)
+        assert drawn_image.size == (512, 512)  # the 128-px scene enlarged 4× with square pixels, so labels read
         assert drawn_image.mode == "RGB"
 
 

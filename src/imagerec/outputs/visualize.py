@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from imagerec.runs import atomic_write
 from imagerec.tasks.results import Classification, Detections, InstanceMasks, SegmentationMask
 
 MIN_LABELLED_SIDE = 192  # small images (8×8 digit scans, 28 px medical crops) are enlarged so their labels fit
+MIN_DRAWN_SIDE = 512  # boxes and masks are drawn on an image at least this large, so labels on a 128-px scene read
 # Okabe & Ito's colour-blind-safe palette (black dropped: it vanishes on dark images).
 PALETTE = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999"]
 
@@ -29,12 +31,29 @@ def to_uint8_rgb(image: torch.Tensor) -> torch.Tensor:
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def draw_detections(image: torch.Tensor, detections: Detections, classes: Sequence[str]) -> torch.Tensor:
-    """`image` (C×H×W in [0, 1]) with each box drawn in its class colour and labelled "class score"."""
+def draw_detections(
+    image: torch.Tensor, detections: Detections, classes: Sequence[str], *, readable: bool = False
+) -> torch.Tensor:
+    """`image` (C×H×W in [0, 1]) with each box drawn in its class colour and labelled "class score" on a band of
+    that colour; `readable`: enlarged first with square pixels to MIN_DRAWN_SIDE when smaller."""
+    scale = drawn_scale(image.shape[1:]) if readable else 1
     lookup = {name: i for i, name in enumerate(classes)}
     colours = [class_colour(lookup.get(label, 0)) for label in detections.labels]
     labels = [f"{label} {score:.2f}" for label, score in zip(detections.labels, detections.scores, strict=True)]
-    return draw_boxes(image, detections.boxes, labels, colours)
+    boxes = [[v * scale for v in box] for box in detections.boxes]
+    return draw_boxes(enlarge(image, scale), boxes, labels, colours)
+
+
+def drawn_scale(size: Sequence[int]) -> int:
+    """The whole factor that brings an image of `size` (H, W) to MIN_DRAWN_SIDE on its longer side (1 when it is
+    that big already): boxes, masks and their labels need room to be read."""
+    return max(1, -(-MIN_DRAWN_SIDE // max(size)))
+
+
+def text_colour(background: str) -> str:
+    """Black or white, whichever reads better on `background` (#rrggbb), by its relative luminance."""
+    red, green, blue = (int(background[i : i + 2], 16) / 255 for i in (1, 3, 5))
+    return "black" if 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.5 else "white"
 
 
 def draw_classification(image: torch.Tensor, result: Classification, classes: Sequence[str]) -> torch.Tensor:
@@ -84,6 +103,9 @@ def draw_boxes(
         width=width,
         font=_font(),
         font_size=font_size,
+        fill_labels=True,  # each label on a band of its box's colour: legible over any image and over other labels
+        label_background_colors=colours,
+        label_colors=[text_colour(c) for c in colours],
     )
     if not below:
         return canvas
@@ -93,7 +115,8 @@ def draw_boxes(
     draw, font = ImageDraw.Draw(drawn), ImageFont.truetype(_font(), size=font_size)
     for (x1, _, _, y2), label, colour in zip(tensor.tolist(), labels, colours, strict=True):
         y = min(y2 + width, drawn.height - font_size - 1)  # under the box, or just inside it at the image's edge
-        draw.text((max(0, x1), y), label, fill=colour, font=font)
+        draw.rectangle(draw.textbbox((max(0, x1), y), label, font=font), fill=colour)
+        draw.text((max(0, x1), y), label, fill=text_colour(colour), font=font)
     return torch.from_numpy(np.asarray(drawn).copy()).permute(2, 0, 1)
 
 
@@ -123,30 +146,48 @@ def _font() -> str:
 
 
 def draw_class_map(
-    image: torch.Tensor, result: SegmentationMask, colours: Sequence[Sequence[int]] | None = None, alpha: float = 0.5
+    image: torch.Tensor,
+    result: SegmentationMask,
+    colours: Sequence[Sequence[int]] | None = None,
+    alpha: float = 0.5,
+    classes: Sequence[str] | None = None,
+    *,
+    readable: bool = False,
 ) -> torch.Tensor:
-    """`image` with each non-background class's pixels tinted in its colour (class 0, the background, left clear)."""
-    canvas = to_uint8_rgb(image)
-    class_map = torch.from_numpy(result.mask.astype(np.int64))
+    """`image` with each non-background class's pixels tinted in its colour (class 0, the background, left clear);
+    with `classes`, a legend band below naming the classes present; `readable`: enlarged first with square pixels
+    to MIN_DRAWN_SIDE when smaller."""
+    scale = drawn_scale(image.shape[1:]) if readable else 1
+    canvas = enlarge(to_uint8_rgb(image), scale)
+    class_map = enlarge(torch.from_numpy(result.mask.astype(np.int64)), scale)
     present = [c for c in torch.unique(class_map).tolist() if c != 0]
-    if not present:
-        return canvas
-    masks = torch.stack([class_map == c for c in present])
     tints = [tuple(colours[c]) if colours else class_colour(c - 1) for c in present]
-    return draw_segmentation_masks(canvas, masks, alpha=alpha, colors=tints)
+    if present:
+        canvas = draw_segmentation_masks(canvas, torch.stack([class_map == c for c in present]), alpha=alpha,
+                                         colors=tints)  # fmt: skip
+    if classes is None:
+        return canvas
+    hexes = [t if isinstance(t, str) else "#{:02x}{:02x}{:02x}".format(*t) for t in tints]
+    entries = [(classes[c], h) for c, h in zip(present, hexes, strict=True)] or [("no class found", "white")]
+    return draw_legend(canvas, entries, height=max(18, canvas.shape[2] // 25))
 
 
-def draw_instances(image: torch.Tensor, result: InstanceMasks, classes: Sequence[str]) -> torch.Tensor:
-    """`image` with each object's pixels tinted in its class colour, then its box and label drawn."""
+def draw_instances(
+    image: torch.Tensor, result: InstanceMasks, classes: Sequence[str], *, readable: bool = False
+) -> torch.Tensor:
+    """`image` with each object's pixels tinted in its class colour, then its box and label drawn; `readable`:
+    enlarged first with square pixels to MIN_DRAWN_SIDE when smaller."""
     from pycocotools import mask as coco_mask
 
-    canvas = to_uint8_rgb(image)
+    scale = drawn_scale(image.shape[1:]) if readable else 1
+    canvas = enlarge(to_uint8_rgb(image), scale)
     if result.masks:
         masks = torch.stack([torch.from_numpy(coco_mask.decode(m).astype(bool)) for m in result.masks])
         lookup = {name: i for i, name in enumerate(classes)}
         colours = [class_colour(lookup.get(label, 0)) for label in result.labels]
-        canvas = draw_segmentation_masks(canvas, masks, alpha=0.45, colors=colours)
-    return draw_detections(canvas.float() / 255, result, classes)
+        canvas = draw_segmentation_masks(canvas, enlarge(masks, scale), alpha=0.45, colors=colours)
+    scaled = replace(result, boxes=tuple(tuple(v * scale for v in box) for box in result.boxes))
+    return draw_detections(canvas.float() / 255, scaled, classes)
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:

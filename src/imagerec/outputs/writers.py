@@ -179,9 +179,9 @@ def save_outputs(
     if isinstance(result, Classification):
         drawn = draw_classification(image, result, info.classes)
     elif isinstance(result, SegmentationMask):
-        drawn = draw_class_map(image, result, info.colours)
+        drawn = draw_class_map(image, result, info.colours, classes=info.classes, readable=True)
     elif isinstance(result, InstanceMasks):
-        drawn = draw_instances(image, result, info.classes)
+        drawn = draw_instances(image, result, info.classes, readable=True)
     else:
-        drawn = draw_detections(image, result, info.classes)
+        drawn = draw_detections(image, result, info.classes, readable=True)
     save_image(drawn, images / drawn_name(source))
