@@ -135,7 +135,11 @@ def test_every_method_on_a_classifier_writes_maps_and_overlays(quadrants, tmp_pa
             assert heat.shape == (32, 32)
             assert heat.min() >= 0
             assert 0 < heat.max() <= 1
-            assert Image.open(e.files["overlay"]).size == (192, 192)  # enlarged 6× with square pixels
+            drawn = np.asarray(Image.open(e.files["overlay"]).convert("RGB"))
+            assert drawn.shape[1] == 192  # enlarged 6× with square pixels
+            assert drawn.shape[0] > 192  # and a key below: method, class, score and the colour bar
+            assert (drawn[192:] == 255).all(axis=2).mean() > 0.5  # the key's white band, with dark text in it
+            assert (drawn[192:] < 100).all(axis=2).any()
     index = json.loads((tmp_path / "explanations.json").read_text())
     assert {"source", "target", "method", "score", "overlay", "heatmap"} <= set(index[0])
 
@@ -350,3 +354,18 @@ def test_a_segmenter_image_too_large_to_explain_whole_is_reported(segmenter, mon
     assert "big.png: 80×80 pixels is above the 4,900 pixels" in found[-1].error
     assert "crop the region" in found[-1].error
     assert len(list((tmp_path / "out").glob("*.npy"))) == len(found) - 1
+
+
+def test_the_overlay_leaves_cold_areas_as_they_are() -> None:
+    """The heat's colour is weighted by the heat: no heat, the photo unchanged (a flat blend darkened it all)."""
+    from imagerec.outputs.explain import OVERLAY_ALPHA, overlay
+    from imagerec.outputs.visualize import to_uint8_rgb
+
+    image = torch.rand(3, 16, 16)
+    heat = np.zeros((16, 16), dtype=np.float32)
+    heat[4:8, 4:8] = 1.0
+    drawn, plain = overlay(image, heat), to_uint8_rgb(image)
+    cold = torch.from_numpy(heat == 0)
+    assert torch.equal(drawn[:, cold], plain[:, cold])
+    hot = (drawn[:, 4:8, 4:8].float() - plain[:, 4:8, 4:8].float()).abs().mean()
+    assert hot > 255 * OVERLAY_ALPHA * 0.1  # the hottest area takes the colour

@@ -46,7 +46,7 @@ _SLUGS = {"gradcam++": "gradcampp", "integrated-gradients": "ig"}  # file-name s
 IG_STEPS = 32  # Captum's default is 50; 32 Gauss-Legendre points keep the completeness gap small for these models
 IG_PERCENTILE = 99.0  # integrated gradients are spiky per pixel: scale to this percentile, as its authors display them
 COLOUR_MAP = "inferno"  # perceptually uniform, and legible in greyscale print
-OVERLAY_ALPHA = 0.5
+OVERLAY_ALPHA = 0.6  # the colour's weight where the heat is highest: it fades with the heat, cold areas stay as is
 # Segmenters see the whole image (detectors resize it): a backward pass keeps every activation, several times the
 # memory of `predict`'s forward-only pass, whose whole-image limit is 2048² (outputs.predict.MAX_PIXELS).
 MAX_PIXELS = 1024 * 1024
@@ -375,20 +375,51 @@ def _resize(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def overlay(image: torch.Tensor, heatmap: np.ndarray, alpha: float = OVERLAY_ALPHA) -> torch.Tensor:
-    """`image` (C×H×W in [0, 1]) blended with `heatmap` (H×W in [0, 1]) in the COLOUR_MAP colours: 3×H×W uint8."""
+    """`image` (C×H×W in [0, 1]) blended with `heatmap` (H×W in [0, 1]) in the COLOUR_MAP colours, each pixel's
+    colour weighted by its heat (at most `alpha`): where there is no heat the image shows as it is, instead of a
+    whole photo darkened by the colour of zero. 3×H×W uint8."""
     from matplotlib import colormaps
 
     from imagerec.outputs.visualize import to_uint8_rgb
 
     colours = torch.from_numpy(colormaps[COLOUR_MAP](heatmap)[..., :3]).permute(2, 0, 1).float()
     base = to_uint8_rgb(image).float() / 255
-    return ((1 - alpha) * base + alpha * colours).mul(255).round().clamp(0, 255).to(torch.uint8)
+    weight = alpha * torch.from_numpy(np.ascontiguousarray(heatmap, dtype=np.float32))[None]
+    return ((1 - weight) * base + weight * colours).mul(255).round().clamp(0, 255).to(torch.uint8)
 
 
-def draw_explanation(explanation: Explanation, image: torch.Tensor) -> torch.Tensor:
+def _key_band(drawn: torch.Tensor, explanation: Explanation) -> torch.Tensor:
+    """`drawn` (3×H×W uint8) above a band saying what the map explains (method, class, score) beside a colour bar
+    from no heat to the most."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw, ImageFont
+
+    from imagerec.outputs.visualize import font_path
+
+    width = drawn.shape[2]
+    height = max(18, width // 12)
+    band = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(band)
+    font = ImageFont.truetype(font_path(), size=max(8, height // 2))
+    bar_width = max(24, width // 4)
+    ramp = colormaps[COLOUR_MAP](np.linspace(0, 1, bar_width))[:, :3]
+    bar = (np.repeat(ramp[None], height // 3, axis=0) * 255).astype(np.uint8)
+    band.paste(Image.fromarray(bar), (width - bar_width - 2, 2))
+    draw.text((width - bar_width - 2, 2 + height // 3), "low", fill="black", font=font)
+    draw.text((width - 2, 2 + height // 3), "high", fill="black", font=font, anchor="ra")
+    what = f"{explanation.method}: {explanation.target}" + (
+        f" {explanation.score:.2f}" if explanation.score is not None else ""
+    )
+    draw.text((3, height // 4), what, fill="black", font=font)
+    stacked = np.concatenate([drawn.permute(1, 2, 0).numpy(), np.asarray(band)], axis=0)
+    return torch.from_numpy(np.ascontiguousarray(stacked)).permute(2, 0, 1)
+
+
+def draw_explanation(explanation: Explanation, image: torch.Tensor, *, key: bool = True) -> torch.Tensor:
     """`explanation`'s heatmap blended over `image` (C×H×W in [0, 1]) as 3×H×W uint8, with its box, or a
-    classifier's centre crop when that is not the whole image, drawn on it; a small image is enlarged with square
-    pixels, as `predict --save-images` does."""
+    classifier's centre crop when that is not the whole image, drawn on it, and (`key`) a band below naming the
+    method, class and score beside a colour bar; a small image is enlarged with square pixels, as
+    `predict --save-images` does."""
     from imagerec.outputs.visualize import PALETTE, draw_boxes, enlarge, legible_scale
 
     heatmap = explanation.heatmap
@@ -401,7 +432,7 @@ def draw_explanation(explanation: Explanation, image: torch.Tensor) -> torch.Ten
     elif explanation.crop is not None and _is_partial(explanation.crop, heatmap.shape):
         crop = [v * scale for v in explanation.crop]
         drawn = draw_boxes(drawn.float() / 255, [crop], ["model input"], "#FFFFFF")
-    return drawn
+    return _key_band(drawn, explanation) if key else drawn
 
 
 def save_explanation(explanation: Explanation, image: torch.Tensor, base: Path) -> Explanation:

@@ -101,7 +101,7 @@ def draw_boxes(
         labels=None if below else list(labels),
         colors=colours,
         width=width,
-        font=_font(),
+        font=font_path(),
         font_size=font_size,
         fill_labels=True,  # each label on a band of its box's colour: legible over any image and over other labels
         label_background_colors=colours,
@@ -112,7 +112,7 @@ def draw_boxes(
     from PIL import ImageDraw, ImageFont
 
     drawn = Image.fromarray(np.ascontiguousarray(canvas.permute(1, 2, 0).numpy()))
-    draw, font = ImageDraw.Draw(drawn), ImageFont.truetype(_font(), size=font_size)
+    draw, font = ImageDraw.Draw(drawn), ImageFont.truetype(font_path(), size=font_size)
     for (x1, _, _, y2), label, colour in zip(tensor.tolist(), labels, colours, strict=True):
         y = min(y2 + width, drawn.height - font_size - 1)  # under the box, or just inside it at the image's edge
         draw.rectangle(draw.textbbox((max(0, x1), y), label, font=font), fill=colour)
@@ -130,7 +130,7 @@ def draw_legend(
     array = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
     band = Image.new("RGB", (array.shape[1], array.shape[0] + height), background)
     band.paste(Image.fromarray(array), (0, 0))
-    draw, font = ImageDraw.Draw(band), ImageFont.truetype(_font(), size=max(8, height - 5))
+    draw, font = ImageDraw.Draw(band), ImageFont.truetype(font_path(), size=max(8, height - 5))
     x = 3
     for text, colour in entries:
         draw.text((x, array.shape[0] + 2), text, fill=colour, font=font)
@@ -138,7 +138,7 @@ def draw_legend(
     return torch.from_numpy(np.asarray(band).copy()).permute(2, 0, 1)
 
 
-def _font() -> str:
+def font_path() -> str:
     """DejaVu Sans, shipped with matplotlib: PIL's built-in bitmap font cannot be scaled up for large images."""
     from matplotlib import font_manager
 

@@ -55,8 +55,9 @@ def explanation_sections(
             shown.append(Gallery(title, images))
     how = (
         f"Heatmaps by {DEFAULT_METHOD}, as `imagerec explain RUN IMAGE` draws them: pale yellow marks the regions "
-        "that raised the score of the class named under the image, dark ones had no part in it; each map is scaled "
-        "to its own maximum. docs/explain.md describes the method and the sanity checks it passes."
+        "that raised the score of the class named under the image, dark red ones less; where the image shows "
+        "through untinted, they had no part in it. Each map is scaled to its own maximum. docs/explain.md "
+        "describes the method and the sanity checks it passes."
     )
     section.blocks = [Text(how), *shown] if shown else [Text(empty)]
     return [section]
@@ -92,6 +93,6 @@ def _maps(ctx: ReportContext, explainer: Explainer, i: int, caption: str) -> lis
         return []
     maps = []
     for e in found[:MAPS_PER_IMAGE]:
-        drawn = draw_explanation(e, image).permute(1, 2, 0).numpy()
+        drawn = draw_explanation(e, image, key=False).permute(1, 2, 0).numpy()  # the caption names class and score
         maps.append((shrink(drawn, THUMBNAIL), f"{caption} · map of {e.target} ({e.score:.2f})"))
     return maps
