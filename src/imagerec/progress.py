@@ -1,6 +1,6 @@
-"""Progress bars over images, one look for training, validation, testing and evaluation: what is running, images
-done of all, a status (loss, images per second), time spent and time left. They are transient: the lines each
-epoch or command prints stay, the bars go."""
+"""Progress bars, one look for training, validation, testing, evaluation and reading a dataset's files: what is
+running, how much is done of all, a status (loss, images or files per second), time spent and time left. They are
+transient: the lines each epoch or command prints stay, the bars go."""
 
 from __future__ import annotations
 

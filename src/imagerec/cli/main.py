@@ -1,4 +1,5 @@
-"""`imagerec` entry point: the Typer app, and UserError → one line on stderr with exit code 2."""
+"""`imagerec` entry point: the Typer app, `--version`, and every UserError or command-line parse error → one line
+on stderr with exit code 2."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`imagerec train`, `imagerec models` and `imagerec demo`."""
+"""`imagerec train`, `imagerec models`, `imagerec config` and `imagerec demo`."""
 
 from __future__ import annotations
 
