@@ -169,3 +169,31 @@ def test_each_task_has_its_own_default_model(task: str, model: str, tmp_path: Pa
 
     assert resolve_config(tmp_path, task=task).model.name == model
     assert resolve_config(tmp_path, task=task, model="resnet18").model.name == "resnet18"
+
+
+def test_each_task_names_the_settings_only_it_reads_and_their_descriptions_say_so() -> None:
+    """Task.settings decide which task-specific settings a run refuses; the config's description of each starts with
+    the tasks that read it, which is what `imagerec train -h` shows and how `pretrain -h` leaves them out."""
+    from imagerec.cli.options import task_readers
+    from imagerec.config import SECTIONS
+    from imagerec.tasks.build import TASKS, _task_class
+
+    fields = {name: info for schema in SECTIONS.values() for name, info in schema.model_fields.items()}
+    readers: dict[str, list[str]] = {}
+    for task in TASKS:
+        for setting in _task_class(task).settings:
+            assert setting in fields, (task, setting)
+            readers.setdefault(setting, []).append(task)
+    assert {name: task_readers(info) for name, info in fields.items() if task_readers(info)} == readers
+
+
+def test_the_typed_prediction_options_are_the_prediction_options() -> None:
+    """`predictor.predict(images, **PredictSettings)`: the TypedDict editors read has PredictOptions' fields."""
+    from dataclasses import fields
+    from typing import get_type_hints
+
+    from imagerec.tasks.base import PredictSettings
+
+    assert get_type_hints(PredictSettings) == {
+        f.name: get_type_hints(PredictOptions)[f.name] for f in fields(PredictOptions)
+    }

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from typing_extensions import Unpack  # typing.Unpack for **kwargs needs Python 3.12
 
-from imagerec.config import MAX_IMAGE_PIXELS, SECTIONS, RunConfig, TrainConfig, build_config, merge, read_yaml
+from imagerec.config import (
+    MAX_IMAGE_PIXELS,
+    SECTIONS,
+    Method,
+    RunConfig,
+    Settings,
+    TrainConfig,
+    build_config,
+    merge,
+    read_yaml,
+)
+from imagerec.config import Task as TaskName
 from imagerec.engine.evaluate import SplitScores
 from imagerec.errors import UserError
 from imagerec.evaluation import evaluation_index, measure
 from imagerec.outputs.predict import Predictor, load
 from imagerec.recipe import Choice, Plan, plan_recipe, profile
 from imagerec.runs import Run, RunDir, open_run, write_json
-from imagerec.tasks.build import default_model, infer_task, pretrained_model
+from imagerec.tasks.build import check_settings, default_model, infer_task, pretrained_model, task_settings
 
 __all__ = ["Plan", "Run", "evaluate", "load", "plan", "pretrain", "train"]
 
@@ -66,27 +79,42 @@ def _resolve(data: str | Path | None, config: str | Path | None, options: dict[s
             on = f" on its {backbone} backbone" if backbone else ""
             choices.append(Choice("model.name", name, f"the --weights pretraining run's architecture{on}"))
             given = given | {"model.name"}
+    check_settings(cfg, task_settings(cfg.task, cfg.model.name), f"--task {cfg.task}")
     return cfg, Plan(cfg, choices, given)
 
 
-def resolve_config(data: str | Path | None, *, config: str | Path | None = None, **options: Any) -> RunConfig:
+def resolve_config(
+    data: str | Path | None,
+    *,
+    config: str | Path | None = None,
+    task: TaskName | None = None,
+    out: str | Path | None = None,
+    **options: Unpack[Settings],
+) -> RunConfig:
     """Merge a YAML config file with keyword options (options win) into a validated RunConfig.
 
     A run's own run.yaml is a valid config: what it recorded as found and chosen (`resolved`) and its run
     directory (`out`) are left out, so the new run finds and chooses afresh in a directory of its own. The task is
     inferred from the data when not given; the recipe (`plan`) is not applied."""
-    return _resolve(data, config, options)[0]
+    return _resolve(data, config, {"task": task, "out": out, **options})[0]
 
 
-def plan(data: str | Path | None = None, *, config: str | Path | None = None, **options: Any) -> Plan:
+def plan(
+    data: str | Path | None = None,
+    *,
+    config: str | Path | None = None,
+    task: TaskName | None = None,
+    out: str | Path | None = None,
+    **options: Unpack[Settings],
+) -> Plan:
     """What `train` with the same arguments would run: the config with every setting the user left open chosen
     from the data, and the reason for each choice (`imagerec train --dry-run`)."""
     from imagerec.training import accelerator, prepare_data, sampled_shapes
 
-    cfg, start = _resolve(data, config, options)
-    index, task = prepare_data(cfg)
+    cfg, start = _resolve(data, config, {"task": task, "out": out, **options})
+    index, built = prepare_data(cfg)
     measured = profile(index, sampled_shapes(index))
-    planned, chosen = plan_recipe(cfg, task, measured, given=start.given, cpu=accelerator(cfg.train) == "cpu")
+    planned, chosen = plan_recipe(cfg, built, measured, given=start.given, cpu=accelerator(cfg.train) == "cpu")
     return Plan(planned, [*start.choices, *chosen], start.given, measured)
 
 
@@ -94,13 +122,16 @@ def train(
     data: str | Path | None = None,
     *,
     config: str | Path | None = None,
+    task: TaskName | None = None,
+    out: str | Path | None = None,
     resume: str | Path | None = None,
     console: Console | None = None,
-    **options: Any,
+    **options: Unpack[Settings],
 ) -> Run:
     """Train a model on `data` and evaluate it on the test split; returns the Run.
 
-    Options are the fields of DataConfig, ModelConfig and TrainConfig (e.g. `model="resnet18", epochs=10`).
+    Options are the settings of DataConfig, ModelConfig and TrainConfig (`Settings`, e.g. `model="resnet18",
+    epochs=10`); one that is no setting raises TypeError, and one that only another task reads is refused.
     `resume` continues an interrupted run from its last finished epoch (optionally with more `epochs`).
     """
     from imagerec.training import train_run
@@ -116,11 +147,11 @@ def train(
                 f"{run.path}: a --head {saved['model']['head']} run is fitted in one go, with no epochs to resume; "
                 "start a new run"
             )
-        cfg = build_config(_resumed(run, saved, options))
+        cfg = build_config(_resumed(run, saved, {"task": task, "out": out, **options}))
         trained, scores = train_run(cfg, console=console, resume=run)
     else:
         _note_run_config(config, console)
-        planned = plan(data, config=config, **options)
+        planned = plan(data, config=config, task=task, out=out, **options)
         cfg = planned.cfg
         if cfg.model.head != "network":  # scikit-learn on frozen embeddings: no training loop
             from imagerec.embedding_head import train_head
@@ -132,7 +163,7 @@ def train(
     return trained
 
 
-def _resumed(run: RunDir, saved: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+def _resumed(run: RunDir, saved: dict[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
     """The saved settings of `run` with the training options given to `--resume` (the only ones that may change)."""
     extra = {k: v for k, v in options.items() if v is not None}
     if "time" in extra or "recipe" in extra:
@@ -151,11 +182,12 @@ def _resumed(run: RunDir, saved: dict[str, Any], options: dict[str, Any]) -> dic
 def pretrain(
     data: str | Path | None = None,
     *,
-    method: str | None = None,
+    method: Method | None = None,
     config: str | Path | None = None,
+    out: str | Path | None = None,
     resume: str | Path | None = None,
     console: Console | None = None,
-    **options: Any,
+    **options: Unpack[Settings],
 ) -> Run:
     """Self-supervised pretraining of a backbone on the images of `data` (labels, if any, are ignored); returns the
     Run, whose directory `train(..., weights=run.path)` starts any task from.
@@ -174,14 +206,15 @@ def pretrain(
             raise UserError(f"{run.path}: not a pretraining run; continue it with imagerec train --resume {run.path}")
         if method is not None and method != saved["method"]:
             raise UserError(f"--resume continues {run.path} with --method {saved['method']}; drop --method {method}")
-        cfg = build_config(_resumed(run, saved, options), PretrainConfig)
+        cfg = build_config(_resumed(run, saved, {"out": out, **options}), PretrainConfig)
         pretrained = pretrain_run(cfg, console=console, resume=run)
     else:
-        values = _values(data, config, {k: v for k, v in options.items() if v is not None})
+        values = _values(data, config, {k: v for k, v in {"out": out, **options}.items() if v is not None})
         values.setdefault("model", {}).setdefault("name", DEFAULT_MODEL)
         if method is not None:
             values["method"] = method
         cfg = build_config(values, PretrainConfig)
+        check_settings(cfg, (), "pretraining")
         pretrained = pretrain_run(cfg, console=console)
     if pretrained.primary:
         report_after_training(pretrained, cfg, None, console)

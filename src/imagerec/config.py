@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError
@@ -16,6 +17,15 @@ Task = Literal["classify", "detect", "segment"]
 Augment = Literal["none", "light", "medium", "heavy"]
 Precision = Literal["auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true"]
 Recipe = Literal["fast", "balanced", "best"]
+Format = Literal["auto", "imagefolder", "csv", "coco", "yolo", "voc", "masks"]
+BinaryHead = Literal["sigmoid", "softmax"]
+Head = Literal["network", "knn", "logistic"]
+Optimizer = Literal["adamw", "adam", "sgd"]
+Scheduler = Literal["cosine", "step", "onecycle", "constant"]
+Loss = Literal["auto", "ce", "dice", "focal", "ce_dice"]
+Finetune = Literal["full", "linear", "last-n", "gradual"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Method = Literal["simclr", "byol", "dino", "mae"]
 DURATION = r"^\d+(\.\d+)?(s|m|h)$"  # 90s, 10m, 1.5h
 
 
@@ -46,7 +56,7 @@ MAX_IMAGE_PIXELS = 178_956_970
 
 class DataConfig(_Config):
     path: Path
-    format: Literal["auto", "imagefolder", "csv", "coco", "yolo", "voc", "masks"] = "auto"
+    format: Format = Field("auto", description="how the data is laid out; default auto: detected from its files")
     val: Number = Field(0.1, ge=0, lt=1, description="fraction held out for validation when the data has no val split")
     test: Number = Field(0.1, ge=0, lt=1, description="fraction held out for testing when the data is one flat folder")
     imgsz: StrictInt | None = Field(
@@ -55,10 +65,12 @@ class DataConfig(_Config):
     batch: StrictInt | None = Field(None, gt=0, description="images per batch; default 64, or 8 to detect and segment")
     workers: StrictInt = Field(0, ge=0, description="DataLoader worker processes")
     cache: StrictBool | None = Field(None, description="decode all images into memory once; default: when they fit")
-    augment: Augment = "light"
-    balanced_sampler: StrictBool = False
+    augment: Augment = Field("light", description="how strongly training images are augmented")
+    balanced_sampler: StrictBool = Field(
+        False, description="classify: draw training images so that every class is seen equally"
+    )
     flip: StrictBool = Field(
-        True, description="detect/segment: horizontal flips in augmentation (off for text, digits)"
+        True, description="detect, segment: horizontal flips in augmentation (off for text, digits)"
     )
     mean: tuple[Number, ...] | None = Field(
         None, description="per-channel normalisation mean (default: the pretrained weights', else the data's)"
@@ -70,21 +82,24 @@ class DataConfig(_Config):
 
 
 class ModelConfig(_Config):
-    name: str = Field("seed_cnn", description="default: the task's (seed_cnn, fcos_lite, unet)")
-    binary_head: Literal["sigmoid", "softmax"] = Field(
-        "sigmoid", description="two classes: one logit with BCE, or two-class softmax"
+    name: str = Field(
+        "seed_cnn",
+        description="the model (default by task: seed_cnn, fcos_lite, unet); imagerec models --task TASK lists them",
     )
-    dropout: Number = Field(0.0, ge=0, lt=1)
+    binary_head: BinaryHead = Field(
+        "sigmoid", description="classify, segment: with two classes, one logit with BCE, or a two-class softmax"
+    )
+    dropout: Number = Field(0.0, ge=0, lt=1, description="dropout before the classifier layer")
     backbone: str | None = Field(None, description="classifier under a fcos/retinanet/fasterrcnn head; smp encoder")
     anchor_sizes: tuple[Number, ...] | None = Field(
-        None, description="detection: smallest anchor per pyramid level (default: torchvision's, scaled by imgsz/800)"
+        None, description="detect: smallest anchor per pyramid level (default: torchvision's, scaled by imgsz/800)"
     )
-    head: Literal["network", "knn", "logistic"] = Field(
+    head: Head = Field(
         "network",
         description="classify: the network's own head, or scikit-learn k-NN / logistic regression on frozen embeddings",
     )
     positive: str | None = Field(
-        None, description="binary classification: the class sensitivity is about (default: the minority class)"
+        None, description="classify: with two classes, the class sensitivity is about (default: the minority class)"
     )
     weights: str | None = Field(
         None,
@@ -98,25 +113,23 @@ class TrainConfig(_Config):
         None, pattern=DURATION, description="time budget, e.g. 2m, 10m, 1h: epochs planned from the measured epoch time"
     )
     recipe: Recipe = Field("balanced", description="fast | balanced | best: how long the planned schedule is")
-    lr: Number = Field(1e-3, gt=0)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: Number = Field(1e-3, gt=0, description="peak learning rate")
+    optimizer: Optimizer = "adamw"
     weight_decay: Number = Field(0.05, ge=0)
-    momentum: Number = Field(0.9, ge=0, lt=1)
-    scheduler: Literal["cosine", "step", "onecycle", "constant"] = "cosine"
-    warmup_epochs: Number = Field(1.0, ge=0)
+    momentum: Number = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    scheduler: Scheduler = Field("cosine", description="learning-rate schedule")
+    warmup_epochs: Number = Field(1.0, ge=0, description="epochs of linear learning-rate warm-up")
     step_size: StrictInt = Field(10, gt=0, description="epochs between LR drops for the step schedule")
-    label_smoothing: Number = Field(0.0, ge=0, lt=1)
-    class_weights: StrictBool = False
+    label_smoothing: Number = Field(0.0, ge=0, lt=1, description="classify: cross-entropy label smoothing")
+    class_weights: StrictBool = Field(False, description="classify: weigh the loss by inverse class frequency")
     accumulate: StrictInt = Field(1, gt=0, description="batches per optimizer step")
-    clip_grad: Number | None = Field(None, gt=0)
+    clip_grad: Number | None = Field(None, gt=0, description="clip the gradient norm to this")
     ema: Number | None = Field(None, gt=0, lt=1, description="EMA decay of the weights, e.g. 0.999")
     patience: StrictInt = Field(0, ge=0, description="stop after this many epochs without improvement (0: never)")
     monitor: str | None = Field(None, description="validation metric for best checkpoint and early stopping")
     eval_every: StrictInt = Field(1, gt=0, description="validate every N epochs (and after the last)")
-    loss: Literal["auto", "ce", "dice", "focal", "ce_dice"] = Field(
-        "auto", description="segmentation loss; auto: cross-entropy + Dice (BCE + Dice with one logit)"
-    )
-    finetune: Literal["full", "linear", "last-n", "gradual"] = Field(
+    loss: Loss = Field("auto", description="segment: the loss; auto: cross-entropy + Dice (BCE + Dice with one logit)")
+    finetune: Finetune = Field(
         "full",
         description="which backbone stages train: all, none (head only), the last --stages, or one more per epoch",
     )
@@ -128,14 +141,16 @@ class TrainConfig(_Config):
     threshold_by: str = Field(
         "auto",
         pattern=r"^(auto|youden|f1|(sensitivity|specificity)=(0?\.\d+|1(\.0*)?))$",
-        description="how the decision threshold is chosen on validation: youden | f1 | sensitivity=0.95 | "
-        "specificity=0.9 (auto: youden for binary classification, f1 for detection)",
+        description="classify, detect: how the decision threshold is chosen on validation: youden | f1 | "
+        "sensitivity=0.95 | specificity=0.9 (auto: youden for binary classification, f1 for detection)",
     )
-    seed: StrictInt = 0
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    devices: StrictInt = Field(1, gt=0)
-    num_nodes: StrictInt = Field(1, gt=0)
-    precision: Precision = "auto"
+    seed: StrictInt = Field(0, description="random seed (also draws the split)")
+    device: Device = "auto"
+    devices: StrictInt = Field(1, gt=0, description="processes/GPUs per node (DDP when > 1)")
+    num_nodes: StrictInt = Field(1, gt=0, description="nodes (torchrun or SLURM)")
+    precision: Precision = Field(
+        "auto", description="auto: bf16-mixed (else 16-mixed) on a GPU; on a CPU measured once per machine and model"
+    )
     threads: StrictInt | None = Field(
         None, gt=0, description="CPU threads for torch (default: IMAGEREC_THREADS, else 1 on ≤ 2 cores, else all)"
     )
@@ -152,12 +167,70 @@ class RunConfig(_Config):
 class PretrainConfig(RunConfig):
     """A self-supervised pretraining run (`imagerec pretrain`): a run's settings and the method."""
 
-    method: Literal["simclr", "byol", "dino", "mae"] = Field(
+    method: Method = Field(
         "simclr", description="self-supervised method (Lightly): simclr | byol | dino, or mae for vision transformers"
     )
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+class Settings(TypedDict, total=False):
+    """The settings as keyword options of the Python API (`imagerec.train(data, epochs=10, optimizer="sgd")`),
+    typed for editors and type checkers; the fields of DataConfig, ModelConfig and TrainConfig by their option
+    names (`model` is the model's name). tests/test_cli.py holds it to the schema."""
+
+    format: Format
+    val: float
+    test: float
+    imgsz: int | None
+    batch: int | None
+    workers: int
+    cache: bool | None
+    augment: Augment
+    balanced_sampler: bool
+    flip: bool
+    mean: Sequence[float] | None
+    std: Sequence[float] | None
+    max_image_pixels: int
+    model: str
+    binary_head: BinaryHead
+    dropout: float
+    backbone: str | None
+    anchor_sizes: Sequence[float] | None
+    head: Head
+    positive: str | None
+    weights: str | None
+    epochs: int
+    time: str | None
+    recipe: Recipe
+    lr: float
+    optimizer: Optimizer
+    weight_decay: float
+    momentum: float
+    scheduler: Scheduler
+    warmup_epochs: float
+    step_size: int
+    label_smoothing: float
+    class_weights: bool
+    accumulate: int
+    clip_grad: float | None
+    ema: float | None
+    patience: int
+    monitor: str | None
+    eval_every: int
+    loss: Loss
+    finetune: Finetune
+    stages: int
+    layer_decay: float | None
+    backbone_lr_mult: float | None
+    threshold_by: str
+    seed: int
+    device: Device
+    devices: int
+    num_nodes: int
+    precision: Precision
+    threads: int | None
 
 
 def build_config(values: dict[str, Any], schema: type[RunConfig] = RunConfig) -> RunConfig:

@@ -30,7 +30,6 @@ from imagerec.models.classification import check_input_size
 from imagerec.models.embedding import NeighborVote, classifier_name, extract, replace_module, similarity_weights
 from imagerec.records import ModelInfo
 from imagerec.runs import Run, new_run_dir, write_json
-from imagerec.tasks.build import check_head
 from imagerec.tasks.classification import ClassificationTask
 from imagerec.training import accelerator, load_pretrained, model_info, prepare_data, write_run_files
 from imagerec.weights_io import save_weights
@@ -128,7 +127,6 @@ def _check_classes_trained(cfg: RunConfig, task: ClassificationTask, train_y: np
 def train_head(cfg: RunConfig, console: Console) -> Run:
     """Fit `cfg.model.head` ("knn" or "logistic") on frozen embeddings of `cfg.model.name` (with
     `cfg.model.weights`), choose k or C on val, measure on test, and save a run directory that predicts."""
-    check_head(cfg)
     device_kind = accelerator(cfg.train)
     seed_everything(cfg.train.seed, workers=True, verbose=False)
     index, task = prepare_data(cfg)

@@ -28,6 +28,11 @@ DETECT_CPU_SIZE = 320  # detectors train at 320 px on a CPU unless the objects w
 SMALL_OBJECT_PX = 16  # the median object's longer side, in input pixels, below which 320 px is too small
 EMA_MIN_STEPS = 10_000  # EMA (decay 0.999 averages ~1,000 steps) only where that is a small part of the run
 IMBALANCE = 3.0  # largest / smallest class count above which the data counts as imbalanced
+# The settings the recipe may choose (`section.field`): `imagerec train -h` says their default is the recipe's.
+CHOSEN = (
+    "model.name", "data.imgsz", "data.batch", "data.augment", "train.epochs", "train.monitor", "train.ema",
+    "train.label_smoothing", "train.class_weights",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

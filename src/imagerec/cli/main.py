@@ -88,7 +88,7 @@ def main() -> None:
         sys.exit(EXIT_USER_ERROR)
     except typer.TyperException as error:  # Click's errors (Typer's own copy of Click): usage and parameters
         context = getattr(error, "ctx", None)
-        message = " ".join(error.format_message().split()).rstrip(".")
+        message = " ".join(error.format_message().split()).rstrip(".").replace(": Value error, ", ": ")
         print(f"error: {message}; see {context.command_path if context else 'imagerec'} -h", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except typer.Abort:  # Ctrl-C outside the commands that say what they kept

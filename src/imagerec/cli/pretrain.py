@@ -3,55 +3,44 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from imagerec.cli.options import with_settings_options
 from imagerec.cli.shared import JsonOpt, SetOpt, finish_run, with_settings
 
 Opt = typer.Option
 
 
+@with_settings_options(
+    leave_out=("recipe", "augment", "monitor"),  # pretraining plans no recipe, draws its method's views, monitors k-NN
+    help_for={
+        "model": "Backbone to pretrain (default resnet18): a classifier name; train from it with --weights RUN.",
+        "epochs": "Epochs (default 20).",
+        "imgsz": "Input size (default: the images' median shorter side, 32–224).",
+        "batch": "Images per batch (default 64, or the training images there are, at least 16).",
+    },
+    task_specific=False,
+)
 def pretrain(
     data: Annotated[
         Path | None, typer.Argument(help="Folder of images (any layout; labels ignored). Omit with --resume.")
     ] = None,
-    model: Annotated[
-        str | None,
-        Opt(help="Backbone to pretrain (default resnet18): a classifier name; train from it with --weights RUN."),
-    ] = None,
     method: Annotated[
         str | None, Opt(help="simclr (default) | byol | dino, or mae for vision transformers (timm:vit_*).")
     ] = None,
-    epochs: Annotated[int | None, Opt(help="Epochs (default 20).")] = None,
-    time: Annotated[str | None, Opt(help="Time budget, e.g. 10m, 1h: the epochs that fit are planned.")] = None,
-    imgsz: Annotated[int | None, Opt(help="Input size (default: the images' median shorter side, 32–224).")] = None,
-    batch: Annotated[
-        int | None, Opt(help="Images per batch (default 64, or the training images there are, at least 16).")
-    ] = None,
-    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
-    out: Annotated[Path | None, Opt(help="Run directory (default runs/pretrain-NNN).")] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda | mps")] = None,
-    devices: Annotated[int | None, Opt(help="Processes/GPUs per node (DDP when > 1).")] = None,
-    num_nodes: Annotated[int | None, Opt(help="Nodes (torchrun or SLURM).")] = None,
-    precision: Annotated[str | None, Opt(help="auto | 32 | 16-mixed | bf16-mixed")] = None,
-    seed: Annotated[int | None, Opt(help="Random seed (also draws the split, as train does).")] = None,
-    threads: Annotated[int | None, Opt(help="CPU threads for torch (default: 1 on ≤ 2 cores, else all).")] = None,
-    workers: Annotated[int | None, Opt(help="DataLoader processes decoding and augmenting images.")] = None,
-    weights: Annotated[str | None, Opt(help="Start from these weights (as train --weights).")] = None,
+    out: Annotated[Path | None, Opt("--out", "-o", help="Run directory (default runs/pretrain-NNN).")] = None,
     resume: Annotated[Path | None, Opt(help="Continue this pretraining run from its last finished epoch.")] = None,
     settings: SetOpt = None,
     as_json: JsonOpt = False,
+    **options: Any,
 ) -> None:
     """Pretrain a backbone on your own images without labels; then `imagerec train DATA --weights RUN`."""
     from imagerec.api import pretrain as pretrain_run
 
-    options = {
-        "model": model, "epochs": epochs, "time": time, "imgsz": imgsz, "batch": batch, "lr": lr, "device": device,
-        "devices": devices, "num_nodes": num_nodes, "precision": precision, "seed": seed, "threads": threads,
-        "workers": workers, "weights": weights,
-    } | with_settings(settings)  # fmt: skip
+    options = {k: v for k, v in options.items() if v is not None} | with_settings(settings)  # None: not given
     console = Console(soft_wrap=True, stderr=as_json)
     try:
         if resume is not None:

@@ -5,110 +5,47 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from imagerec.cli.options import with_settings_options
 from imagerec.cli.shared import JsonOpt, SetOpt, finish_run, with_settings
 from imagerec.errors import UserError
 
 Opt = typer.Option
 
 
+@with_settings_options()
 def train(
     data: Annotated[Path | None, typer.Argument(help="Image folder or CSV (omit with --resume).")] = None,
     task: Annotated[
-        str | None, Opt(help="classify | detect | segment (default: from the data: labels, boxes or masks)")
-    ] = None,
-    model: Annotated[
         str | None,
-        Opt(help="Model name (default: seed_cnn, fcos_lite or unet by task); see `imagerec models --task TASK`."),
+        Opt("--task", "-t", help="classify | detect | segment (default: from the data: labels, boxes or masks)"),
     ] = None,
-    backbone: Annotated[str | None, Opt(help="Detection: classifier under a fcos/retinanet/fasterrcnn head.")] = None,
-    epochs: Annotated[int | None, Opt(help="Training epochs (default: planned from the data by the recipe).")] = None,
-    time: Annotated[
-        str | None, Opt(help="Time budget, e.g. 2m, 10m, 1h: the epochs that fit are planned from measured time.")
-    ] = None,
-    recipe: Annotated[
-        str | None, Opt(help="fast | balanced | best: the planned schedule's length (½×, 1×, 2×).")
-    ] = None,
+    out: Annotated[Path | None, Opt("--out", "-o", help="Run directory (default runs/<task>-NNN).")] = None,
+    config: Annotated[Path | None, Opt(help="YAML with data/model/train sections; options override it.")] = None,
+    resume: Annotated[Path | None, Opt(help="Continue this run from its last finished epoch.")] = None,
     dry_run: Annotated[
         bool, Opt("--dry-run", help="Print what the recipe would choose, and why, without training.")
     ] = False,
-    imgsz: Annotated[
-        int | None, Opt(help="Input size (default: the data's median size; detection: longest side, up to 640).")
-    ] = None,
-    batch: Annotated[int | None, Opt(help="Batch size (default 64; detection 8).")] = None,
-    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
-    augment: Annotated[str | None, Opt(help="none | light | medium | heavy")] = None,
-    flip: Annotated[
-        bool | None, Opt("--flip/--no-flip", help="Detection: horizontal flips (off for text, digits).")
-    ] = None,
-    out: Annotated[Path | None, Opt(help="Run directory (default runs/<task>-NNN).")] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda | mps")] = None,
-    devices: Annotated[int | None, Opt(help="Processes/GPUs per node (DDP when > 1).")] = None,
-    num_nodes: Annotated[int | None, Opt(help="Nodes (torchrun or SLURM).")] = None,
-    precision: Annotated[str | None, Opt(help="auto | 32 | 16-mixed | bf16-mixed")] = None,
-    seed: Annotated[int | None, Opt(help="Random seed.")] = None,
-    threads: Annotated[
-        int | None, Opt(help="CPU threads for torch (default: 1 on a machine of ≤ 2 cores, else all).")
-    ] = None,
-    positive: Annotated[
-        str | None, Opt(help="Two classes: the class sensitivity is about (default: the minority class).")
-    ] = None,
-    threshold_by: Annotated[
-        str | None,
-        Opt(help="Decision threshold chosen on val: youden | f1 | sensitivity=0.95 | specificity=0.9 (auto)."),
-    ] = None,
-    resume: Annotated[Path | None, Opt(help="Continue this run from its last finished epoch.")] = None,
-    config: Annotated[Path | None, Opt(help="YAML with data/model/train sections; options override it.")] = None,
-    patience: Annotated[int | None, Opt(help="Early-stopping patience in epochs (0: off).")] = None,
-    monitor: Annotated[str | None, Opt(help="Validation metric picking the best epoch, e.g. val_map50.")] = None,
-    eval_every: Annotated[int | None, Opt(help="Validate every N epochs (and after the last).")] = None,
-    loss: Annotated[str | None, Opt(help="Segmentation: auto | ce | dice | focal | ce_dice.")] = None,
-    workers: Annotated[int | None, Opt(help="DataLoader processes decoding and augmenting images.")] = None,
-    max_image_pixels: Annotated[
-        int | None,
-        Opt(min=1, help="Refuse image files whose header claims more pixels than this (default 178,956,970)."),
-    ] = None,
-    weights: Annotated[
-        str | None, Opt(help="Start from: DEFAULT, IMAGENET1K_V2, timm:NAME.TAG, a weights file or a run directory.")
-    ] = None,
-    head: Annotated[
-        str | None, Opt(help="Classify: network, or knn | logistic fitted on frozen embeddings (scikit-learn).")
-    ] = None,
-    finetune: Annotated[str | None, Opt(help="full | linear | last-n | gradual: which backbone stages train.")] = None,
-    stages: Annotated[int | None, Opt(help="--finetune last-n: how many of the last backbone stages train.")] = None,
-    layer_decay: Annotated[float | None, Opt(help="LR × this per backbone stage below the head (e.g. 0.7).")] = None,
-    backbone_lr_mult: Annotated[float | None, Opt(help="LR × this for the whole backbone (e.g. 0.1).")] = None,
-    mean: Annotated[list[float] | None, Opt(help="Normalisation mean per channel (repeat the option).")] = None,
-    std: Annotated[
-        list[float] | None, Opt(help="Normalisation std per channel (default: the weights' or data's).")
-    ] = None,
     settings: SetOpt = None,
     as_json: JsonOpt = False,
+    **options: Any,
 ) -> None:
     """Train a model; prints per-epoch metrics and the test metrics at the end."""
     from imagerec.api import train as train_run
 
-    options = {
-        "model": model, "epochs": epochs, "imgsz": imgsz, "batch": batch, "lr": lr, "augment": augment,
-        "device": device, "devices": devices, "num_nodes": num_nodes, "precision": precision, "seed": seed,
-        "patience": patience, "monitor": monitor, "eval_every": eval_every, "backbone": backbone, "flip": flip,
-        "loss": loss, "workers": workers, "weights": weights, "finetune": finetune, "stages": stages,
-        "layer_decay": layer_decay, "backbone_lr_mult": backbone_lr_mult, "mean": tuple(mean) if mean else None,
-        "std": tuple(std) if std else None, "head": head, "time": time, "recipe": recipe, "threads": threads,
-        "positive": positive, "threshold_by": threshold_by, "max_image_pixels": max_image_pixels,
-    } | with_settings(settings)  # fmt: skip
+    options = {k: v for k, v in options.items() if v is not None} | with_settings(settings)  # None: not given
     console = Console(soft_wrap=True, stderr=as_json)
     if dry_run:
         from imagerec.api import plan
 
         if resume is not None:
             raise UserError("--dry-run plans a new run; a resumed run keeps its own settings (see its run.yaml)")
-        planned = plan(data, config=config, task=task, out=out, **{k: v for k, v in options.items() if v is not None})
+        planned = plan(data, config=config, task=task, out=out, **options)
         console.print(f"[bold]{planned.cfg.task}[/] with [bold]{planned.cfg.model.name}[/] on {data}")
         for line in planned.lines():
             console.print(f"  {line}", markup=False)
@@ -117,7 +54,6 @@ def train(
         if resume is not None:
             run = train_run(resume=resume, console=console, **options)
         else:
-            options = {k: v for k, v in options.items() if v is not None}
             run = train_run(data, config=config, task=task, out=out, console=console, **options)
     except KeyboardInterrupt:
         console.print(

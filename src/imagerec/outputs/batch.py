@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import torch
+from typing_extensions import Unpack  # typing.Unpack for **kwargs needs Python 3.12
 
 from imagerec.data.images import MAX_PIXELS, read_array
 from imagerec.errors import UserError
@@ -32,6 +33,7 @@ from imagerec.outputs.stream import PARQUET_SHARD, Written, prepare_output
 from imagerec.outputs.tables import to_table
 from imagerec.runs import make_folder, write_error
 from imagerec.safe_read import printable
+from imagerec.tasks.base import PredictSettings
 
 if TYPE_CHECKING:
     import ray.data
@@ -155,7 +157,7 @@ def predict_dataset(
     device: str = "auto",
     imgsz: int | None = None,
     max_image_pixels: int = MAX_PIXELS,
-    **options: Any,
+    **options: Unpack[PredictSettings],
 ) -> ray.data.Dataset:
     """Predict the images of a Ray `dataset` with the run (a run directory, or a file `imagerec export` wrote) on a
     pool of `actors` that each load the model once; lazy, like every Ray Data transform.
@@ -294,7 +296,7 @@ def predict_files(
     max_image_pixels: int = MAX_PIXELS,
     on_start: Callable[[int, int], None] | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
-    **options: Any,
+    **options: Unpack[PredictSettings],
 ) -> Written:
     """What `imagerec predict --engine ray` does: predict `sources` (files, folders, `.txt` lists, globs) on Ray
     (the cluster at `address`, else a local instance started for this call and stopped after) and write `out`, a

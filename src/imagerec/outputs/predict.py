@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from typing_extensions import Unpack  # typing.Unpack for **kwargs needs Python 3.12
 
 from imagerec.data.images import MAX_PIXELS, _pil_to_array, _to_unit_float, read_image, to_channels
 from imagerec.errors import UserError
@@ -27,7 +27,7 @@ from imagerec.outputs.runtimes import (
 from imagerec.outputs.sources import ImageLike, decoded_batches
 from imagerec.records import ModelInfo
 from imagerec.runs import Run, RunDir, open_run
-from imagerec.tasks.base import PredictOptions, predict_options
+from imagerec.tasks.base import PredictOptions, PredictSettings, predict_options
 from imagerec.tasks.build import task_from_info
 from imagerec.tasks.results import Result
 from imagerec.weights_io import load_weights
@@ -124,7 +124,13 @@ class Predictor:
         return self.task.probabilities(self.model(batch.to(self.device))).cpu()
 
     def predict_iter(
-        self, sources: Iterable[ImageLike], *, batch: int = 64, workers: int = 0, skip: int = 0, **options: Any
+        self,
+        sources: Iterable[ImageLike],
+        *,
+        batch: int = 64,
+        workers: int = 0,
+        skip: int = 0,
+        **options: Unpack[PredictSettings],
     ) -> Iterator[Result]:
         """Yield one result per image, in order, after the first `skip` images (a resumed run's); unreadable or
         missing files yield a result with `error` set.
@@ -149,7 +155,12 @@ class Predictor:
         return self.task.predict(self.model, images, names, options)
 
     def predict(
-        self, sources: ImageLike | Sequence[ImageLike], *, batch: int = 64, workers: int = 0, **options: Any
+        self,
+        sources: ImageLike | Sequence[ImageLike],
+        *,
+        batch: int = 64,
+        workers: int = 0,
+        **options: Unpack[PredictSettings],
     ) -> list[Result]:
         """Predict files, folders, PIL images, arrays or tensors (C×H×W in [0, 1])."""
         if isinstance(sources, str | Path | Image.Image | np.ndarray | torch.Tensor):

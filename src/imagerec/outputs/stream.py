@@ -23,12 +23,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from typing_extensions import Unpack  # typing.Unpack for **kwargs needs Python 3.12
+
 from imagerec.errors import UserError
 from imagerec.outputs.predict import Predictor
 from imagerec.outputs.sources import Fingerprint, ImageLike, iter_sources, source_name
 from imagerec.outputs.writers import TEXT_FORMATS, check_image_ids, choose_format, coco_image_ids
 from imagerec.runs import make_folder, write_error, write_json
 from imagerec.safe_read import load_json
+from imagerec.tasks.base import PredictSettings
 from imagerec.tasks.results import Result
 
 PARQUET_SHARD = 1024  # images per Parquet file: fewer rows make Parquet slow to read; more lose more work to a crash
@@ -308,7 +311,7 @@ def write_predictions(
     image_ids: Path | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_result: Callable[[Result], None] | None = None,
-    **options: Any,
+    **options: Unpack[PredictSettings],
 ) -> Written:
     """Predict `sources` (files, folders, `.txt` lists, globs) with `predictor` and write the results to `out` as
     they are made: `.parquet` (a folder of Parquet files, one row per image; see `imagerec.outputs.tables`),

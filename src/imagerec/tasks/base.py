@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import torch
 from torch import nn
@@ -59,6 +59,20 @@ class PredictOptions:
             raise UserError(
                 f"--tile {self.tile} --overlap {self.overlap}: the overlap must be at least 0 and below the tile size"
             )
+
+
+class PredictSettings(TypedDict, total=False):
+    """PredictOptions as keyword options of the Python API (`predictor.predict(images, conf=0.4)`), typed for
+    editors and type checkers; tests/test_task_contract.py holds the two to the same fields."""
+
+    topk: int
+    conf: float | None
+    iou: float | None
+    agnostic: bool
+    max_det: int | None
+    tile: int | None
+    overlap: int
+    max_pixels: int
 
 
 def predict_options(task: Task, options: Mapping[str, Any]) -> PredictOptions:
@@ -148,6 +162,7 @@ class Task(Protocol):
     default_batch: int
     autotune: bool  # whether CPU precision and memory format may be chosen by measuring (engine.autotune)
     predict_options: tuple[str, ...]  # the PredictOptions fields `predict` reads; the others stay at their defaults
+    settings: tuple[str, ...]  # the task-specific settings it reads (config field names); other tasks' are refused
     result_type: type[Result]
     decision: Decision | None  # the run's decision threshold, used by metrics and predict (None: not chosen)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from imagerec.config import RunConfig
+from imagerec.config import SECTIONS, RunConfig
 from imagerec.data.index import DataIndex
 from imagerec.data.targets import MaskFile, Objects
 from imagerec.errors import UserError
@@ -41,10 +41,26 @@ def pretrained_imgsz(cfg: RunConfig, pretrained: dict[str, Any] | None) -> int |
     return pretrained["imgsz"] if pretrained is not None and pretrained.get("task") == cfg.task else None
 
 
-def check_head(cfg: RunConfig) -> None:
-    """`--head knn|logistic` fits a classifier on embeddings: refused at once for another task."""
-    if cfg.task != "classify":
-        raise UserError(f"--head {cfg.model.head} fits a classifier on embeddings; it applies to --task classify")
+TASKS = ("classify", "detect", "segment")
+
+
+def task_settings(task: str, model: str) -> tuple[str, ...]:
+    """The task-specific settings (config field names) a run of `task` with `model` reads."""
+    if task == "segment" and is_instance_model(model):
+        return InstanceSegmentationTask.settings
+    return _task_class(task).settings
+
+
+def check_settings(cfg: RunConfig, reads: Sequence[str], run: str) -> None:
+    """Refuse a task-specific setting changed from its default that the run does not read (`reads`: its task's
+    settings, none for pretraining; `run` names the run in the message): `--binary-head softmax` on a detector
+    would otherwise be ignored in silence."""
+    others = {key for task in TASKS for key in _task_class(task).settings} - set(reads)
+    for section, schema in SECTIONS.items():
+        for key in sorted(others & set(schema.model_fields)):
+            if getattr(getattr(cfg, section), key) != schema.model_fields[key].default:
+                readers = " or ".join(t for t in TASKS if key in _task_class(t).settings)
+                raise UserError(f"{key} (--{key.replace('_', '-')}) applies to --task {readers}; drop it for {run}")
 
 
 def _kind(index: DataIndex) -> str:
@@ -82,8 +98,6 @@ def check_task_data(cfg: RunConfig, index: DataIndex) -> None:
         if cfg.model.head != "network" and index.multilabel:
             raise UserError(f"--head {cfg.model.head} fits single-label data; for multi-label data use --head network")
         return
-    if cfg.data.balanced_sampler or cfg.train.class_weights:
-        raise UserError(f"balanced_sampler and class_weights apply to classification; drop them for --task {cfg.task}")
     if kind == "detect":
         _check_classes_trained(cfg, index)
 

@@ -40,6 +40,9 @@ class ClassificationTask:
     default_batch: int = 64
     autotune: bool = True  # CPU precision and memory format chosen by measuring (engine.autotune)
     predict_options: tuple[str, ...] = ("topk",)
+    settings: tuple[str, ...] = (
+        "binary_head", "head", "positive", "threshold_by", "label_smoothing", "class_weights", "balanced_sampler",
+    )  # fmt: skip
     result_type: type = Classification
     decision: Decision | None = None  # chosen on validation after training (Task.with_decision)
     positive: int | None = None  # binary data: the index of the class sensitivity is about (tasks.build)

@@ -65,6 +65,7 @@ class DetectionTask:
     autotune: bool = False  # detection ops (RoIAlign, NMS) gain little from bf16 on CPU; stay in fp32 there
     default_batch: int = 8
     predict_options: tuple[str, ...] = ("conf", "iou", "agnostic", "max_det")
+    settings: tuple[str, ...] = ("anchor_sizes", "flip", "threshold_by")
     result_type: type = Detections
     masks: bool = False  # objects carry masks: targets, metrics (mask mAP) and results
     decision: Decision | None = None  # chosen on validation after training (Task.with_decision)

@@ -67,6 +67,7 @@ class SegmentationTask:
     default_batch: int = 8
     autotune: bool = True
     predict_options: tuple[str, ...] = ("tile", "overlap", "max_pixels")
+    settings: tuple[str, ...] = ("binary_head", "loss", "flip")
     result_type: type = SegmentationMask
     decision: Decision | None = None  # chosen on validation after training (Task.with_decision)
 
