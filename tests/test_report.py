@@ -3,7 +3,9 @@ written at the end of training, and the errors a user can cause."""
 
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
 import io
 import os
 import re
@@ -22,8 +24,19 @@ from imagerec.outputs.report import build_context, report_sections
 from imagerec.outputs.report.classification import expected_calibration_error
 
 TINY = {"model": "seed_cnn", "imgsz": 8, "batch": 64, "seed": 0}
-CLASSIFICATION_SECTIONS = {"confusion-matrix", "per-class", "roc-pr", "calibration", "examples", "explanations"}
-COMMON_SECTIONS = {"summary", "metrics", "training", "learning-rate", "speed", "configuration"}
+CLASSIFICATION_SECTIONS = {
+    "confusion-matrix", "per-class", "roc-pr", "calibration", "examples", "predictions", "explanations",
+}  # fmt: skip
+COMMON_SECTIONS = {
+    "summary",
+    "metrics",
+    "training",
+    "learning-rate",
+    "speed",
+    "inference",
+    "model-card",
+    "configuration",
+}
 
 
 def quiet() -> Console:
@@ -50,15 +63,112 @@ def test_report_command_writes_every_section_with_images_embedded_and_beside(dig
     for section in section_ids(page):  # the table of contents links every section
         assert f'href="#{section}"' in page
     files = re.findall(r'data-file="([^"]+\.png)"', page)
-    assert {"training_curves.png", "confusion_matrix.png", "roc_pr.png", "calibration.png"} <= set(files)
+    assert {"training_loss.png", "training_metric.png", "confusion_matrix.png", "roc.png", "calibration.png"} <= set(
+        files
+    )
     for name in files:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert page.count('src="data:image/png;base64,') >= len(files) + 2  # plus the gallery thumbnails
+    uris = re.findall(r'src="(data:image/png;base64,[^"]+)"', page)
+    assert len(uris) >= len(files) + 2  # plus the gallery thumbnails
+    assert len(set(uris)) == len(uris)  # each image's bytes once: the lightbox enlarges the same element
     assert not re.search(r'(src|href)="(https?:|//)', page)  # nothing to fetch
-    assert "<script" not in page
     assert "true class → predicted class" in page
     assert "As <code>imagerec evaluate</code> measures them." in page  # commands set as code, no literal backticks
     assert "`" not in re.sub(r"<style>.*?</style>", "", page, flags=re.S)
+
+
+def test_the_one_script_is_admitted_by_its_hash_and_nothing_else(digits_run):
+    page = (digits_run.path / "report.html").read_text()
+    scripts = re.findall(r"<script>(.*?)</script>", page, flags=re.S)
+    assert len(scripts) == 1
+    assert "<script " not in page  # no script loaded from anywhere
+    policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page).group(1)
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in policy
+    assert "unsafe-inline" not in policy.split("script-src")[1]
+    assert policy.startswith("default-src 'none'; img-src data:;")
+
+
+def test_every_image_opens_full_size_and_links_back(digits_run):
+    page = (digits_run.path / "report.html").read_text()
+    figures = re.findall(r'<figure class="[^"]*zoom[^"]*" id="(image-\d+)"[^>]*>(.*?)</figure>', page, flags=re.S)
+    assert len(figures) == page.count("<img ")
+    for target, inner in figures:
+        number = target.split("-")[1]
+        assert f'<a class="open" id="see-{number}" href="#{target}"' in inner
+        assert f'<a class="close" href="#see-{number}">' in inner
+    assert ":target" in page
+
+
+def test_predictions_table_and_csv_list_every_image_worst_first(digits_run, digits_dir):
+    page = (digits_run.path / "report.html").read_text()
+    with (digits_run.path / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 179
+    assert list(rows[0]) == ["image", "true", "predicted", "p(predicted)", "p(true)", "correct"]
+    truth = [float(r["p(true)"]) for r in rows]
+    assert truth == sorted(truth)  # worst first: the lowest probability of the true class
+    for row in rows:
+        assert (Path(digits_dir) / row["image"]).is_file()  # relative to the data's root
+        assert row["correct"] == ("yes" if row["true"] == row["predicted"] else "no")
+        assert float(row["p(predicted)"]) >= float(row["p(true)"])
+    wrong = sum(r["correct"] == "no" for r in rows)
+    assert wrong == 179 - round(digits_run.metrics["accuracy"] * 179)
+    table = re.search(r'<section id="predictions">.*?<table class="sortable">(.*?)</table>', page, flags=re.S).group(1)
+    assert table.count("<tr>") == 1 + 179  # the header and every image: fewer than the 200 shown
+    assert "<button" in table
+    assert re.findall(r"<tbody><tr><td>([^<]+)</td>", table) == [rows[0]["image"]]
+
+
+def test_a_long_table_shows_its_first_rows_and_writes_them_all(digits_run, tmp_path):
+    from dataclasses import replace
+
+    from imagerec.outputs.report.blocks import Section, Table
+    from imagerec.outputs.report.html import render
+
+    ctx = replace(build_context(digits_run.path, evaluate=False), out=tmp_path)
+    rows = [[f"image {i}|x", i / 7 if i % 5 else None] for i in range(250)]
+    table = Table(["name", "score"], rows, "Ranked.", sortable=True, file="long.csv", shown=200)
+    page = render(ctx, [Section("long", "Long", [table])]).read_text()
+    assert page.count("<tr>") == 201
+    assert "The first 200 of 250 rows; all are in <code>long.csv</code>." in page
+    assert 'data-v="0.14285714285714285"' in page  # unrounded, for sorting
+    written = list(csv.reader((tmp_path / "long.csv").open(newline="")))
+    assert written[0] == ["name", "score"]
+    assert len(written) == 251
+    assert written[1] == ["image 0|x", ""]
+    assert float(written[2][1]) == 1 / 7
+
+
+def test_model_card_in_the_page_and_beside_it(digits_run):
+    from imagerec.metrics.classification import wilson_interval
+
+    card = (digits_run.path / "model_card.md").read_text()
+    correct = round(digits_run.metrics["accuracy"] * 179)
+    low, high = wilson_interval(correct, 179)
+    assert card.startswith("# Model card: ")
+    assert f"| accuracy | {correct / 179:.4f} | {low:.3f}–{high:.3f} | Wilson, {correct} of 179 |" in card
+    for heading in ("## Intended use", "## Limitations", "| model details |", "| training data |"):
+        assert heading in card
+    assert "| architecture | seed_cnn |" in card
+    assert "| split sizes | 1439 train, 179 val, 179 test |" in card
+    assert "Validated only on images like the test split" in card
+    f1 = re.search(r"\| F1, macro average \| (\S+) \| (\S+)–(\S+) \| bootstrap", card).groups()
+    assert float(f1[1]) <= float(f1[0]) <= float(f1[2])
+    page = (digits_run.path / "report.html").read_text()
+    section = re.search(r'<section id="model-card">(.*?)</section>', page, flags=re.S).group(1)
+    assert "<h3>Intended use</h3>" in section
+    assert "Wilson, " in section
+
+
+def test_inference_speed_is_measured_on_the_evaluated_images(digits_run):
+    page = (digits_run.path / "report.html").read_text()
+    section = re.search(r'<section id="inference">(.*?)</section>', page, flags=re.S).group(1)
+    values = dict(re.findall(r"<tr><td>([^<]+)</td><td[^>]*>([^<]+)</td></tr>", section))
+    assert float(values["latency per image at batch 1 (ms, median)"]) > 0  # no timing asserted: CI is loaded
+    assert float(values["throughput at batch 64 (images/s, median)"]) > 0
+    assert values["device"] == "cpu"
+    assert int(values["CPU threads"]) >= 1
 
 
 def test_report_numbers_agree_with_evaluate(digits_run, digits_dir):
@@ -179,7 +289,7 @@ def test_multilabel_run_gets_per_label_table_and_curves(digits_dir, tmp_path):
     data = _multilabel_csv(digits_dir, tmp_path / "csv")
     run = imagerec.train(data, out=tmp_path / "run", epochs=1, console=quiet(), **TINY)
     page = (run.path / "report.html").read_text()
-    assert set(section_ids(page)) == COMMON_SECTIONS | {"per-class", "roc-pr", "omitted"}
+    assert set(section_ids(page)) == COMMON_SECTIONS | {"per-class", "roc-pr", "omitted", "predictions"}
     ctx = build_context(run.path, device="cpu")
     sections = {s.id: s for s in report_sections(ctx)}
     assert [row[0] for row in sections["per-class"].blocks[0].rows] == ["big", "even", "odd"]
@@ -215,6 +325,8 @@ def test_no_eval_writes_the_training_sections_alone(digits_run, tmp_path):
     page = (moved / "report.html").read_text()
     assert set(section_ids(page)) == COMMON_SECTIONS - {"metrics"}
     assert "No evaluation data" in page
+    assert "Not measured: no evaluation data." in page
+    assert "Evaluation: none in this report" in (moved / "model_card.md").read_text()
 
 
 def test_data_given_for_a_moved_run(digits_run, digits_dir, tmp_path):

@@ -1,6 +1,8 @@
-"""report.html in a real headless Chromium (Debian's, driven by Playwright; no browser is ever downloaded): it
-loads from file:// with no console error and no request leaving the file, every section heading shows, every
-image decodes, and a full-page screenshot is kept as a test artefact.
+"""report.html in a real headless Chromium (Debian's, driven by Playwright; no browser is ever downloaded), on a
+desktop (1280×900) and a phone (390×844): it loads from file:// with no console error and no request leaving the
+file, every section heading shows, every image decodes, the phone never scrolls the page sideways, a thumbnail
+opens full size and closes again, the per-image table sorts on a click, and a full-page screenshot per width is
+kept as a test artefact.
 
 `make test` sets IMAGEREC_BROWSER (and installs Chromium there): then a missing browser fails the test instead of
 skipping it. Add a task by adding a builder to REPORTS: it gets the pytest request and a folder, and returns the
@@ -78,7 +80,7 @@ def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     return request.param, REPORTS[request.param](request, tmp_path_factory.mktemp(f"report-{request.param}"))
 
 
-def _keep(screenshot: Path, task: str) -> None:
+def _keep(screenshot: Path) -> None:
     """Copy the screenshot to test-artifacts/ when git ignores that folder (so it never ends up committed)."""
     try:
         ignored = subprocess.run(
@@ -88,7 +90,11 @@ def _keep(screenshot: Path, task: str) -> None:
         return
     if ignored:
         ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copyfile(screenshot, ARTIFACTS / f"report-{task}.png")
+        shutil.copyfile(screenshot, ARTIFACTS / screenshot.name)
+
+
+VIEWPORTS = {"1280": {"width": 1280, "height": 900}, "390": {"width": 390, "height": 844}}
+BROKEN_IMAGES = "Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length"
 
 
 def test_report_in_headless_chromium(report, tmp_path):
@@ -100,32 +106,87 @@ def test_report_in_headless_chromium(report, tmp_path):
         sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     errors: list[str] = []
     requests: list[str] = []
+    shots = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=BROWSER_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url} {r.failure}"))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(page_path.resolve().as_uri(), wait_until="load")
-            headings = page.locator("section > h2")
-            sections = page.locator("section")
-            assert sections.count() >= 6
-            assert headings.count() == sections.count()
-            for i in range(headings.count()):
-                heading = headings.nth(i)
-                heading.scroll_into_view_if_needed()
-                assert heading.is_visible(), heading.inner_text()
-            assert page.locator("nav#contents a").count() == sections.count()
-            broken = "Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length"
-            assert page.evaluate(broken) == 0
-            assert page.evaluate("document.images.length") >= 6
-            screenshot = tmp_path / f"report-{task}.png"
-            page.screenshot(path=str(screenshot), full_page=True)
+            for width, viewport in VIEWPORTS.items():
+                page = browser.new_page(viewport=viewport)
+                page.on(
+                    "console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None
+                )
+                page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+                page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url} {r.failure}"))
+                page.on("request", lambda r: requests.append(r.url))
+                page.goto(page_path.resolve().as_uri(), wait_until="load")
+                _sections_show(page)
+                assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), width
+                shots.append(tmp_path / f"report-{task}-{width}.png")
+                page.screenshot(path=str(shots[-1]), full_page=True)
+                _lightbox_opens_and_closes(page)
+                if width == "390":
+                    shots.append(tmp_path / f"report-{task}-{width}-open.png")
+                    page.locator("figure.thumb a.open").first.click()
+                    page.screenshot(path=str(shots[-1]))
+                    page.goto(page_path.resolve().as_uri(), wait_until="load")
+                _table_sorts(page)
+                page.close()
         finally:
             browser.close()
     assert errors == []
     assert all(url.startswith(("file://", "data:")) for url in requests), requests
-    assert screenshot.stat().st_size > 10_000
-    _keep(screenshot, task)
+    for screenshot in shots:
+        assert screenshot.stat().st_size > (10_000 if screenshot.stem.endswith("0") else 2_000)  # full page, or open
+        _keep(screenshot)
+
+
+def _sections_show(page) -> None:
+    """Every section's heading visible, each linked from the contents, every image decoded."""
+    headings = page.locator("section > h2")
+    sections = page.locator("section")
+    assert sections.count() >= 8
+    assert headings.count() == sections.count()
+    for i in range(headings.count()):
+        heading = headings.nth(i)
+        heading.scroll_into_view_if_needed()
+        assert heading.is_visible(), heading.inner_text()
+    assert page.locator("nav#contents a").count() == sections.count()
+    assert page.evaluate(BROKEN_IMAGES) == 0
+    assert page.evaluate("document.images.length") >= 6
+
+
+def _lightbox_opens_and_closes(page) -> None:
+    """A click on a gallery thumbnail lays it over the window, larger; the close link puts it back."""
+    thumb = page.locator("figure.thumb").first
+    image = thumb.locator("img")
+    thumb.scroll_into_view_if_needed()
+    small = image.bounding_box()["width"]
+    thumb.locator("a.open").click()
+    target = thumb.get_attribute("id")
+    assert page.evaluate("location.hash") == f"#{target}"
+    assert thumb.evaluate("e => getComputedStyle(e).position") == "fixed"
+    large = image.bounding_box()
+    assert large["width"] > small
+    assert large["width"] <= page.viewport_size["width"]  # within the window: nothing to scroll
+    thumb.locator("a.close").click(position={"x": 5, "y": 5})
+    assert thumb.evaluate("e => getComputedStyle(e).position") == "static"
+    assert image.bounding_box()["width"] == pytest.approx(small)
+
+
+def _table_sorts(page) -> None:
+    """A click on a numeric column's header sorts the per-image table by it, ascending then descending."""
+    table = page.locator("#predictions table.sortable")
+    values = """(t, c) => Array.from(t.tBodies[0].rows).map(r => r.cells[c].dataset.v)
+        .filter(v => v !== undefined).map(Number)"""
+    column = table.evaluate(
+        "t => Array.from(t.tBodies[0].rows[0].cells).findIndex((c, i) => i > 0 && 'v' in c.dataset)"
+    )
+    assert column > 0
+    before = table.evaluate(values, column)
+    header = table.locator("th button").nth(column)
+    header.click()
+    ascending = table.evaluate(values, column)
+    assert ascending == sorted(before)
+    assert table.locator("th").nth(column).get_attribute("aria-sort") == "ascending"
+    header.click()
+    assert table.evaluate(values, column) == sorted(before, reverse=True)

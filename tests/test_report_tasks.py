@@ -29,8 +29,9 @@ from imagerec.data.targets import Objects
 from imagerec.metrics.detection import SUMMARY_KEYS
 from imagerec.models.detection import EVAL_SCORE_THRESHOLD
 from imagerec.outputs.report import TASK_MODULES, detection, segmentation
-from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table
+from imagerec.outputs.report.blocks import Figure, Gallery, Panels, ReportContext, Section, Table
 from imagerec.outputs.report.explanations import EXPLANATIONS_TITLE
+from imagerec.outputs.visualize import MIN_DRAWN_SIDE
 from imagerec.records import ModelInfo
 from imagerec.runs import open_run
 from imagerec.tasks.detection import DetectionTask, InstanceSegmentationTask
@@ -41,8 +42,10 @@ DETECTION_TITLES = [
     "Average precision per class and object size",
     "False positives and false negatives",
     "Predictions against ground truth",
+    "Predictions per image",
 ]
-SEGMENTATION_TITLES = ["IoU and Dice per class", "Pixel confusion matrix", "Best and worst images"]
+SEGMENTATION_TITLES = ["IoU and Dice per class", "Pixel confusion matrix", "Best and worst images",
+                       "Predictions per image"]  # fmt: skip
 CLASSES = [str(d) for d in range(10)]
 
 
@@ -205,12 +208,30 @@ def test_detection_sections_count_a_known_error(scenes: Path) -> None:
     worst = _blocks(_by_id(sections)["detection-gallery"], Gallery)[0]
     first_image, first_caption = worst.images[0]
     assert first_caption.startswith(ctx.samples[1].path.name)
+    assert worst.side == detection.SHOWN
     assert "1 FP, 1 FN" in first_caption
     assert worst.images[1][1].startswith(ctx.samples[0].path.name)
     assert "F1 1.00" in worst.images[1][1]
     assert first_image.dtype == np.uint8
     assert first_image.shape[2] == 3
-    assert max(first_image.shape[:2]) <= 300
+    assert first_image.shape[1] == MIN_DRAWN_SIDE  # the 64-px scene enlarged 8× with square pixels, labels legible
+    # Every image's counts, worst first: the moved box is one false positive and one false negative.
+    table = _blocks(_by_id(sections)["predictions"], Table)[0]
+    assert (table.sortable, table.file) == (True, "predictions.csv")
+    first = dict(zip(table.columns, table.rows[0], strict=True))
+    assert first["image"] == ctx.samples[1].path.relative_to(scenes).as_posix()
+    objects = len(ctx.samples[1].target.labels)
+    assert (first["objects"], first["predicted"], first["matched"], first["FP"], first["FN"]) == (
+        objects, objects, objects - 1, 1, 1,
+    )  # fmt: skip
+    assert [row[-1] for row in table.rows] == sorted(row[-1] for row in table.rows)
+    assert table.rows[1][-1] == 1.0
+    # The model card's precision and recall over images, with bootstrap intervals around them.
+    headline = {h.name: h for h in ctx.headlines}
+    recall = headline["recall at score ≥ 0.25"]
+    assert recall.value == pytest.approx(total["TP"] / total["objects"])
+    assert recall.interval[0] <= recall.value <= recall.interval[1] <= 1
+    assert headline["mAP50"].interval is None
 
 
 def test_comparison_draws_truth_and_predictions_in_two_colours(scenes: Path) -> None:
@@ -225,7 +246,7 @@ def test_comparison_draws_truth_and_predictions_in_two_colours(scenes: Path) -> 
 
     assert share(detection.TRUTH_COLOUR) > 0.005
     assert share(detection.PREDICTION_COLOUR) > 0.005
-    assert drawn.shape[1:] == (detection.THUMBNAIL + 18, detection.THUMBNAIL)  # the image, then the legend band
+    assert drawn.shape[1:] == (MIN_DRAWN_SIDE + MIN_DRAWN_SIDE // 25, MIN_DRAWN_SIDE)  # the image, then the legend
 
 
 def test_instance_runs_are_measured_by_mask_ap(scenes: Path) -> None:
@@ -270,11 +291,11 @@ def test_detection_report_of_a_trained_run(detect_ctx: ReportContext) -> None:
     from imagerec.outputs.report import common
 
     rows = [{"epoch": e, "train_loss": 2.0 / e, "val_map50": 0.1 * e} for e in (1, 2)]  # a detector's: no val_loss
-    curves = _blocks(common.training_section(replace(ctx, history=rows), "val_map50", "max"), Figure)[0]
+    curves = _blocks(common.training_section(replace(ctx, history=rows), "val_map50", "max"), Panels)[0]
     assert "validation split" not in curves.caption  # the caption names only the curves drawn
     with_val = [{**row, "val_loss": 1.0} for row in rows]
     assert "validation split" in _blocks(common.training_section(replace(ctx, history=with_val), "val_map50", "max"),
-                                         Figure)[0].caption  # fmt: skip
+                                         Panels)[0].caption  # fmt: skip
     sections = detection.sections(ctx)
     assert [s.title for s in sections] == [*DETECTION_TITLES, EXPLANATIONS_TITLE]
     by_id = _by_id(sections)
@@ -283,7 +304,7 @@ def test_detection_report_of_a_trained_run(detect_ctx: ReportContext) -> None:
     for key in SUMMARY_KEYS:
         assert values[key] == pytest.approx(ctx.metrics[key], abs=1e-6), key
     assert values["map50"] > 0.05
-    assert [type(b) for b in by_id["detection-pr"].blocks] == [Figure]
+    assert [type(b) for b in by_id["detection-pr"].blocks] == [Panels]
     ap = _blocks(by_id["detection-ap"], Table)[0]
     per_class = {row[0]: row[2] for row in ap.rows[:-1]}
     for name, value in ctx.metrics["per_class"].items():
@@ -301,6 +322,12 @@ def test_detection_report_of_a_trained_run(detect_ctx: ReportContext) -> None:
     name = worst.images[0][1].split(" · ")[0]
     assert f1[name] == min(f1.values())
     assert f"F1 {f1[name]:.2f}" in worst.images[0][1]
+    # The per-image table: every image once, the gallery's order, each F1 as counted again here.
+    table = _blocks(by_id["predictions"], Table)[0]
+    assert [Path(row[0]).name for row in table.rows][: len(worst.images)] == [
+        caption.split(" · ")[0] for _, caption in worst.images
+    ]
+    assert {Path(row[0]).name: row[-1] for row in table.rows} == pytest.approx(f1)
     shown = [caption.split(" · ")[0] for g in _blocks(by_id["detection-gallery"], Gallery) for _, caption in g.images]
     assert len(shown) == len(set(shown)) == min(len(ctx.samples), 2 * detection.GALLERY_SIZE)
     # Heatmaps of at most two boxes on each of the worst images with a box at 0.25, worst first.
@@ -356,7 +383,7 @@ def test_segmentation_report_of_a_trained_run(segment_ctx: ReportContext) -> Non
     assert counts.tolist() == ctx.metrics["confusion_matrix"]
     masks = [np.asarray(Image.open(s.target.path)) for s in ctx.samples]
     assert counts.sum() == sum(m.size for m in masks) - 64
-    assert "64 ignored pixels" in _blocks(by_id["segmentation-confusion"], Figure)[0].caption
+    assert "64 ignored pixels" in _blocks(by_id["segmentation-confusion"], Panels)[0].caption
     # The first worst image has the lowest foreground IoU, the first best the highest.
     scores = _image_scores(ctx)
     worst, best = _blocks(by_id["segmentation-gallery"], Gallery)
@@ -364,8 +391,20 @@ def test_segmentation_report_of_a_trained_run(segment_ctx: ReportContext) -> Non
     assert scores[best.images[0][1].split(" · ")[0]] == pytest.approx(max(scores.values()))
     image = worst.images[0][0]
     assert image.dtype == np.uint8
-    assert image.shape[0] <= segmentation.PANEL + 18
+    assert image.shape[1] == 3 * segmentation.PANEL + 2 * segmentation.GAP  # 64-px scenes enlarged 4×
+    assert segmentation.PANEL < image.shape[0] <= segmentation.PANEL + 24  # and the legend band
     assert image.shape[2] == 3
+    assert worst.side >= 3 * 128  # at least 128 px per panel on the page
+    # The per-image table: worst first by the IoU counted again here, every image once.
+    table = _blocks(by_id["predictions"], Table)[0]
+    ious = {Path(row[0]).name: row[1] for row in table.rows if row[1] is not None}
+    assert ious == pytest.approx(scores)
+    assert table.rows[0][1] == pytest.approx(min(scores.values()))
+    assert len(table.rows) == len(ctx.samples)
+    # The model card's mean IoU is evaluate's, with a bootstrap interval over images around it.
+    miou = next(h for h in ctx.headlines if h.name == "mean IoU")
+    assert miou.value == ctx.metrics["miou"]
+    assert miou.interval[0] <= miou.value <= miou.interval[1]
     # Heatmaps of the classes predicted in the worst images (background left out), worst image first.
     (explained,) = _blocks(by_id["explanations"], Gallery)
     first_name, first_class = re.fullmatch(
@@ -375,6 +414,18 @@ def test_segmentation_report_of_a_trained_run(segment_ctx: ReportContext) -> Non
     result = ctx.results[[s.path.name for s in ctx.samples].index(first_name)]
     assert classes.index(first_class) in set(np.unique(result.mask)) - {0}
     assert explained.images[0][0].shape[:2] == (192, 192)
+
+
+def test_many_matrices_score_as_one_does() -> None:
+    matrices = np.random.default_rng(0).integers(0, 5, size=(20, 4, 4))
+    matrices[3, 1:, :] = matrices[3, :, 1:] = 0  # background alone: no foreground class present
+    iou, dice = segmentation.mean_foreground(matrices)
+    for i, matrix in enumerate(matrices):
+        expected = segmentation.foreground_scores(torch.from_numpy(matrix))
+        if expected[0] is None:
+            assert np.isnan(iou[i])
+        else:
+            assert (iou[i], dice[i]) == pytest.approx(expected)
 
 
 def test_segmentation_sections_measure_when_evaluation_is_missing(segment_ctx: ReportContext) -> None:

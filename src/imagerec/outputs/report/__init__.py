@@ -80,14 +80,16 @@ def build_context(
 
 
 def report_sections(ctx: ReportContext) -> list[Section]:
-    """The summary and training sections, the task's sections (a pretraining run's: the embedding quality), then
-    the configuration."""
+    """The summary and training sections, the task's sections (a pretraining run's: the embedding quality), the
+    model card (drawn after them: it reports what they measured), then the configuration."""
     from imagerec.outputs.report import common
+    from imagerec.outputs.report.card import card_section
 
     first, last = common.sections(ctx)
     name = "pretraining" if ctx.info.pretraining else TASK_MODULES[ctx.task.kind]
     module = importlib.import_module(f"imagerec.outputs.report.{name}")
-    return first + module.sections(ctx) + last
+    task_sections = module.sections(ctx)
+    return first + task_sections + [card_section(ctx, module.PURPOSE)] + last
 
 
 def evaluation_data(run: RunDir, data: str | Path | None) -> Path:

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from imagerec.outputs.visualize import enlarge
 from imagerec.records import Resolved
 
 if TYPE_CHECKING:
@@ -32,21 +34,58 @@ class Figure:
 
 
 @dataclass
-class Table:
-    """Rows of cells under `columns`; numbers are formatted by the renderer."""
+class Panels:
+    """Figures side by side under one caption, one under another on a narrow screen (each its own PNG)."""
 
-    columns: list[str]
-    rows: list[list[Any]]
+    figures: list[Figure]
     caption: str = ""
 
 
 @dataclass
+class Table:
+    """Rows of cells under `columns`; numbers are formatted by the renderer. `sortable`: a click on a column's
+    header sorts the rows by it. `file`: every row is also written beside report.html as this CSV file, and the page
+    shows the first `shown` rows."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    caption: str = ""
+    sortable: bool = False
+    file: str | None = None
+    shown: int | None = None
+
+
+def cell(value: Any) -> str:
+    """A table cell as text: floats to 4 decimals (very small or large ones in 3 significant digits), None as —."""
+    if value is None:
+        return "—"
+    if isinstance(value, float | np.floating):
+        value = float(value)
+        if value != value:  # NaN
+            return "—"
+        if value == 0 or 0.001 <= abs(value) < 1e6:
+            return f"{value:.4f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+@dataclass
 class Gallery:
-    """Images (H×W×3 uint8 RGB) with one caption each, shown as a grid of thumbnails."""
+    """Images (H×W×3 uint8 RGB, embedded at the size given) with one caption each, shown as a grid of thumbnails
+    whose longest side is `side` CSS pixels; each opens full size on a click."""
 
     title: str
     images: list[tuple[np.ndarray, str]]
     caption: str = ""
+    side: int = 128
+
+
+@dataclass
+class Notes:
+    """A titled list of short points."""
+
+    title: str
+    items: list[str]
 
 
 def shrink(image: np.ndarray, side: int) -> np.ndarray:
@@ -68,16 +107,29 @@ class Text:
     text: str
 
 
-Block = Figure | Table | Gallery | Text
+Block = Figure | Panels | Table | Gallery | Text | Notes
 
 
 @dataclass
 class Section:
-    """One titled part of the report; `id` is its HTML anchor (lowercase, dashes)."""
+    """One titled part of the report; `id` is its HTML anchor (lowercase, dashes). `file`: the section is also
+    written beside report.html as this Markdown file (its tables and notes; figures and galleries left out)."""
 
     id: str
     title: str
     blocks: list[Block] = field(default_factory=list)
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A headline metric of the evaluated split with its 95% interval (None where none is drawn) and the kind of
+    interval, for the model card."""
+
+    name: str
+    value: float
+    interval: tuple[float, float] | None
+    method: str
 
 
 @dataclass
@@ -103,3 +155,20 @@ class ReportContext:
     metrics: dict[str, Any] = field(default_factory=dict)
     outputs: list[Any] = field(default_factory=list)  # each image's raw output (Task.per_image), `samples` order
     resolved: Resolved = field(default_factory=Resolved)  # run.yaml's resolved part, typed
+    # What the task's sections measured and found wanting, for the model card drawn after them.
+    headlines: list[Headline] = field(default_factory=list)
+    limitations: list[str] = field(default_factory=list)
+
+
+def drawing_canvas(image: torch.Tensor, side: int, largest: int) -> tuple[torch.Tensor, float]:
+    """`image` (C×H×W in [0, 1]) ready to draw on: enlarged by the whole factor that brings its longest side to
+    `side` (square pixels, no invented detail) without passing `largest`, or brought down to `largest` when
+    longer; and the factor applied, to scale boxes by."""
+    longest = max(image.shape[-2:])
+    if longest <= largest:
+        scale = max(1, min(-(-side // longest), largest // longest))
+        return enlarge(image, scale), float(scale)
+    scale = largest / longest
+    size = [max(1, round(v * scale)) for v in image.shape[-2:]]
+    small = torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[0]
+    return small.clamp(0, 1), scale

@@ -1,6 +1,7 @@
 """Classification report sections: the confusion matrix, precision, recall and F1 per class, ROC and
 precision–recall curves, for binary data the scores at the decision threshold, a reliability diagram with the
-expected calibration error, and galleries of the most confident errors and the least confident correct predictions.
+expected calibration error, galleries of the most confident errors and the least confident correct predictions, and
+every image's prediction.
 
 Counts and per-class values are `imagerec evaluate`'s (`ctx.metrics`); curves, calibration and galleries come
 from the full probability vectors of the same images (`ctx.outputs`). Multi-label runs get the per-label
@@ -16,14 +17,27 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure as MplFigure
 
-from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table, Text, shrink
-from imagerec.outputs.report.common import plain_figure
+from imagerec.outputs.report.blocks import (
+    Figure,
+    Gallery,
+    Headline,
+    Panels,
+    ReportContext,
+    Section,
+    Table,
+    Text,
+    shrink,
+)
+from imagerec.outputs.report.card import bootstrap, wilson
+from imagerec.outputs.report.common import image_name, panel, plain_figure, predictions_section
 from imagerec.outputs.visualize import class_colour, to_uint8_rgb
 from imagerec.records import Decision
 
 ECE_BINS = 15
 GALLERY_SIZE = 12
-THUMBNAIL = 160  # longest side of a gallery image, in pixels; smaller images are kept as they are
+THUMBNAIL = 384  # longest side of a gallery image as embedded (it opens full size); smaller images are kept as they are
+SHOWN = 128  # longest side of a gallery thumbnail on the page
+PURPOSE = "assign classes to whole images"
 ANNOTATE_LIMIT = 12  # confusion matrices up to this many classes get their numbers written in the cells
 TABLE_LIMIT = 20  # and up to this many, a table of the counts
 LEGEND_LIMIT = 12  # beyond this many curves a legend is unreadable: the per-class table gives the areas
@@ -42,16 +56,93 @@ def sections(ctx: ReportContext) -> list[Section]:
             per_class_section(ctx.metrics, classes, multilabel=True),
             curves_section(probs, truth, classes),
             Section("omitted", "Not shown for multi-label runs", [Text(MULTILABEL_OMITTED)]),
+            _multilabel_predictions(ctx, probs, truth, classes),
         ]
     targets = np.array([s.target for s in ctx.samples], dtype=np.int64)
+    ctx.headlines = headlines(ctx.metrics, probs, targets)
+    ctx.limitations = never_predicted(classes, np.bincount(targets, minlength=len(classes)),
+                                      np.bincount(probs.argmax(1), minlength=len(classes)), "images")  # fmt: skip
     return [
         confusion_section(ctx.metrics, classes),
         per_class_section(ctx.metrics, classes, multilabel=False),
         *_curves(ctx, probs, np.eye(len(classes), dtype=np.int64)[targets], classes),
         calibration_section(probs, targets),
         gallery_section(ctx, probs, targets, classes),
+        _predictions(ctx, probs, targets, classes),
         *_explanations(ctx, probs, targets, classes),
     ]
+
+
+def never_predicted(
+    classes: list[str], present: np.ndarray, predicted: np.ndarray, unit: str, how: str = ""
+) -> list[str]:
+    """A model-card line naming the classes present in the split (`present` {unit} per class) that were never
+    predicted (`predicted` per class; `how`: under which rule); none when every present class was."""
+    missed = [name for name, p, q in zip(classes, present, predicted, strict=True) if p > 0 and q == 0]
+    if not missed:
+        return []
+    return [f"Classes never predicted{how}, though the evaluated split holds {unit} of them: {', '.join(missed)}."]
+
+
+def headlines(metrics: dict[str, Any], probs: np.ndarray, targets: np.ndarray) -> list[Headline]:
+    """Accuracy (Wilson) and macro F1 (bootstrap over images) of the most probable class; for binary data the
+    sensitivity and specificity at the decision threshold with evaluate's Wilson intervals."""
+    k = probs.shape[1]
+    predicted = probs.argmax(1)
+    found = [wilson("accuracy", int((predicted == targets).sum()), len(targets))]
+    parts = np.zeros((len(targets), k * k))  # each image's one cell of the confusion matrix
+    parts[np.arange(len(targets)), targets * k + predicted] = 1
+    found.append(bootstrap("F1, macro average", metrics["f1_macro"], parts, lambda s: _macro_f1(s.reshape(-1, k, k)),
+                           "images"))  # fmt: skip
+    counts = metrics.get("counts_at_threshold", {})
+    for key, name, hits, parts_of in RATES[:2]:
+        if metrics.get(key) is not None and metrics.get(f"{key}_ci") is not None:
+            hit, total = (sum(counts.get(p, 0) for p in group) for group in (hits, parts_of))
+            name = f"{name.format(positive=metrics['positive'])} at threshold {metrics['threshold']:.3g}"
+            found.append(Headline(name, metrics[key], tuple(metrics[f"{key}_ci"]), f"Wilson, {hit} of {total}"))
+    return found
+
+
+def _macro_f1(confusion: np.ndarray) -> np.ndarray:
+    """Macro F1 of each of B confusion matrices (B×K×K, rows truth), as evaluate averages it: over every class,
+    0 for a class with no true and no predicted image."""
+    tp = np.diagonal(confusion, axis1=1, axis2=2)
+    both = confusion.sum(1) + confusion.sum(2)
+    return np.where(both > 0, 2 * tp / np.maximum(both, 1), 0.0).mean(1)
+
+
+def _predictions(ctx: ReportContext, probs: np.ndarray, targets: np.ndarray, classes: list[str]) -> Section:
+    """Every image: true and predicted class, the probability of each, worst first (lowest probability of the
+    true class)."""
+    predicted = probs.argmax(1)
+    truth = probs[np.arange(len(targets)), targets]
+    rows = [
+        [image_name(ctx, ctx.samples[i].path), classes[targets[i]], classes[predicted[i]],
+         float(probs[i, predicted[i]]), float(truth[i]), "yes" if predicted[i] == targets[i] else "no"]
+        for i in np.argsort(truth, kind="stable").tolist()
+    ]  # fmt: skip
+    columns = ["image", "true", "predicted", "p(predicted)", "p(true)", "correct"]
+    return predictions_section(columns, rows, "Each evaluated image, lowest probability of its true class first.")
+
+
+def _multilabel_predictions(ctx: ReportContext, probs: np.ndarray, truth: np.ndarray, classes: list[str]) -> Section:
+    """Every image: its labels and those predicted at evaluate's threshold, most wrong labels first."""
+    threshold = ctx.metrics.get("threshold", 0.5)
+    predicted = probs >= threshold
+    wrong = (predicted != truth.astype(bool)).sum(1)
+    ctx.headlines = [wilson("exact match (all labels right)", int((wrong == 0).sum()), len(wrong))]
+
+    def names(row: np.ndarray) -> str:
+        return ", ".join(name for name, on in zip(classes, row, strict=True) if on) or "—"
+
+    rows = [
+        [image_name(ctx, ctx.samples[i].path), names(truth[i]), names(predicted[i]), int(wrong[i]),
+         "yes" if wrong[i] == 0 else "no"]
+        for i in np.argsort(-wrong, kind="stable").tolist()
+    ]  # fmt: skip
+    columns = ["image", "true labels", "predicted labels", "wrong labels", "all right"]
+    how = f"Each evaluated image, labels predicted at probability ≥ {threshold:g}; most wrong labels first."
+    return predictions_section(columns, rows, how)
 
 
 def _curves(ctx: ReportContext, probs: np.ndarray, truth: np.ndarray, classes: list[str]) -> list[Section]:
@@ -85,11 +176,10 @@ def confusion_section(metrics: dict[str, Any], classes: list[str]) -> Section:
     counts = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
     section = Section("confusion-matrix", "Confusion matrix")
     section.blocks.append(
-        Figure(
-            "confusion_matrix.png",
-            confusion_figure(counts, classes),
-            f"Rows are the true classes, columns the predicted ones: image counts (left, {int(counts.sum())} images) "
-            "and each row divided by its total (right: the diagonal is each class's recall); blank cells are 0.",
+        Panels(
+            confusion_figures(counts, classes),
+            f"Rows are the true classes, columns the predicted ones: image counts (first, {int(counts.sum())} images) "
+            "and each row divided by its total (second: the diagonal is each class's recall); blank cells are 0.",
         )
     )
     if len(classes) <= TABLE_LIMIT:
@@ -99,38 +189,43 @@ def confusion_section(metrics: dict[str, Any], classes: list[str]) -> Section:
     return section
 
 
-def confusion_figure(counts: np.ndarray, classes: list[str]) -> MplFigure:
+def confusion_figures(counts: np.ndarray, classes: list[str]) -> list[Figure]:
+    """The counts (confusion_matrix.png) and the row-normalised matrix (confusion_matrix_normalised.png)."""
+    totals = counts.sum(1, keepdims=True)
+    normalised = np.divide(counts, totals, out=np.full(counts.shape, np.nan), where=totals > 0)
+    return [
+        Figure("confusion_matrix.png", _matrix_figure(counts, classes, "counts", "d"), "image counts"),
+        Figure("confusion_matrix_normalised.png", _matrix_figure(normalised, classes, "row-normalised", ".2f"),
+               "each row divided by its total"),
+    ]  # fmt: skip
+
+
+def _matrix_figure(values: np.ndarray, classes: list[str], title: str, form: str) -> MplFigure:
     k = len(classes)
-    # Up to a dozen classes the pair fits the page's width; beyond, the PNG beside the report has the detail.
-    side = min(3.6, 1.4 + 0.22 * k) if k <= ANNOTATE_LIMIT else min(9.0, 0.22 * k)
+    # Up to a dozen classes a pair fits the page's width; beyond, the PNG beside the report has the detail.
+    side = min(3.2, 1.4 + 0.22 * k) if k <= ANNOTATE_LIMIT else min(9.0, 0.22 * k)
     labels = classes if k <= 40 else [""] * k
     longest = max((len(name) for name in labels), default=1)
     label_room = 0.45 + 0.075 * longest  # inches, at the small font size
     rotate = k > 6 and longest > 2  # many long names: x labels turned vertical
     below = label_room if rotate else 0.3
-    left, panel = label_room + 0.35, 1.25 * side  # each panel: a square matrix and its colour bar
-    figure = plain_figure(
-        left + 2 * panel + left + 0.5 + 0.5, side + below + 0.35 + 0.4, columns=2, left=left, bottom=below + 0.35,
-        right=0.5, gap=left + 0.5,
-    )  # fmt: skip
-    totals = counts.sum(1, keepdims=True)
-    normalised = np.divide(counts, totals, out=np.full(counts.shape, np.nan), where=totals > 0)
+    left = label_room + 0.35
+    figure = plain_figure(left + 1.25 * side + 0.5, side + below + 0.35 + 0.4, left=left, bottom=below + 0.35,
+                          right=0.5)  # fmt: skip
+    ax = figure.subplots()
     ticks = np.arange(k)
-    for ax, values, title, form in zip(
-        figure.subplots(1, 2), (counts, normalised), ("counts", "row-normalised"), ("d", ".2f"), strict=True
-    ):
-        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=None if form == "d" else 1)
-        figure.colorbar(image, ax=ax, shrink=0.8)
-        ax.set(title=title, xlabel="predicted", ylabel="true", xticks=ticks, yticks=ticks)
-        ax.set_xticklabels(labels, rotation=90 if rotate else 0, fontsize="small")
-        ax.set_yticklabels(labels, fontsize="small")
-        if k <= ANNOTATE_LIMIT:
-            high = np.nanmax(values) if np.isfinite(values).any() else 1
-            for (i, j), value in np.ndenumerate(values):
-                if np.isnan(value) or value == 0:  # blank cells read faster, and text is the slow part to draw
-                    continue
-                colour = "white" if value > 0.6 * high else "black"
-                ax.text(j, i, format(value, form), ha="center", va="center", color=colour, fontsize="small")
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=None if form == "d" else 1)
+    figure.colorbar(image, ax=ax, shrink=0.8)
+    ax.set(title=title, xlabel="predicted", ylabel="true", xticks=ticks, yticks=ticks)
+    ax.set_xticklabels(labels, rotation=90 if rotate else 0, fontsize="small")
+    ax.set_yticklabels(labels, fontsize="small")
+    if k <= ANNOTATE_LIMIT:
+        high = np.nanmax(values) if np.isfinite(values).any() else 1
+        for (i, j), value in np.ndenumerate(values):
+            if np.isnan(value) or value == 0:  # blank cells read faster, and text is the slow part to draw
+                continue
+            colour = "white" if value > 0.6 * high else "black"
+            ax.text(j, i, format(value, form), ha="center", va="center", color=colour, fontsize="small")
     return figure
 
 
@@ -179,8 +274,7 @@ def curves_section(
     )
 
     shown = [positive] if positive is not None else list(range(len(classes)))
-    figure = plain_figure(11, 4.6, columns=2)
-    roc_ax, pr_ax = figure.subplots(1, 2)
+    (roc_figure, roc_ax), (pr_figure, pr_ax) = panel(), panel()
     rows, missing = [], []
     for k in shown:
         y, score = truth[:, k], probs[:, k]
@@ -211,12 +305,13 @@ def curves_section(
             ax.legend(fontsize="small", frameon=False, loc="lower right" if ax is roc_ax else "lower left")
     what = f"for {classes[positive]} as the positive class" if positive is not None else "one-vs-rest for each class"
     caption = (
-        f"ROC (left) and precision–recall (right) curves {what}, from the predicted probabilities; AUC is the area "
+        f"ROC (first) and precision–recall (second) curves {what}, from the predicted probabilities; AUC is the area "
         "under the ROC curve, AP the average precision (the step-wise area under the precision–recall curve)."
     )
     if point is not None and not missing:
         caption += f" The dot marks the decision threshold ({point['threshold']:.3g}), scored in the next section."
-    section = Section("roc-pr", "ROC and precision–recall curves", [Figure("roc_pr.png", figure, caption)])
+    figures = [Figure("roc.png", roc_figure, "ROC curves"), Figure("precision_recall.png", pr_figure, "PR curves")]
+    section = Section("roc-pr", "ROC and precision–recall curves", [Panels(figures, caption)])
     section.blocks.append(Table(["class", "positives", "ROC AUC", "AP"], rows))
     if missing:
         section.blocks.append(Text(f"No curves for {', '.join(missing)}: the split has no image on one side."))
@@ -329,9 +424,10 @@ def gallery_section(ctx: ReportContext, probs: np.ndarray, targets: np.ndarray, 
         ]
 
     caption = "Captions read true class → predicted class (its probability)."
+    errors = f"{len(wrong)} of {len(targets)} images wrong. {caption}"
     blocks = [
-        Gallery("Most confident errors", thumbnails(worst), f"{len(wrong)} of {len(targets)} images wrong. {caption}"),
-        Gallery("Least confident correct predictions", thumbnails(unsure), caption),
+        Gallery("Most confident errors", thumbnails(worst), errors, side=SHOWN),
+        Gallery("Least confident correct predictions", thumbnails(unsure), caption, side=SHOWN),
     ]
     return Section("examples", "Examples: confident errors and uncertain successes", blocks)
 

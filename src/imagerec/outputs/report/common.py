@@ -1,49 +1,77 @@
 """Report sections every task shares: a summary, the evaluated metrics, training curves, the learning-rate
-schedule, time and throughput per epoch, and the run's configuration, data fingerprint and library versions.
+schedule, time and throughput per epoch, and the run's configuration, data fingerprint and library versions; and
+the per-image predictions table each task fills with its own columns.
 
 They are drawn from the run's own files (metrics.csv, run.yaml, model.json), so they need no evaluation data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import statistics
+from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure as MplFigure
 
-from imagerec.outputs.report.blocks import Figure, ReportContext, Section, Table, Text
+from imagerec.outputs.report.blocks import Figure, Panels, ReportContext, Section, Table, Text
+from imagerec.outputs.report.inference import inference_section
 from imagerec.outputs.visualize import class_colour
 from imagerec.runs import RunDir
 
 TRAIN_COLOUR, VAL_COLOUR = class_colour(4), class_colour(0)  # Okabe–Ito blue and orange
 DASH = "—"
+PANEL_SIZE = (5.2, 3.8)  # inches of one panel of a pair: two fit side by side on a wide page, one on a phone
+PREDICTIONS_SHOWN = 200  # rows of the per-image table on the page; predictions.csv holds them all
 
 
 def plain_figure(
     width: float,
     height: float,
     *,
-    columns: int = 1,
     rows: int = 1,
     left: float = 0.85,
     bottom: float = 0.6,
     right: float = 0.25,
-    gap: float = 0.9,
 ) -> MplFigure:
-    """A figure with fixed margins and `gap` between columns (inches), for plots whose labels' sizes are known in
-    advance: saving it draws it once, where a layout engine draws it twice to measure the labels first."""
+    """A figure with fixed margins (inches), for plots whose labels' sizes are known in advance: saving it draws
+    it once, where a layout engine draws it twice to measure the labels first."""
     top = 0.4
     figure = MplFigure(figsize=(width, height))
-    axes_width = (width - left - right - gap * (columns - 1)) / columns
     axes_height = (height - bottom - top - 0.3 * (rows - 1)) / rows
     figure.subplots_adjust(
         left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-        wspace=gap / axes_width, hspace=0.3 / axes_height,
+        hspace=0.3 / axes_height,
     )  # fmt: skip
     return figure
+
+
+def panel() -> tuple[MplFigure, Any]:
+    """One panel of a pair (its figure and axes): each is its own PNG, side by side on a wide page."""
+    figure = plain_figure(*PANEL_SIZE)
+    return figure, figure.subplots()
+
+
+def image_name(ctx: ReportContext, path: str | Path) -> str:
+    """An evaluated image's path relative to the data's root (as the data names it), else as given."""
+    root = ctx.index.root if ctx.index is not None else None
+    if root is not None:
+        base = root if root.is_dir() else root.parent
+        with contextlib.suppress(ValueError):
+            return Path(path).relative_to(base).as_posix()
+    return str(path)
+
+
+def predictions_section(columns: list[str], rows: list[list[Any]], how: str) -> Section:
+    """Every evaluated image's prediction and score, worst first (`rows`, under `columns`; `how` says how they are
+    ranked and scored): the page shows the first PREDICTIONS_SHOWN, sortable by any column; predictions.csv beside
+    it holds them all."""
+    caption = f"{how} Click a column's header to sort by it."
+    table = Table(columns, rows, caption, sortable=True, file="predictions.csv", shown=PREDICTIONS_SHOWN)
+    return Section("predictions", "Predictions per image", [table])
 
 
 def read_history(run: RunDir) -> list[dict[str, Any]]:
@@ -97,6 +125,8 @@ def sections(ctx: ReportContext) -> tuple[list[Section], list[Section]]:
     first.append(training_section(ctx, key, mode))
     if ctx.history:
         first += [learning_rate_section(ctx), speed_section(ctx)]
+    if not ctx.info.pretraining:  # a backbone without classes predicts nothing to time
+        first.append(inference_section(ctx))
     return first, [configuration_section(ctx)]
 
 
@@ -159,11 +189,10 @@ def training_section(ctx: ReportContext, key: str, mode: str) -> Section:
     best = best_epoch(ctx.history, key, mode)
     validated = " and on the validation split" if series(ctx.history, "val_loss")[0] else ""  # detectors have none
     section.blocks.append(
-        Figure(
-            "training_curves.png",
-            _curves_figure(ctx.history, key, best),
+        Panels(
+            _curves_figures(ctx.history, key, best),
             f"Loss per epoch on the training images (mean over the epoch's batches, with augmentation){validated}; "
-            f"right: {key}, the metric that picked the best epoch"
+            f"then {key}, the metric that picked the best epoch"
             + (f" (epoch {best}, dotted line)." if best is not None else "."),
         )
     )
@@ -175,9 +204,8 @@ def series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[flo
     return [r["epoch"] for r in rows], [float(r[key]) for r in rows]
 
 
-def _curves_figure(history: list[dict[str, Any]], key: str, best: int | None) -> MplFigure:
-    figure = plain_figure(10, 3.6, columns=2)
-    loss_ax, metric_ax = figure.subplots(1, 2)
+def _curves_figures(history: list[dict[str, Any]], key: str, best: int | None) -> list[Figure]:
+    (loss_figure, loss_ax), (metric_figure, metric_ax) = panel(), panel()
     for column, colour, label in (("train_loss", TRAIN_COLOUR, "training"), ("val_loss", VAL_COLOUR, "validation")):
         epochs, values = series(history, column)
         if epochs:
@@ -192,7 +220,10 @@ def _curves_figure(history: list[dict[str, Any]], key: str, best: int | None) ->
             ax.axvline(best, color="#555555", linestyle=":", linewidth=1)
         ax.grid(alpha=0.3)
         epoch_ticks(ax, [r["epoch"] for r in history])
-    return figure
+    return [
+        Figure("training_loss.png", loss_figure, "loss per epoch"),
+        Figure("training_metric.png", metric_figure, f"{key} per epoch"),
+    ]
 
 
 def epoch_ticks(ax: Any, epochs: list[int]) -> None:
@@ -244,8 +275,7 @@ def speed_section(ctx: ReportContext) -> Section:
     ]
     section.blocks.append(Table(["", ""], rows, "Epoch times cover the training pass only, not validation."))
     if epochs:
-        figure = plain_figure(10, 3.2, columns=2)
-        time_ax, speed_ax = figure.subplots(1, 2)
+        (time_figure, time_ax), (speed_figure, speed_ax) = panel(), panel()
         time_ax.bar(epochs, seconds, color=TRAIN_COLOUR)
         time_ax.set(title="training time per epoch", xlabel="epoch", ylabel="seconds")
         speed_ax.plot(epochs, speeds, marker="o", markersize=3, color=TRAIN_COLOUR)
@@ -254,7 +284,11 @@ def speed_section(ctx: ReportContext) -> Section:
         for ax in (time_ax, speed_ax):
             ax.grid(alpha=0.3)
             epoch_ticks(ax, epochs)
-        section.blocks.append(Figure("speed.png", figure, "Seconds per training epoch, and images per second."))
+        figures = [
+            Figure("speed_epoch_time.png", time_figure, "training time per epoch"),
+            Figure("speed_throughput.png", speed_figure, "training images per second"),
+        ]
+        section.blocks.append(Panels(figures, "Seconds per training epoch, and images per second."))
     return section
 
 

@@ -1,6 +1,6 @@
 """Detection report sections (boxes, and instance masks for Mask R-CNN runs): precision–recall curves, AP per
 class and object size, false positives and negatives at the run's confidence threshold with precision, recall and
-F1 against the threshold, and the worst images drawn.
+F1 against the threshold, the worst images drawn, and every image's counts.
 
 The curves and APs come from pycocotools' COCOeval, run by `DetectionMetrics` over the report's own predictions
 (`ctx.results`), so they reach the evaluated mAP only when those were kept down to the evaluation threshold
@@ -30,13 +30,28 @@ from imagerec.metrics.detection import (
     count_outcomes,
     match_boxes,
 )
-from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table, Text
-from imagerec.outputs.visualize import class_colour, draw_boxes, draw_legend
+from imagerec.outputs.report.blocks import (
+    Figure,
+    Gallery,
+    Headline,
+    Panels,
+    ReportContext,
+    Section,
+    Table,
+    Text,
+    drawing_canvas,
+)
+from imagerec.outputs.report.card import bootstrap
+from imagerec.outputs.report.classification import never_predicted
+from imagerec.outputs.report.common import PANEL_SIZE, image_name, predictions_section
+from imagerec.outputs.visualize import MIN_DRAWN_SIDE, class_colour, draw_boxes, draw_legend
 from imagerec.records import Decision
 from imagerec.tasks.results import Detections, InstanceMasks
 
-THUMBNAIL = 256  # longest side of a gallery image, in pixels
+SHOWN = 256  # longest side of a gallery thumbnail on the page; a click opens the drawing full size
+LARGEST = 800  # longest side of a drawing: larger images come down to it, smaller ones go up to MIN_DRAWN_SIDE
 GALLERY_SIZE = 8
+PURPOSE = "find objects of its classes in images, each with a box (a mask too, for instance runs), class and score"
 TRUTH_COLOUR = "#56B4E9"  # Okabe–Ito sky blue
 PREDICTION_COLOUR = "#E69F00"  # Okabe–Ito orange: the pair stays distinct under every colour-vision deficiency
 AREAS = ("small", "medium", "large")  # COCO's object sizes: under 32², under 96², above (pixels)
@@ -56,13 +71,53 @@ def sections(ctx: ReportContext, *, conf: float | None = None) -> list[Section]:
     classes = list(ctx.info.classes)
     counts = [match(s.target, r, classes, conf=conf) for s, r in zip(ctx.samples, ctx.results, strict=True)]
     metrics, values = coco_metrics(ctx)
+    ctx.headlines = headlines(values, counts, conf)
+    objects = np.sum([c.tp + c.fn for c in counts], axis=0)
+    kept = np.sum([c.tp + c.fp for c in counts], axis=0)
+    ctx.limitations = never_predicted(classes, objects, kept, "objects", f" at score ≥ {conf:g}")
     return [
         _pr_section(metrics, _consistency(ctx.metrics, values)),
         _ap_section(ctx, metrics),
         _errors_section(counts, classes, conf, metrics.curve(), _origin(conf, decision)),
         _gallery_section(ctx, counts, conf),
+        _predictions(ctx, counts, conf),
         *_explanations(ctx, counts, conf),
     ]
+
+
+def headlines(values: dict[str, Any], counts: Sequence[Counts], conf: float) -> list[Headline]:
+    """COCO mAP50 and mAP (no interval: resampling would rerun COCOeval a thousand times), and precision, recall
+    and F1 at `conf` over all classes with bootstrap intervals over images."""
+    none = "none: COCO AP is not resampled"
+    found = [Headline(name, values[key], None, none) for key, name in (("map50", "mAP50"), ("map", "mAP50:95"))
+             if values.get(key) is not None]  # fmt: skip
+    parts = np.array([[c.tp.sum(), c.fp.sum(), c.fn.sum()] for c in counts], dtype=np.float64)
+    tp, fp, fn = parts.sum(0)
+    rates = (
+        ("precision", lambda s: s[:, 0] / (s[:, 0] + s[:, 1]), tp / (tp + fp) if tp + fp else None),
+        ("recall", lambda s: s[:, 0] / (s[:, 0] + s[:, 2]), tp / (tp + fn) if tp + fn else None),
+        ("F1", lambda s: 2 * s[:, 0] / (2 * s[:, 0] + s[:, 1] + s[:, 2]), 2 * tp / (2 * tp + fp + fn) if tp + fp + fn
+         else None),
+    )  # fmt: skip
+    found += [bootstrap(f"{name} at score ≥ {conf:.3g}", value, parts, statistic, "images")
+              for name, statistic, value in rates if value is not None]  # fmt: skip
+    return found
+
+
+def _predictions(ctx: ReportContext, counts: Sequence[Counts], conf: float) -> Section:
+    """Every image's objects, predictions at `conf`, matches and F1, in the gallery's order (worst first)."""
+    rows = []
+    for i in ranking(counts):
+        c, kept = counts[i], sum(score >= conf for score in ctx.results[i].scores)
+        objects = int(c.tp.sum() + c.fn.sum())
+        rows.append([image_name(ctx, ctx.samples[i].path), objects, kept, int(c.tp.sum()), int(c.fp.sum()),
+                     int(c.fn.sum()), float(c.f1)])  # fmt: skip
+    how = (
+        f"Each evaluated image: its objects (ignored ones left out), the predictions scoring at least {conf:.3g}, "
+        f"those matched to an object (IoU ≥ {MATCH_IOU:g}, same class), false positives and negatives, and F1; "
+        "lowest F1 first, then the most errors."
+    )
+    return predictions_section(["image", "objects", "predicted", "matched", "FP", "FN", "F1"], rows, how)
 
 
 def _origin(conf: float, decision: Decision | None) -> str:
@@ -158,11 +213,10 @@ def _pr_section(metrics: DetectionMetrics, notes: list[Text]) -> Section:
         return section
     kind = "mask" if metrics.iou_type == "segm" else "box"
     section.blocks.append(
-        Figure(
-            "detection_pr.png",
-            _pr_figure(metrics),
+        Panels(
+            _pr_figures(metrics),
             f"Precision against recall per class ({kind} IoU, all object sizes, up to 100 predictions per image), "
-            "from COCOeval's 101 recall points: at IoU 0.5 (left) and averaged over IoU 0.50:0.05:0.95 (right). "
+            "from COCOeval's 101 recall points: at IoU 0.5 (first) and averaged over IoU 0.50:0.05:0.95 (second). "
             "The area under each curve is the class's AP; the dashed black curve is the mean over classes.",
         )
     )
@@ -170,30 +224,37 @@ def _pr_section(metrics: DetectionMetrics, notes: list[Text]) -> Section:
     return section
 
 
-def _pr_figure(metrics: DetectionMetrics) -> MplFigure:
+def _pr_figures(metrics: DetectionMetrics) -> list[Figure]:
+    """Precision–recall curves per class and their mean: at IoU 0.5, and averaged over IoU 0.50:0.95."""
     precision = metrics.coco_eval.eval["precision"][:, :, :, 0, -1]  # T×R×K
     precision = np.where(precision < 0, np.nan, precision)  # -1: a class without ground truth
     recall = np.asarray(metrics.coco_eval.params.recThrs)
-    classes = metrics.classes
+    return [
+        Figure("detection_pr_iou50.png", _pr_figure(recall, precision[0], metrics.classes, "IoU 0.5"),
+               "precision–recall at IoU 0.5"),
+        Figure("detection_pr_iou50-95.png", _pr_figure(recall, _nanmean(precision, 0), metrics.classes,
+               "IoU 0.50:0.95"), "precision–recall averaged over IoU 0.50:0.95"),
+    ]  # fmt: skip
+
+
+def _pr_figure(recall: np.ndarray, curves: np.ndarray, classes: Sequence[str], title: str) -> MplFigure:
+    figure = MplFigure(figsize=PANEL_SIZE, layout="constrained")
+    ax = figure.subplots()
     many = len(classes) > 12  # beyond a dozen lines a legend is unreadable: thin grey lines and the mean
-    figure = MplFigure(figsize=(11, 4.6), layout="constrained")
-    axes = figure.subplots(1, 2, sharey=True)
-    for ax, curves, title in ((axes[0], precision[0], "IoU 0.5"), (axes[1], _nanmean(precision, 0), "IoU 0.50:0.95")):
-        for k, name in enumerate(classes):
-            curve = curves[:, k]
-            if np.isnan(curve).all():
-                continue
-            if many:
-                ax.plot(recall, curve, color="#999999", linewidth=0.6, alpha=0.5)
-            else:
-                style = LINE_STYLES[k // 8 % len(LINE_STYLES)]
-                ax.plot(recall, curve, color=class_colour(k), linestyle=style, label=f"{name} (AP {curve.mean():.2f})")
-        mean = _nanmean(curves, 1)
-        ax.plot(recall, mean, color="black", linestyle="--", linewidth=2, label=f"mean (mAP {np.nanmean(mean):.2f})")
-        ax.set(title=title, xlabel="recall", xlim=(0, 1), ylim=(0, 1.02))
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("precision")
-    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small", frameon=False)
+    for k, name in enumerate(classes):
+        curve = curves[:, k]
+        if np.isnan(curve).all():
+            continue
+        if many:
+            ax.plot(recall, curve, color="#999999", linewidth=0.6, alpha=0.5)
+        else:
+            style = LINE_STYLES[k // 8 % len(LINE_STYLES)]
+            ax.plot(recall, curve, color=class_colour(k), linestyle=style, label=f"{name} (AP {curve.mean():.2f})")
+    mean = _nanmean(curves, 1)
+    ax.plot(recall, mean, color="black", linestyle="--", linewidth=2, label=f"mean (mAP {np.nanmean(mean):.2f})")
+    ax.set(title=title, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize="x-small", frameon=False, ncols=2)
     return figure
 
 
@@ -219,7 +280,7 @@ def _ap_section(ctx: ReportContext, metrics: DetectionMetrics) -> Section:
             f"medium < 96² ≤ large); {DASH}: no object of that class or size in the split.",
         )
     )
-    section.blocks.append(Figure("detection_ap.png", _ap_figure(table, metrics), "AP per class and per object size."))
+    section.blocks.append(Panels(_ap_figures(table), "AP per class, and per object size over all classes."))
     return section
 
 
@@ -247,11 +308,11 @@ def _mean_defined(values: np.ndarray) -> float | None:
     return round(float(defined.mean()), 4) if defined.size else None
 
 
-def _ap_figure(rows: list[list[Any]], metrics: DetectionMetrics) -> MplFigure:
+def _ap_figures(rows: list[list[Any]]) -> list[Figure]:
     per_class = rows[:-1]
-    height = max(3.0, 0.28 * len(per_class) + 1.2)
-    figure = MplFigure(figsize=(11, height), layout="constrained")
-    left, right = figure.subplots(1, 2, width_ratios=(2, 1))
+    width, height = PANEL_SIZE
+    by_class = MplFigure(figsize=(width, max(height, 0.28 * len(per_class) + 1.2)), layout="constrained")
+    left = by_class.subplots()
     y = np.arange(len(per_class))
     for offset, column, label, colour in ((-0.2, 2, "AP", class_colour(4)), (0.2, 3, "AP50", class_colour(1))):
         values = [r[column] if r[column] != DASH else 0.0 for r in per_class]
@@ -259,13 +320,18 @@ def _ap_figure(rows: list[list[Any]], metrics: DetectionMetrics) -> MplFigure:
     left.set(yticks=y, yticklabels=[r[0] for r in per_class], xlim=(0, 1), xlabel="AP", title="per class")
     left.invert_yaxis()
     left.legend(loc="lower right", fontsize="small")
+    left.grid(alpha=0.3, axis="x")
+    by_size = MplFigure(figsize=PANEL_SIZE, layout="constrained")
+    right = by_size.subplots()
     sizes = [rows[-1][4 + a] for a in range(3)]
     bars = right.bar(AREAS, [s if s != DASH else 0.0 for s in sizes], color=class_colour(4))
     right.bar_label(bars, labels=[DASH if s == DASH else f"{s:.2f}" for s in sizes])
     right.set(ylim=(0, 1.05), ylabel="AP (IoU 0.50:0.95)", title="per object size (all classes)")
-    for ax in (left, right):
-        ax.grid(alpha=0.3, axis="x" if ax is left else "y")
-    return figure
+    right.grid(alpha=0.3, axis="y")
+    return [
+        Figure("detection_ap_class.png", by_class, "AP per class"),
+        Figure("detection_ap_size.png", by_size, "AP per object size"),
+    ]
 
 
 def _errors_section(
@@ -337,12 +403,13 @@ def _gallery_section(ctx: ReportContext, counts: list[Counts], conf: float) -> S
             [_thumbnail(ctx, i, counts[i], conf) for i in worst],
             f"{colours}. The images with the lowest F1 at IoU {MATCH_IOU:g} (2·TP / (2·TP + FP + FN)), then the "
             "most errors (FP + FN).",
+            side=SHOWN,
         )
     )
     if spread:
         thumbnails = [_thumbnail(ctx, i, counts[i], conf) for i in dict.fromkeys(spread)]
         caption = f"{colours}. The other images, evenly spaced from worse to better F1."
-        section.blocks.append(Gallery("Across the ranking", thumbnails, caption))
+        section.blocks.append(Gallery("Across the ranking", thumbnails, caption, side=SHOWN))
     return section
 
 
@@ -357,7 +424,7 @@ def _explanations(ctx: ReportContext, counts: list[Counts], conf: float) -> list
 
 
 def _thumbnail(ctx: ReportContext, i: int, counts: Counts, conf: float) -> tuple[np.ndarray, str]:
-    """Image `i` at most THUMBNAIL pixels on its longest side, truth and predictions drawn, with its caption."""
+    """Image `i` with truth and predictions drawn (see `draw_comparison`), and its caption."""
     from imagerec.data.images import read_image
     from imagerec.errors import UserError
 
@@ -369,7 +436,7 @@ def _thumbnail(ctx: ReportContext, i: int, counts: Counts, conf: float) -> tuple
     try:
         image = read_image(Path(sample.path))
     except UserError as error:  # an unreadable image is shown as its caption alone
-        return np.zeros((16, THUMBNAIL, 3), dtype=np.uint8), f"{caption} · unreadable: {error}"
+        return np.zeros((16, SHOWN, 3), dtype=np.uint8), f"{caption} · unreadable: {error}"
     drawn = draw_comparison(image, sample.target, result, list(ctx.info.classes), conf=conf)
     return np.ascontiguousarray(drawn.permute(1, 2, 0).numpy()), caption
 
@@ -377,23 +444,22 @@ def _thumbnail(ctx: ReportContext, i: int, counts: Counts, conf: float) -> tuple
 def draw_comparison(
     image: torch.Tensor, objects: Objects, detections: Detections, classes: Sequence[str], *, conf: float
 ) -> torch.Tensor:
-    """3×H×W uint8: `image` scaled to THUMBNAIL pixels on its longest side, ground truth in TRUTH_COLOUR and
-    predictions scoring at least `conf` in PREDICTION_COLOUR (their masks tinted, for instance runs), and a legend
-    band below."""
-    height, width = image.shape[-2:]
-    scale = THUMBNAIL / max(height, width)
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    small = torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[0]
+    """3×H×W uint8: `image` enlarged with square pixels to at least MIN_DRAWN_SIDE on its longest side (or brought
+    down to LARGEST), so that box labels read, ground truth in TRUTH_COLOUR and predictions scoring at least `conf`
+    in PREDICTION_COLOUR (their masks tinted, for instance runs), and a legend band below."""
+    small, scale = drawing_canvas(image, MIN_DRAWN_SIDE, LARGEST)
+    size = tuple(small.shape[-2:])
     truth = [[v * scale for v in box] for box in objects.boxes]
     names = [classes[t] + (" (ignored)" if objects.ignored(i) else "") for i, t in enumerate(objects.labels)]
-    canvas = draw_boxes(small.clamp(0, 1), truth, names, TRUTH_COLOUR, below=True)
+    canvas = draw_boxes(small, truth, names, TRUTH_COLOUR, below=True)
     keep = [i for i, score in enumerate(detections.scores) if score >= conf]
     if isinstance(detections, InstanceMasks) and keep:
         canvas = _tint(canvas, [detections.masks[i] for i in keep], size)
     boxes = [[v * scale for v in detections.boxes[i]] for i in keep]
     labels = [f"{detections.labels[i]} {detections.scores[i]:.2f}" for i in keep]
     canvas = draw_boxes(canvas.float() / 255, boxes, labels, PREDICTION_COLOUR)
-    return draw_legend(canvas, [("truth", TRUTH_COLOUR), (f"prediction ≥ {conf:g}", PREDICTION_COLOUR)])
+    entries = [("truth", TRUTH_COLOUR), (f"prediction ≥ {conf:g}", PREDICTION_COLOUR)]
+    return draw_legend(canvas, entries, height=max(18, size[1] // 25))
 
 
 def _tint(canvas: torch.Tensor, masks: Sequence[dict[str, Any]], size: tuple[int, int]) -> torch.Tensor:

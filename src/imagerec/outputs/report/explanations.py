@@ -52,7 +52,7 @@ def explanation_sections(
         pairs = zip(positions[:EXPLAINED], captions, strict=False)
         images = [drawn for i, caption in pairs for drawn in _maps(ctx, explainer, i, caption)]
         if images:
-            shown.append(Gallery(title, images))
+            shown.append(Gallery(title, images, side=THUMBNAIL))
     how = (
         f"Heatmaps by {DEFAULT_METHOD}, as `imagerec explain RUN IMAGE` draws them: pale yellow marks the regions "
         "that raised the score of the class named under the image, dark red ones less; where the image shows "

@@ -12,6 +12,7 @@ from imagerec.outputs.report.blocks import Figure, ReportContext, Section, Table
 from imagerec.outputs.report.common import DASH, VAL_COLOUR, best_epoch, epoch_ticks, monitor, plain_figure, series
 
 SPREAD = "val_embedding_spread"
+PURPOSE = "learn image features from unlabelled images (self-supervised pretraining)"
 
 
 def sections(ctx: ReportContext) -> list[Section]:

@@ -1,5 +1,5 @@
-"""Semantic segmentation report sections: IoU and Dice per class, the pixel confusion matrix, and the best and
-worst images drawn as truth, prediction and error map side by side.
+"""Semantic segmentation report sections: IoU and Dice per class, the pixel confusion matrix, the best and worst
+images drawn as truth, prediction and error map side by side, and every image's scores.
 
 The per-class values and the confusion matrix are `imagerec evaluate`'s (`ctx.metrics`), measured again from the
 report's predictions only when those are missing; the per-image scores come from the same predictions and masks.
@@ -20,13 +20,28 @@ from matplotlib.figure import Figure as MplFigure
 from torchvision.utils import draw_segmentation_masks
 
 from imagerec.metrics.segmentation import SegmentationMetrics, confusion_matrix
-from imagerec.outputs.report.blocks import Figure, Gallery, ReportContext, Section, Table, Text
+from imagerec.outputs.report.blocks import (
+    Figure,
+    Gallery,
+    Headline,
+    Panels,
+    ReportContext,
+    Section,
+    Table,
+    Text,
+    drawing_canvas,
+)
+from imagerec.outputs.report.card import bootstrap
+from imagerec.outputs.report.classification import never_predicted
+from imagerec.outputs.report.common import PANEL_SIZE, image_name, predictions_section
 from imagerec.outputs.visualize import class_colour, draw_class_map, draw_legend, to_uint8_rgb
 from imagerec.tasks.results import SegmentationMask
 
 GALLERY_SIZE = 6
-PANEL = 192  # longest side of each of the three panels of a gallery image, in pixels
+PANEL = 256  # longest side of each of the three panels of a gallery image as drawn (a click opens it full size)
 GAP = 4
+SHOWN = 3 * 144 + 2 * GAP  # width of a gallery image on the page: 144 px per panel
+PURPOSE = "label every pixel of an image with one of its classes"
 ERROR_COLOUR = "#D55E00"  # Okabe–Ito vermillion
 IGNORED_COLOUR = "#999999"
 ANNOTATE_LIMIT = 12  # confusion matrices up to this many classes get their numbers written in the cells
@@ -36,12 +51,15 @@ TABLE_LIMIT = 20  # and up to this many, a table of the counts
 @dataclass(frozen=True)
 class ImageScore:
     """One image's IoU and Dice averaged over the foreground classes present in its truth or prediction (None:
-    neither has any foreground, or the prediction failed), and its counted and ignored pixels."""
+    neither has any foreground, or the prediction failed), its pixel accuracy, its counted and ignored pixels, and
+    its pixel confusion matrix (K×K, rows truth; None when the prediction failed)."""
 
     iou: float | None
     dice: float | None
     pixels: int
     ignored: int
+    accuracy: float | None = None
+    counts: np.ndarray | None = None
 
 
 def sections(ctx: ReportContext) -> list[Section]:
@@ -51,12 +69,64 @@ def sections(ctx: ReportContext) -> list[Section]:
     classes = list(ctx.info.classes)
     scores, measured = score_images(ctx)
     metrics = ctx.metrics if {"per_class", "confusion_matrix"} <= set(ctx.metrics) else measured
+    counts = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
+    ctx.headlines = headlines(metrics, scores)
+    ctx.limitations = never_predicted(classes, counts.sum(1), counts.sum(0), "pixels")
     return [
         _classes_section(metrics, classes),
         _confusion_section(metrics, classes, scores),
         _gallery_section(ctx, scores),
+        _predictions(ctx, scores),
         *_explanations(ctx, scores),
     ]
+
+
+def headlines(metrics: dict[str, Any], scores: Sequence[ImageScore]) -> list[Headline]:
+    """Mean IoU, mean Dice and pixel accuracy over the split's pixels, with bootstrap intervals over images (each
+    resample sums the drawn images' confusion matrices)."""
+    matrices = [s.counts for s in scores if s.counts is not None]
+    if not matrices:
+        return []
+    k = len(matrices[0])
+    parts = np.stack(matrices).reshape(len(matrices), k * k)
+    rates = (
+        ("mean IoU", "miou", lambda s: mean_foreground(s.reshape(-1, k, k))[0]),
+        ("mean Dice", "dice", lambda s: mean_foreground(s.reshape(-1, k, k))[1]),
+        ("pixel accuracy", "pixel_accuracy", lambda s: np.trace(s.reshape(-1, k, k), axis1=1, axis2=2) / s.sum(1)),
+    )
+    return [bootstrap(name, metrics[key], parts, statistic, "images") for name, key, statistic in rates
+            if metrics.get(key) is not None]  # fmt: skip
+
+
+def mean_foreground(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean IoU and Dice over the foreground classes of B confusion matrices (B×K×K), as `imagerec evaluate` takes
+    them (`foreground_scores`, for many matrices at once); NaN where no foreground class is present."""
+    first = 1 if confusion.shape[1] >= 2 else 0
+    tp = np.diagonal(confusion, axis1=1, axis2=2)[:, first:]
+    both = (confusion.sum(1) + confusion.sum(2))[:, first:]
+    present = both > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(present, tp / (both - tp), 0).sum(1) / present.sum(1)
+        dice = np.where(present, 2 * tp / both, 0).sum(1) / present.sum(1)
+    return iou, dice
+
+
+def _predictions(ctx: ReportContext, scores: Sequence[ImageScore]) -> Section:
+    """Every image's foreground IoU and Dice and pixel accuracy, worst first (the gallery's order), then the
+    images without foreground."""
+    ranked = ranking(scores)
+    order = ranked + [i for i in range(len(scores)) if i not in set(ranked)]
+    rows = [
+        [image_name(ctx, ctx.samples[i].path), scores[i].iou, scores[i].dice, scores[i].accuracy, scores[i].pixels,
+         scores[i].ignored]
+        for i in order
+    ]  # fmt: skip
+    how = (
+        "Each evaluated image: IoU and Dice averaged over the foreground classes in its truth or prediction, the "
+        "share of its counted pixels classed right, and its counted and ignored pixels; lowest IoU first, images "
+        "without foreground (—) last."
+    )
+    return predictions_section(["image", "IoU", "Dice", "pixel accuracy", "pixels", "ignored"], rows, how)
 
 
 def score_images(ctx: ReportContext) -> tuple[list[ImageScore], dict[str, Any]]:
@@ -77,7 +147,9 @@ def score_images(ctx: ReportContext) -> tuple[list[ImageScore], dict[str, Any]]:
         predicted = torch.from_numpy(result.mask.astype(np.int64))
         counts = confusion_matrix(predicted, truth, len(classes), ignore_index=coding.ignore_index)
         metrics.update(predicted[None], truth[None])
-        scores.append(ImageScore(*foreground_scores(counts), pixels=int(counts.sum()), ignored=ignored))
+        total = int(counts.sum())
+        accuracy = float(counts.trace()) / total if total else None
+        scores.append(ImageScore(*foreground_scores(counts), total, ignored, accuracy, counts.numpy()))
     return scores, metrics.compute()
 
 
@@ -149,11 +221,10 @@ def _confusion_section(metrics: dict[str, Any], classes: list[str], scores: list
     ignored = sum(s.ignored for s in scores)
     section = Section("segmentation-confusion", "Pixel confusion matrix")
     section.blocks.append(
-        Figure(
-            "segmentation_confusion.png",
-            _confusion_figure(counts, classes),
-            f"Rows: true class; columns: predicted class. Left: pixel counts ({int(counts.sum()):,} pixels counted, "
-            f"{ignored:,} ignored pixels left out; logarithmic colours); right: each row divided by its sum (the "
+        Panels(
+            _confusion_figures(counts, classes),
+            f"Rows: true class; columns: predicted class. First: pixel counts ({int(counts.sum()):,} pixels counted, "
+            f"{ignored:,} ignored pixels left out; logarithmic colours); second: each row divided by its sum (the "
             "diagonal is each class's recall).",
         )
     )
@@ -163,25 +234,32 @@ def _confusion_section(metrics: dict[str, Any], classes: list[str], scores: list
     return section
 
 
-def _confusion_figure(counts: np.ndarray, classes: list[str]) -> MplFigure:
-    k = len(classes)
-    side = max(3.5, 0.42 * k + 1.8)
-    figure = MplFigure(figsize=(2 * side + 1.2, side), layout="constrained")
+def _confusion_figures(counts: np.ndarray, classes: list[str]) -> list[Figure]:
+    """The pixel counts (segmentation_confusion.png) and each row divided by its sum
+    (segmentation_confusion_normalised.png)."""
     rows = counts.sum(1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
     panels = (
-        (counts, LogNorm(vmin=1, vmax=max(2, int(counts.max()))), "pixels", "{:,}"),
-        (normalised, None, "share of the true class", "{:.2f}"),
+        ("segmentation_confusion.png", counts, LogNorm(vmin=1, vmax=max(2, int(counts.max()))), "pixels", "{:,}"),
+        ("segmentation_confusion_normalised.png", normalised, None, "share of the true class", "{:.2f}"),
     )
-    for ax, (values, norm, label, form) in zip(figure.subplots(1, 2), panels, strict=True):
-        shown = np.where(values > 0, values, np.nan) if norm is not None else values
-        image = ax.imshow(shown, cmap="viridis", norm=norm, vmin=None if norm else 0, vmax=None if norm else 1)
-        figure.colorbar(image, ax=ax, shrink=0.8, label=label)
-        ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true")
-        ax.set_xticklabels(classes, rotation=90, fontsize="small")
-        ax.set_yticklabels(classes, fontsize="small")
-        if k <= ANNOTATE_LIMIT:
-            _annotate(ax, values, form, norm)
+    return [Figure(name, _matrix_figure(values, classes, norm, label, form), label)
+            for name, values, norm, label, form in panels]  # fmt: skip
+
+
+def _matrix_figure(values: np.ndarray, classes: list[str], norm: LogNorm | None, label: str, form: str) -> MplFigure:
+    k = len(classes)
+    side = max(PANEL_SIZE[0] * 0.75, 0.42 * k + 1.8)
+    figure = MplFigure(figsize=(side + 1.2, side), layout="constrained")
+    ax = figure.subplots()
+    shown = np.where(values > 0, values, np.nan) if norm is not None else values
+    image = ax.imshow(shown, cmap="viridis", norm=norm, vmin=None if norm else 0, vmax=None if norm else 1)
+    figure.colorbar(image, ax=ax, shrink=0.8, label=label)
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true")
+    ax.set_xticklabels(classes, rotation=90, fontsize="small")
+    ax.set_yticklabels(classes, fontsize="small")
+    if k <= ANNOTATE_LIMIT:
+        _annotate(ax, values, form, norm)
     return figure
 
 
@@ -213,9 +291,9 @@ def _gallery_section(ctx: ReportContext, scores: list[ImageScore]) -> Section:
     if unscored:
         caption += f" {unscored} image(s) without foreground in truth or prediction are not ranked."
     section = Section("segmentation-gallery", "Best and worst images")
-    section.blocks.append(Gallery("Worst images", [_thumbnail(ctx, i, scores[i]) for i in worst], caption))
+    section.blocks.append(Gallery("Worst images", [_thumbnail(ctx, i, scores[i]) for i in worst], caption, SHOWN))
     if best:
-        section.blocks.append(Gallery("Best images", [_thumbnail(ctx, i, scores[i]) for i in best], caption))
+        section.blocks.append(Gallery("Best images", [_thumbnail(ctx, i, scores[i]) for i in best], caption, SHOWN))
     if not order:
         section.blocks.append(Text("No image has foreground in its truth or its prediction: nothing to rank."))
     return section
@@ -256,13 +334,11 @@ def draw_comparison(
     colours: Sequence[Sequence[int]] | None = None,
     ignore_index: int = 255,
 ) -> torch.Tensor:
-    """3×H×W uint8: three panels of at most PANEL pixels, truth and prediction tinted as `draw_class_map` does
-    and the wrong pixels in ERROR_COLOUR, with a legend band naming the classes shown."""
-    height, width = image.shape[-2:]
-    scale = PANEL / max(height, width)
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    small = torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[0]
-    small = small.clamp(0, 1)
+    """3×H×W uint8: three panels of at most PANEL pixels (small images enlarged by a whole factor, square pixels),
+    truth and prediction tinted as `draw_class_map` does and the wrong pixels in ERROR_COLOUR, with a legend band
+    naming the classes shown."""
+    small, _ = drawing_canvas(image, PANEL, PANEL)
+    size = tuple(small.shape[-2:])
     truth, predicted = (_nearest(m, size) for m in (truth, predicted))
     ignored = truth == ignore_index
     shown = truth.masked_fill(ignored, 0)
@@ -280,7 +356,8 @@ def draw_comparison(
     canvas = torch.cat([panels[0], gap, panels[1], gap, panels[2]], dim=2)
     present = sorted(c for c in set(torch.unique(shown).tolist()) | set(torch.unique(predicted).tolist()) if c)
     entries = [(classes[c], _hex(c, colours)) for c in present] + [("error", ERROR_COLOUR)]
-    return draw_legend(canvas, entries, background="white")  # VOC's class colours are dark: they read on white
+    # VOC's class colours are dark: they read on white
+    return draw_legend(canvas, entries, height=max(18, canvas.shape[2] // 40), background="white")
 
 
 def _nearest(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
