@@ -165,8 +165,8 @@ def test_inference_speed_is_measured_on_the_evaluated_images(digits_run):
     page = (digits_run.path / "report.html").read_text()
     section = re.search(r'<section id="inference">(.*?)</section>', page, flags=re.S).group(1)
     values = dict(re.findall(r"<tr><td>([^<]+)</td><td[^>]*>([^<]+)</td></tr>", section))
-    assert float(values["latency per image at batch 1 (ms, median)"]) > 0  # no timing asserted: CI is loaded
-    assert float(values["throughput at batch 64 (images/s, median)"]) > 0
+    for row in ("latency per image at batch 1 (ms, median)", "throughput at batch 64 (images/s, median)"):
+        assert float(values[row].replace(",", "")) > 0  # how fast is not asserted: CI machines are loaded
     assert values["device"] == "cpu"
     assert int(values["CPU threads"]) >= 1
 

@@ -269,8 +269,12 @@ def _table(table: Table) -> str:
     elif table.file:
         caption += f" Also in <code>{_e(table.file)}</code>, beside this page."
     sortable = ' class="sortable"' if table.sortable else ""
-    caption = f"<caption>{caption.strip()}</caption>" if caption else ""
-    return f'<div class="table"><table{sortable}>{caption}{head}<tbody>{rows}</tbody></table></div>'
+    caption = f"<figcaption>{caption.strip()}</figcaption>" if caption else ""
+    # The caption sits outside the scrolling box, so that it wraps at the window's edge when a wide table scrolls.
+    return (
+        f'<figure class="table"><div class="scroll"><table{sortable}>{head}<tbody>{rows}</tbody></table></div>'
+        f"{caption}</figure>"
+    )
 
 
 def _cell_html(value: Any) -> str:
@@ -355,16 +359,17 @@ h3 { font-size: 1.05rem; margin: 1rem 0 .25rem; }
 p, li { overflow-wrap: anywhere; }
 figure { margin: .75rem 0; }
 figure img { max-width: 100%; height: auto; display: block; }
-figcaption, caption, .gallery > p { color: var(--muted); font-size: .9rem; overflow-wrap: anywhere; }
+figcaption, .gallery > p { color: var(--muted); font-size: .9rem; overflow-wrap: anywhere; }
 code { font: .9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f2f2f2; padding: 0 .2em; }
 .panels .row { display: flex; flex-wrap: wrap; gap: .5rem 1.5rem; align-items: flex-start; }
 .panels .row figure { margin: 0; min-width: 0; }
-.table { display: inline-block; vertical-align: top; max-width: 100%; overflow-x: auto;
-  margin: .75rem 1.5rem .75rem 0; }
+figure.table { display: inline-block; vertical-align: top; max-width: 100%; margin: .75rem 1.5rem .75rem 0; }
+figure.table .scroll { overflow-x: auto; }
+figure.table figcaption { width: 0; min-width: 100%; padding-top: .3rem; }
 table { border-collapse: collapse; font-size: .9rem; }
-caption { caption-side: bottom; text-align: left; padding-top: .3rem; }
 th, td { padding: .2rem .6rem; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
 td { overflow-wrap: anywhere; min-width: 4.5em; }
+td:first-child { overflow-wrap: break-word; }
 th { background: #f2f2f2; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; overflow-wrap: normal; min-width: 0; }
 table.sortable td { overflow-wrap: break-word; min-width: 0; }
@@ -397,7 +402,7 @@ figure.zoom:target a.close { display: block; position: fixed; inset: 0; z-index:
   header h1 { font-size: 1.3rem; }
   nav { padding: .5rem .75rem; }
   nav ol { columns: 1; }
-  .table { display: block; margin-right: 0; }
+  figure.table { display: block; margin-right: 0; }
   th, td { padding: .2rem .35rem; }
   table { font-size: .85rem; }
   .grid { gap: .5rem; }

@@ -3,6 +3,7 @@ machine, one image at a time (latency) and a batch at a time (throughput)."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -38,8 +39,8 @@ def inference_section(ctx: ReportContext) -> Section:
     device = predictor.device
     named = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
     rows: list[list[Any]] = [
-        ["latency per image at batch 1 (ms, median)", 1000 * single],
-        [f"throughput at batch {batch} (images/s, median)", batch / batched],
+        ["latency per image at batch 1 (ms, median)", three_figures(1000 * single)],
+        [f"throughput at batch {batch} (images/s, median)", three_figures(batch / batched)],
         ["device", named],
         ["CPU threads", torch.get_num_threads()],
         ["runtime", predictor.runtime],
@@ -52,6 +53,12 @@ def inference_section(ctx: ReportContext) -> Section:
     )
     section.blocks.append(Table(["", ""], rows, caption))
     return section
+
+
+def three_figures(value: float) -> str:
+    """`value` to three significant figures, thousands separated, without exponent: 0.545, 12.3, 7,139."""
+    digits = max(0, 2 - math.floor(math.log10(abs(value)))) if value else 0
+    return f"{value:,.{digits}f}"
 
 
 def _images(ctx: ReportContext) -> list[torch.Tensor]:
