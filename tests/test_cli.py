@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import imagerec
 from helpers import invoke, user_error
 from imagerec.cli.main import app, main
-import imagerec
 from imagerec.errors import UserError
 
 IMAGEREC = Path(sys.executable).with_name("imagerec")
@@ -511,3 +511,22 @@ def test_the_python_api_types_every_setting_as_the_schema_does():
                 hint = next(k for k in get_args(hint) if k is not type(None))
             expected = value_type(info.annotation)
             assert hint == (Sequence[float] if get_origin(expected) is tuple else expected), field
+
+
+def test_quiet_leaves_the_results_alone(capsys, monkeypatch, cli_run, digits_dir):
+    """-q: the metrics table and the predictions on stdout, nothing on stderr (no bar, no "saved to")."""
+    evaluated = invoke("evaluate", cli_run, digits_dir, "-q")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert ("accuracy" in evaluated.stdout, evaluated.stderr) == (True, "")
+    image = next((digits_dir / "3").glob("*.png"))
+    predicted = invoke("predict", cli_run, image, "--json", "-q")
+    assert (json.loads(predicted.stdout)[0]["source"], predicted.stderr) == (str(image), "")
+    assert "--json is --format json" in user_error(
+        capsys, monkeypatch, "predict", cli_run, image, "--json", "--format", "csv"
+    )
+
+
+def test_verbose_is_a_switch_of_the_whole_command_line():
+    result = subprocess.run([IMAGEREC, "-v", "version", "--json"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["imagerec"]

@@ -38,27 +38,35 @@ def _decisions(result: dict) -> object:
     return result.get("labels") or [o["label"] for o in result.get("objects", [])] or result.get("areas")
 
 
+def _json(*args: object) -> object:
+    """`imagerec ARGS --json`: exit code 0 and the JSON it printed on stdout (its progress went to stderr)."""
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, (args[0], result.output)
+    return json.loads(result.stdout)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
 def test_every_verb_runs_on_every_task_with_no_options(
     task: str, data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Each verb twice: as typed with no optional flags (exit 0), and with --json (exit 0, JSON on stdout)."""
     monkeypatch.chdir(tmp_path)  # runs/ is written here
     source = data[task]
     image = _image(task, source)
-    trained = invoke("train", source, "--task", task, "--json")
+    trained = invoke("train", source, "--task", task)
     assert trained.exit_code == 0, trained.output
-    run = tmp_path / "runs" / f"{task}-001"
-    summary = json.loads(trained.stdout)  # the progress went to stderr
-    assert summary["run"] == str(Path("runs") / f"{task}-001")
-    assert summary["report"] == str(Path("runs") / f"{task}-001" / "report.html")
+    assert "next: imagerec predict" in trained.stdout
+    summary = _json("train", source, "--task", task)
+    run = tmp_path / "runs" / f"{task}-002"
+    assert summary["run"] == str(Path("runs") / f"{task}-002")
+    assert summary["report"] == str(run.relative_to(tmp_path) / "report.html")
     info = json.loads((run / "model.json").read_text())
     assert info["kind"] == task
     assert (run / "report.html").is_file()
 
-    evaluated = invoke("evaluate", run, source, "--json")
-    assert evaluated.exit_code == 0, evaluated.output
-    metrics = json.loads(evaluated.stdout)
+    assert invoke("evaluate", run, source).exit_code == 0
+    metrics = _json("evaluate", run, source)
     measured_in_training = json.loads((run / "evaluation" / "test.json").read_text())
     shared = set(summary["metrics"]) & set(measured_in_training)  # the JSON summary gives the test metrics
     assert len(shared) > 3
@@ -67,32 +75,40 @@ def test_every_verb_runs_on_every_task_with_no_options(
         k: measured_in_training[k] for k in metrics if k != "data"
     }  # the same weights, numerics and batches: the same numbers
 
-    predicted = invoke("predict", run, image, "--format", "json")
-    assert predicted.exit_code == 0, predicted.output
-    assert json.loads(predicted.stdout)[0]["source"] == str(image)
+    assert invoke("predict", run, image).exit_code == 0
+    predicted = _json("predict", run, image)
+    assert predicted[0]["source"] == str(image)
 
-    for args in (("report", run), ("explain", run, image), ("embed", run, image.parent, "--out", tmp_path / "e.npz")):
-        result = invoke(*args)
-        assert result.exit_code == 0, (args[0], result.output)
+    assert invoke("report", run).exit_code == 0
+    assert Path(_json("report", run)["report"]) == run / "report.html"
+    assert invoke("explain", run, image).exit_code == 0
+    explained = _json("explain", run, image)
+    assert explained["explanations"][0]["source"] == str(image)
     assert list((run / "explanations").glob("*.png"))
+    assert invoke("embed", run, image.parent, "--out", tmp_path / "e.npz").exit_code == 0
+    embedded = _json("embed", run, image.parent, "--out", tmp_path / "e.npz")
+    assert (embedded["count"], embedded["failed"]) == (len(list(image.parent.glob("*.png"))), [])
+    found = invoke("neighbors", run, image, "--index", tmp_path / "e.npz")
+    assert found.exit_code == 0, found.output
+    matches = _json("neighbors", run, image, "--index", tmp_path / "e.npz")[0]["matches"]
+    assert matches
+    assert all(Path(m["path"]).parent == image.parent and Path(m["path"]) != image for m in matches)
+
     exported = invoke("export", run)
     assert exported.exit_code == 0, exported.output
-    from_file = invoke("predict", run / "exports" / "model.onnx", image, "--format", "json")
-    assert from_file.exit_code == 0, from_file.output
-    assert _decisions(json.loads(from_file.stdout)[0]) == _decisions(json.loads(predicted.stdout)[0])
+    assert _json("export", run)["path"] == str(run / "exports" / "model.onnx")
+    from_file = _json("predict", run / "exports" / "model.onnx", image)
+    assert _decisions(from_file[0]) == _decisions(predicted[0])
 
     # benchmark's defaults time every runtime at int8 too (minutes per task): the matrix times two at fp32, once;
     # tests/test_benchmark_verb.py covers the rest.
-    timed = invoke("benchmark", run, "--runtimes", "eager,onnx", "--precision", "fp32", "--batch", "1",
-                   "--iterations", "1", "--json")  # fmt: skip
-    assert timed.exit_code == 0, timed.output
-    assert [row["runtime"] for row in json.loads(timed.stdout)["rows"]] == ["eager", "onnx"]
-
-    found = invoke("neighbors", run, image, "--index", tmp_path / "e.npz", "--json")
-    assert found.exit_code == 0, found.output
-    matches = json.loads(found.stdout)[0]["matches"]
-    assert matches
-    assert all(Path(m["path"]).parent == image.parent and Path(m["path"]) != image for m in matches)
+    timed = _json("benchmark", run, "--runtimes", "eager,onnx", "--precision", "fp32", "--batch", "1",
+                  "--iterations", "1")  # fmt: skip
+    assert [row["runtime"] for row in timed["rows"]] == ["eager", "onnx"]
+    assert _json("data", "inspect", source)["images"]
+    for args in (("models", "--task", task), ("version",)):
+        assert invoke(*args).exit_code == 0
+        assert _json(*args)
 
 
 @pytest.mark.slow

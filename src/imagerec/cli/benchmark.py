@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
-import json
-import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from imagerec.cli.shared import QuietOpt, print_json, status_console, stdout_to_stderr
 from imagerec.errors import UserError
 
 if TYPE_CHECKING:
@@ -38,18 +34,19 @@ def benchmark(
     calib: Annotated[Path | None, Opt(help="Calibration images for int8 (default: the run's training data).")] = None,
     keep_exports: Annotated[Path | None, Opt(help="Keep the exported files in this folder.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the measurements as JSON.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Time a run in each runtime and precision (interleaved, medians) and check each one's validation metric."""
     from imagerec.outputs.benchmark import benchmark as measure
 
-    with _stdout_to_stderr() if as_json else contextlib.nullcontext():
+    with stdout_to_stderr() if as_json else contextlib.nullcontext(), status_console(quiet).status("timing"):
         report = measure(
             run, runtimes=_names(runtimes), batches=_numbers(batch), precisions=_names(precision),
             iterations=iterations, warmup=warmup, check_images=check_images, threads=threads, check=check,
             calib=calib, keep_exports=keep_exports,
         )  # fmt: skip
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print_json(report.to_dict())
         return
     console = Console()
     console.print(_table(report))
@@ -102,25 +99,3 @@ def _cells(row: BenchmarkRow, batches: tuple[int, ...]) -> list[str]:
         row.runtime, row.precision, row.runs_in, f"{first.p50_ms:.2f}", f"{first.p95_ms:.2f}",
         *[f"{t.images_per_s:.1f}" for t in row.timings], f"{last.vs_eager:.2f}×", *(checked or ["—"] * 3),
     ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Send stdout to stderr, down to the file descriptor: the ONNX tracer and the quantisers print to it (graph
-    dumps, progress bars), and `--json` must print JSON alone."""
-    sys.stdout.flush()
-    try:
-        out, err = sys.stdout.fileno(), sys.stderr.fileno()
-    except (AttributeError, OSError, io.UnsupportedOperation):  # a captured stdout (tests) has no descriptor
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-        return
-    saved = os.dup(out)
-    os.dup2(err, out)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, out)
-        os.close(saved)

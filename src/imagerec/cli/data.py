@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from imagerec.cli.shared import JsonOpt, MaxImagePixels
+from imagerec.cli.shared import JsonOpt, MaxImagePixels, QuietOpt, print_json, status_console
 from imagerec.config import MAX_IMAGE_PIXELS
 from imagerec.data.samples import SAMPLES, write_sample
 from imagerec.progress import tally
@@ -37,12 +37,16 @@ def sample(
     force: Annotated[
         bool, Opt("--force", help="Write into a folder that holds files (same-named files are replaced).")
     ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write embedded real data (shipped with scikit-learn / scikit-image) as an image folder."""
     path = write_sample(name, out, force=force)
     images = path / "images" if (path / "images").is_dir() else path  # digit scenes also write masks/
     count = sum(1 for _ in images.rglob("*.png"))
-    Console().print(f"wrote {count} images of {name!r} to {path}")
+    if as_json:
+        print_json({"sample": name, "out": path, "images": count})
+    else:
+        Console().print(f"wrote {count} images of {name!r} to {path}")
 
 
 def _tally(counts: dict[str, int]) -> str:
@@ -128,16 +132,16 @@ def _boxes_table(report: dict[str, Any]) -> Table:
 
 
 @app.command("inspect")
-def inspect(data: DataArg, as_json: JsonOpt = False, format: FormatOpt = "auto") -> None:
+def inspect(data: DataArg, as_json: JsonOpt = False, format: FormatOpt = "auto", quiet: QuietOpt = False) -> None:
     """Classes, counts per split and class, image sizes, channels, bit depths, formats and class imbalance;
     for detection data also boxes per split, their sizes, images without boxes and boxes per image; for mask
     data each class's pixel share per split and mask sizes."""
     from imagerec.data.checks import inspect_data
 
-    with tally(Console(stderr=True), "read image headers") as progress:
+    with tally(status_console(quiet), "read image headers") as progress:
         report = inspect_data(data, format=format, progress=progress)
     if as_json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
     else:
         _print_inspection(Console(), report)
 
@@ -165,6 +169,7 @@ def validate(
         bool, Opt("--strict", help="Detection: boxes outside the image or of zero area are errors (exit 2).")
     ] = False,
     max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS,
+    quiet: QuietOpt = False,
 ) -> None:
     """Find corrupt or empty images (and those over --max-image-pixels), duplicates (across splits: leakage), odd
     channel counts and animated images (only their first frame is read); for detection
@@ -178,10 +183,10 @@ def validate(
     from imagerec.data.checks import validate_data
     from imagerec.errors import UserError
 
-    with tally(Console(stderr=True), "validate") as progress:
+    with tally(status_console(quiet), "validate") as progress:
         report = validate_data(data, format=format, max_image_pixels=max_image_pixels, progress=progress)
     if as_json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
     else:
         _print_validation(report, data)
     warnings = report.get("warnings", [])
@@ -199,12 +204,16 @@ def convert(
     out: Annotated[Path, typer.Argument(help="New folder to write the converted data into.")],
     to: Annotated[str, Opt("--to", help="Target format: coco, yolo or voc.")],
     format: FormatOpt = "auto",
+    as_json: JsonOpt = False,
 ) -> None:
     """Write detection data as COCO JSON, YOLO or Pascal VOC (images hard-linked where possible), splits kept."""
     from imagerec.data.convert import convert_index
     from imagerec.data.formats import load_index
 
     report = convert_index(load_index(data, format=format), out, to=to)
+    if as_json:
+        print_json(dataclasses.asdict(report))
+        return
     print(
         f"wrote {report.images} images and {report.boxes} boxes to {report.out} as {report.format} "
         f"({report.linked} hard-linked, {report.copied} copied)"
@@ -220,11 +229,15 @@ def split(
     val: Annotated[float, Opt(help="Fraction of each class for validation.")] = 0.1,
     test: Annotated[float, Opt(help="Fraction of each class for testing.")] = 0.1,
     seed: Annotated[int, Opt(help="Random seed; the same seed gives the same split.")] = 0,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write a stratified train/val/test split as folders (files hard-linked where possible, else copied)."""
     from imagerec.data.checks import split_dataset
 
     report = split_dataset(data, out, val=val, test=test, seed=seed)
+    if as_json:
+        print_json(report)
+        return
     console = Console()
     console.print(_counts_table(report["counts"], f"{report['out']} (seed {seed})"))
     if report["pooled"]:

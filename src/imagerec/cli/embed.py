@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,12 +10,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
-from imagerec.cli.shared import MaxImagePixels, fail_if_unreadable
+from imagerec.cli.shared import JsonOpt, MaxImagePixels, QuietOpt, fail_if_unreadable, print_json, status_console
 from imagerec.config import MAX_IMAGE_PIXELS
 from imagerec.errors import UserError
+from imagerec.progress import counting
 
 Opt = typer.Option
 TABLE_ROWS = 100  # most similar duplicate pairs shown in the table
@@ -44,6 +43,8 @@ def embed(
     imgsz: Annotated[int | None, Opt(help="Model name: input size (default: the weights', else 224).")] = None,
     workers: Annotated[int, Opt(help="Processes decoding images in parallel.")] = 0,
     max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Write one embedding per image (path, vector, class folder) to a Parquet or NPZ file. An unreadable file is
     left out (listed under `failed` in the file's metadata); after the others are written, the command then fails
@@ -51,21 +52,19 @@ def embed(
     from imagerec.outputs.embed import check_suffix, embed, open_embedder, with_labels
 
     check_suffix(out)
-    console = Console(stderr=True)
+    console = status_console(quiet)
     with _warnings_to(console):
         embedder = open_embedder(
             run_or_model, layer=layer, weights=weights, imgsz=imgsz, max_image_pixels=max_image_pixels
         )
-    files = len(with_labels(sources))
-    with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("embed", total=files)
-        result = embed(
-            run_or_model, sources, batch=batch, workers=workers, embedder=embedder,
-            progress=lambda n: progress.advance(bar, n),
-        )  # fmt: skip
+    with counting(console, "embed", len(with_labels(sources))) as advance:
+        result = embed(run_or_model, sources, batch=batch, workers=workers, embedder=embedder, progress=advance)
     result.save(out)
     where = f"layer {layer}" if layer else "default features"
     errors = [error for _, error in result.failed]
+    if as_json:
+        failed = [{"source": source, "error": error} for source, error in result.failed]
+        print_json({"out": out, "count": len(result), "dim": result.dim, "layer": layer, "failed": failed})
     fail_if_unreadable(errors, len(result) + len(errors), done=f"embeddings were written to {out}")
     console.print(f"{len(result)} embeddings of {result.dim} values ({where}) written to {out}")
 
@@ -99,6 +98,7 @@ def neighbors(
     duplicates: Annotated[bool, Opt("--duplicates", help="List near-duplicate pairs inside the index.")] = False,
     as_json: Annotated[bool, Opt("--json", help="Print JSON instead of a table.")] = False,
     batch: Annotated[int, Opt(help="Query images per batch.")] = 64,
+    quiet: QuietOpt = False,
 ) -> None:
     """Nearest indexed images to each query by cosine similarity, or (--duplicates) near-duplicate pairs."""
     if index is None:
@@ -115,15 +115,11 @@ def neighbors(
     from imagerec.outputs.embed import with_labels
     from imagerec.outputs.neighbors import neighbors as find
 
-    console = Console(stderr=True)
-    with _warnings_to(console), Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("embed queries", total=len(with_labels(queries)))
-        results = find(
-            run_or_model, queries, index=index, k=k, threshold=threshold, batch=batch,
-            progress=lambda n: progress.advance(bar, n),
-        )  # fmt: skip
+    console = status_console(quiet)
+    with _warnings_to(console), counting(console, "embed queries", len(with_labels(queries))) as advance:
+        results = find(run_or_model, queries, index=index, k=k, threshold=threshold, batch=batch, progress=advance)
     if as_json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
+        print_json([r.to_dict() for r in results])
     else:
         Console().print(_neighbors_table(results))
 
@@ -143,7 +139,7 @@ def _duplicates(index: Path, threshold: float, *, as_json: bool) -> None:
     found = read_embeddings(index)
     pairs = duplicates(found, threshold=threshold)
     if as_json:
-        print(json.dumps([p.to_dict() for p in pairs], indent=2))
+        print_json([p.to_dict() for p in pairs])
         return
     title = f"{len(pairs)} pair(s) at least {threshold} similar"
     more = len(pairs) - TABLE_ROWS

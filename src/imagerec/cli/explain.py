@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
-from imagerec.cli.shared import MaxImagePixels, fail_if_unreadable
+from imagerec.cli.shared import JsonOpt, MaxImagePixels, QuietOpt, fail_if_unreadable, print_json, status_console
 from imagerec.config import MAX_IMAGE_PIXELS
+from imagerec.progress import counting
 
 Opt = typer.Option
 METHODS = "gradcam | gradcam++ | scorecam | hirescam | integrated-gradients"  # outputs.explain.METHODS, without torch
@@ -28,6 +28,8 @@ def explain(
     conf: Annotated[float, Opt(help="Detection: minimum score of a box to explain.")] = 0.25,
     max_boxes: Annotated[int, Opt(help="Detection: most boxes explained per image, best first.")] = 10,
     max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Explain predictions with heatmaps over each image: for the predicted class, each detected box or each
     segmented class. An unreadable file gets its error in explanations.json; after the others are explained, the
@@ -37,20 +39,16 @@ def explain(
 
     files = expand_sources(sources)
     folder = out if out is not None else run / "explanations"
-    console = Console(stderr=True)
-    with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("explain", total=len(files))
+    console = status_console(quiet)
+    with counting(console, "explain", len(files)) as advance:
         results = explain_images(
             run, files, method=method, target=target, out=folder, conf=conf, max_boxes=max_boxes,
-            max_image_pixels=max_image_pixels, progress=lambda n: progress.advance(bar, n),
+            max_image_pixels=max_image_pixels, progress=advance,
         )  # fmt: skip
-    table = Table("source", "target", "method", "score", "overlay")
-    for r in results:
-        if r.error:
-            table.add_row(r.source, "[red]unreadable[/]", "", "", r.error)
-        else:
-            table.add_row(r.source, r.target, r.method, f"{r.score:.4f}", r.files.get("overlay", ""))
-    Console().print(table)
+    if as_json:
+        print_json({"out": folder, "explanations": [r.to_dict() for r in results]})
+    else:
+        Console().print(_table(results))
     errors = [r.error for r in results if r.error is not None]
     fail_if_unreadable(errors, len(files), done=f"image(s) were explained into {folder}")
     console.print(f"overlays, heatmaps (.npy) and explanations.json written to {folder}")
@@ -59,3 +57,13 @@ def explain(
     if nothing:
         why = f"no box scored --conf {conf} or more, or only background was segmented; --target explains a class"
         console.print(f"[yellow]{len(nothing)} image(s) had nothing to explain ({why})[/]")
+
+
+def _table(results: list) -> Table:
+    table = Table("source", "target", "method", "score", "overlay")
+    for r in results:
+        if r.error:
+            table.add_row(r.source, "[red]unreadable[/]", "", "", r.error)
+        else:
+            table.add_row(r.source, r.target, r.method, f"{r.score:.4f}", r.files.get("overlay", ""))
+    return table

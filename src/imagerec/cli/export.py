@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from imagerec.cli.shared import QuietOpt, print_json, status_console, stdout_to_stderr
 from imagerec.errors import UserError
 
 Opt = typer.Option
@@ -32,17 +33,22 @@ def export(
     force: Annotated[bool, Opt("--force", help="Keep the file even when the check fails.")] = False,
     opset: Annotated[int, Opt(help="ONNX opset.")] = 17,
     as_json: Annotated[bool, Opt("--json", help="Print the check as JSON.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Export a run to ONNX, OpenVINO or TorchScript, with its preprocessing inside, checked against PyTorch."""
     from imagerec.outputs.export import export as export_run
 
-    result = export_run(
-        run, format=fmt, out=out, dynamic_batch=dynamic_batch, int8=int8, calib=calib, check=check,
-        check_images=check_images, atol=atol, max_drop=max_drop, force=force, opset=opset,
-    )  # fmt: skip
+    console = Console(stderr=as_json, quiet=quiet)
+    doing = (
+        f"exporting to {fmt}{' int8' if int8 else ''}, then checking it against PyTorch on up to {check_images} images"
+    )
+    with stdout_to_stderr() if as_json else contextlib.nullcontext(), status_console(quiet).status(doing):
+        result = export_run(
+            run, format=fmt, out=out, dynamic_batch=dynamic_batch, int8=int8, calib=calib, check=check,
+            check_images=check_images, atol=atol, max_drop=max_drop, force=force, opset=opset,
+        )  # fmt: skip
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
-    console = Console(stderr=as_json)
+        print_json(result.to_dict())
     record = result.record
     console.print(f"graph: {record.note}")
     console.print(f"precision: {record.precision} weights, computed in {record.runs_in}")

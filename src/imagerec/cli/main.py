@@ -3,12 +3,14 @@ on stderr with exit code 2."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Annotated
 
 import typer
 
 from imagerec.cli import benchmark, data, embed, explain, export, predict, pretrain, report, serve, train
+from imagerec.cli.shared import JsonOpt, print_json
 from imagerec.errors import UserError
 from imagerec.safe_read import printable
 
@@ -19,17 +21,25 @@ app = typer.Typer(
 )
 
 
-def versions() -> str:
-    """imagerec's version and those of what it runs on: the line `--version` prints."""
+def version_numbers() -> dict[str, str | None]:
+    """imagerec's version and those of what it runs on (cuda: None without a GPU)."""
     import platform
     from importlib.metadata import version
 
     import torch
 
-    device = f"CUDA {torch.version.cuda}" if torch.cuda.is_available() else "CPU only"
+    return {
+        "imagerec": version("imagerec"), "torch": torch.__version__, "torchvision": version("torchvision"),
+        "python": platform.python_version(), "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }  # fmt: skip
+
+
+def versions() -> str:
+    """The line `--version` prints."""
+    v = version_numbers()
+    device = f"CUDA {v['cuda']}" if v["cuda"] else "CPU only"
     return (
-        f"imagerec {version('imagerec')} (torch {torch.__version__}, torchvision {version('torchvision')}, "
-        f"Python {platform.python_version()}, {device})"
+        f"imagerec {v['imagerec']} (torch {v['torch']}, torchvision {v['torchvision']}, Python {v['python']}, {device})"
     )
 
 
@@ -46,16 +56,28 @@ def imagerec(
         bool,
         typer.Option("--version", "-V", callback=_print_version, is_eager=True, help="Print the versions and exit."),
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Also print what the libraries log (Lightning, timm, Ray, …): for finding faults."
+        ),
+    ] = False,
 ) -> None:
-    """Image recognition end to end: train, evaluate and predict from your own image folders."""
+    """Image recognition end to end: train, evaluate and predict from your own image folders. Each command's -q
+    leaves only its results and errors."""
+    if verbose:  # the entry point configures the process's logging, as its owner; the library never does
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if ctx.invoked_subcommand is None:  # bare `imagerec`: the help, as a request for it, not an error
         typer.echo(ctx.get_help())
 
 
 @app.command("version")
-def version() -> None:
+def version(as_json: JsonOpt = False) -> None:
     """Print the versions of imagerec, torch, torchvision and Python, and whether CUDA is there."""
-    typer.echo(versions())
+    if as_json:
+        print_json(version_numbers())
+    else:
+        typer.echo(versions())
 
 
 app.command("train")(train.train)

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 from rich.table import Table
 
-from imagerec.cli.shared import MaxImagePixels, fail_if_unreadable
+from imagerec.cli.shared import MaxImagePixels, QuietOpt, fail_if_unreadable, print_json, status_console
 from imagerec.config import MAX_IMAGE_PIXELS
 from imagerec.errors import UserError
+from imagerec.progress import image_progress
 from imagerec.tasks.results import Detections, SegmentationMask
 
 Opt = typer.Option
@@ -61,16 +54,18 @@ def evaluate(
     split: Annotated[str, Opt(help="Split to evaluate: train, val or test.")] = "test",
     as_json: Annotated[bool, Opt("--json", help="Print the metrics JSON instead of a table.")] = False,
     max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS,
+    quiet: QuietOpt = False,
 ) -> None:
     """Measure a trained run on a split of DATA (also saved to RUN/evaluation/<split>.json)."""
     from imagerec.api import evaluate as evaluate_run
 
-    metrics = evaluate_run(run, data, split=split, max_image_pixels=max_image_pixels, console=Console(stderr=True))
+    console = status_console(quiet)
+    metrics = evaluate_run(run, data, split=split, max_image_pixels=max_image_pixels, console=console)
     if as_json:
-        print(json.dumps(metrics, indent=2))
+        print_json(metrics)
     else:
         print_metrics(Console(), metrics, title=f"{split} metrics ({metrics['count']} images)")
-        Console(stderr=True).print(f"saved to {Path(run) / 'evaluation' / f'{split}.json'}", markup=False)
+    console.print(f"saved to {Path(run) / 'evaluation' / f'{split}.json'}", markup=False)
 
 
 def _table(results: list[Any]) -> Table:
@@ -95,14 +90,6 @@ def _table(results: list[Any]) -> Table:
             topk_text = ", ".join(f"{name} {p:.3f}" for name, p in zip(r.labels, r.probs, strict=True))
             table.add_row(r.source, r.label, f"{r.prob:.4f}", topk_text)
     return table
-
-
-def _progress(console: Console) -> Progress:
-    """A bar with images done of all, images per second and the time left."""
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
-    )  # fmt: skip
 
 
 def predict(
@@ -162,12 +149,15 @@ def predict(
     actors: Annotated[
         int | None, Opt(help="--engine ray: model copies at work (default: one per GPU, else one per CPU but one).")
     ] = None,
+    as_json: Annotated[bool, Opt("--json", help="The results as one JSON list on stdout (--format json).")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Predict images. Results are written as they are made, so memory stays flat for millions of images, and an
     interrupted --out continues with --resume. An unreadable or missing file gets its error in the output (the
     `error` field or column) in its place; after everything else is written, the command then fails (exit 2) with
     one line counting them. With --engine ray the images are predicted on Ray (each actor loads the model once) and
     written to --out in their order, with the columns and files of the local engine; no --resume."""
+    fmt = _json_format(fmt) if as_json else fmt
     options = {
         "topk": topk, "conf": conf, "iou": iou, "agnostic": agnostic_nms, "max_det": max_det, "tile": tile,
         "overlap": overlap, "max_pixels": max_pixels,
@@ -177,7 +167,7 @@ def predict(
                    "--image-ids": image_ids}  # fmt: skip
         ray = {"address": address, "actors": actors, "batch": batch, "runtime": runtime, "imgsz": imgsz,
                "max_image_pixels": max_image_pixels}  # fmt: skip
-        _predict_on_ray(run, sources, out, fmt, refused, **ray, **options)
+        _predict_on_ray(run, sources, out, fmt, refused, quiet, **ray, **options)
         return
     from imagerec.outputs.predict import load
     from imagerec.outputs.stream import write_predictions
@@ -190,20 +180,18 @@ def predict(
     check_image_ids(image_ids, fmt)
     if fmt == "table" and resume:
         raise UserError("--resume continues results written to --out; give the --out of the interrupted prediction")
-    console = Console(stderr=True)
+    console = status_console(quiet)
     how = {"batch": batch, "workers": workers, **options}
-    with _progress(console) as progress:
-        bar = progress.add_task("predict", total=None, rate="")
+    with image_progress(console) as progress:
+        bar = progress.add_task("predict", total=None, status="")
 
         def on_start(total: int, skipped: int) -> None:
-            progress.reset(bar, total=total, completed=skipped, rate="")
+            progress.reset(bar, total=total, completed=skipped, status="")
 
         def on_result(result: Any) -> None:
             save_outputs(result, Path(result.source), predictor.info, images=save_images, masks=save_masks,
                          max_pixels=max_image_pixels)  # fmt: skip
-            progress.advance(bar)
-            speed = progress.tasks[bar].speed
-            progress.update(bar, rate=f"{speed:.1f} img/s" if speed else "")
+            _advance(progress, bar)
 
         if fmt == "table":
             results = _predict_table(predictor, sources, how, on_start, on_result)
@@ -228,6 +216,13 @@ def predict(
         _report(console, written, out)
 
 
+def _json_format(fmt: str | None) -> str:
+    """`--json`: the results as JSON, which is `--format json`."""
+    if fmt not in (None, "json"):
+        raise UserError(f"--json is --format json: drop --format {fmt}, or --json")
+    return "json"
+
+
 def _engine(engine: str, address: str | None, actors: int | None) -> str:
     if engine not in ("local", "ray"):
         raise UserError(f"--engine {engine!r}: use local or ray")
@@ -239,8 +234,21 @@ def _engine(engine: str, address: str | None, actors: int | None) -> str:
     return engine
 
 
+def _advance(progress: Progress, bar: Any) -> None:
+    """One more image done: the bar moves and shows images per second."""
+    progress.advance(bar)
+    speed = progress.tasks[bar].speed
+    progress.update(bar, status=f"{speed:.1f} img/s" if speed else "")
+
+
 def _predict_on_ray(
-    run: Path, sources: list[Path], out: Path | None, fmt: str | None, refused: dict[str, Any], **how: Any
+    run: Path,
+    sources: list[Path],
+    out: Path | None,
+    fmt: str | None,
+    refused: dict[str, Any],
+    quiet: bool,
+    **how: Any,
 ) -> None:
     """`predict --engine ray`: the sources predicted on Ray, written to the Parquet folder `out`."""
     given = [option for option, value in refused.items() if value]
@@ -254,18 +262,12 @@ def _predict_on_ray(
         raise UserError("--engine ray writes a folder of Parquet files: give --out results.parquet")
     from imagerec.outputs.batch import predict_files
 
-    console = Console(stderr=True)
-    with _progress(console) as progress:
-        bar = progress.add_task("predict", total=None, rate="")
-
-        def on_result(row: dict[str, Any]) -> None:
-            progress.advance(bar)
-            speed = progress.tasks[bar].speed
-            progress.update(bar, rate=f"{speed:.1f} img/s" if speed else "")
-
+    console = status_console(quiet)
+    with image_progress(console) as progress:
+        bar = progress.add_task("predict", total=None, status="")
         written = predict_files(
-            run, sources, out, on_start=lambda total, _: progress.reset(bar, total=total, rate=""), on_result=on_result,
-            **how,
+            run, sources, out, on_start=lambda total, _: progress.reset(bar, total=total, status=""),
+            on_result=lambda _: _advance(progress, bar), **how,
         )  # fmt: skip
     _report(console, written, out)
 

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from imagerec.cli.options import with_settings_options
-from imagerec.cli.shared import JsonOpt, SetOpt, finish_run, with_settings
+from imagerec.cli.shared import JsonOpt, QuietOpt, SetOpt, finish_run, with_settings
 
 Opt = typer.Option
 
@@ -35,13 +35,15 @@ def pretrain(
     resume: Annotated[Path | None, Opt(help="Continue this pretraining run from its last finished epoch.")] = None,
     settings: SetOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     **options: Any,
 ) -> None:
     """Pretrain a backbone on your own images without labels; then `imagerec train DATA --weights RUN`."""
     from imagerec.api import pretrain as pretrain_run
 
     options = {k: v for k, v in options.items() if v is not None} | with_settings(settings)  # None: not given
-    console = Console(soft_wrap=True, stderr=as_json)
+    console = Console(soft_wrap=True, stderr=as_json, quiet=quiet)  # progress and epochs
+    results = Console(soft_wrap=True, stderr=as_json)
     try:
         if resume is not None:
             run = pretrain_run(resume=resume, method=method, console=console, **options)
@@ -54,7 +56,7 @@ def pretrain(
         return
     shown = "  ".join(f"{k} {v:.4f}" for k, v in run.metrics.items() if isinstance(v, float))
     if shown and not as_json:
-        console.print(f"val at epoch {run.best_epoch}: {shown}", markup=False)
+        results.print(f"val at epoch {run.best_epoch}: {shown}", markup=False)
     steps = [f"imagerec train {data if data is not None else 'DATA'} --weights {run.path}",
              f"tensorboard --logdir {run.path / 'tensorboard'}"]  # fmt: skip
-    finish_run(console, run, as_json=as_json, steps=steps)
+    finish_run(results, run, as_json=as_json, steps=steps, quiet=quiet)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from imagerec.cli.shared import JsonOpt, QuietOpt, print_json, status_console
 
 Opt = typer.Option
 
@@ -23,6 +24,8 @@ def report(
         bool, Opt("--eval/--no-eval", help="--no-eval: training curves, schedule, speed and configuration only.")
     ] = True,
     device: Annotated[str, Opt(help="auto | cpu | cuda | mps")] = "auto",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Write RUN/report.html: training curves and, on evaluation data, where the model is right and wrong."""
     from imagerec.errors import UserError
@@ -30,8 +33,11 @@ def report(
 
     if data is not None and not evaluate:
         raise UserError("--data and --no-eval contradict each other: drop one")
-    console = Console(stderr=True)
+    console = status_console(quiet)
     start = time.perf_counter()
     with console.status("writing the report"):
         path = write_report(run, data=data, split=split, out=out, device=device, evaluate=evaluate)
-    console.print(f"report written to {path} ({time.perf_counter() - start:.1f} s); open it in a browser")
+    seconds = time.perf_counter() - start
+    if as_json:
+        print_json({"report": path, "seconds": round(seconds, 2)})
+    console.print(f"report written to {path} ({seconds:.1f} s); open it in a browser")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -16,6 +20,9 @@ if TYPE_CHECKING:
     from imagerec.runs import Run
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Results and errors only: no progress bars, notes or next steps.")
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -24,6 +31,19 @@ SetOpt = Annotated[
         "imagerec config --print lists them.",
     ),
 ]
+
+
+def status_console(quiet: bool = False, **options: Any) -> Console:
+    """Where a command shows its progress and says what it did: stderr, so that results on stdout pipe cleanly;
+    silent with --quiet."""
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=quiet, **options)
+
+
+def print_json(value: Any) -> None:
+    """A command's result as JSON on stdout (paths and other objects as their text)."""
+    print(json.dumps(value, indent=2, default=str))
 
 
 def with_settings(settings: Sequence[str] | None) -> dict[str, Any]:
@@ -53,17 +73,38 @@ def fail_if_unreadable(errors: Sequence[str], total: int, *, done: str, count: i
         )
 
 
-def finish_run(console: Console, run: Run, *, as_json: bool, steps: Sequence[str]) -> None:
-    """The end of `train` and `pretrain`: where the run and its report are, and what to do next; with `as_json`,
-    the run's summary as JSON on stdout instead (the console then writes to stderr)."""
+def finish_run(console: Console, run: Run, *, as_json: bool, steps: Sequence[str], quiet: bool = False) -> None:
+    """The end of `train` and `pretrain`: where the run and its report are, and (unless `quiet`) what to do next;
+    with `as_json`, the run's summary as JSON on stdout instead (the console then writes to stderr)."""
     report = run.path / "report.html"
     if as_json:
-        summary = {"run": str(run.path), "split": run.split, "best_epoch": run.best_epoch, "epochs": run.epochs,
-                   "metrics": run.metrics, "report": str(report) if report.exists() else None}  # fmt: skip
-        print(json.dumps(summary, indent=2, default=str))
+        print_json({"run": run.path, "split": run.split, "best_epoch": run.best_epoch, "epochs": run.epochs,
+                    "metrics": run.metrics, "report": report if report.exists() else None})  # fmt: skip
         return
     console.print(f"saved to [bold]{run.path}[/]")
     if report.exists():
         console.print(f"report: {report} (open it in a browser)", markup=False)
-    for step in steps:
+    for step in () if quiet else steps:
         console.print(f"next: {step}", markup=False)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send stdout to stderr, down to the file descriptor: the ONNX tracer and the quantisers print to it (graph
+    dumps, progress bars), and `--json` must print JSON alone."""
+    sys.stdout.flush()
+    try:
+        out, err = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):  # a captured stdout (tests) has no descriptor
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    saved = os.dup(out)
+    os.dup2(err, out)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, out)
+        os.close(saved)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imagerec.cli.options import with_settings_options
-from imagerec.cli.shared import JsonOpt, SetOpt, finish_run, with_settings
+from imagerec.cli.shared import JsonOpt, QuietOpt, SetOpt, finish_run, print_json, with_settings
 from imagerec.errors import UserError
 
 Opt = typer.Option
@@ -33,22 +32,24 @@ def train(
     ] = False,
     settings: SetOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     **options: Any,
 ) -> None:
     """Train a model; prints per-epoch metrics and the test metrics at the end."""
     from imagerec.api import train as train_run
 
     options = {k: v for k, v in options.items() if v is not None} | with_settings(settings)  # None: not given
-    console = Console(soft_wrap=True, stderr=as_json)
+    console = Console(soft_wrap=True, stderr=as_json, quiet=quiet)  # progress and epochs
+    results = Console(soft_wrap=True, stderr=as_json)
     if dry_run:
         from imagerec.api import plan
 
         if resume is not None:
             raise UserError("--dry-run plans a new run; a resumed run keeps its own settings (see its run.yaml)")
         planned = plan(data, config=config, task=task, out=out, **options)
-        console.print(f"[bold]{planned.cfg.task}[/] with [bold]{planned.cfg.model.name}[/] on {data}")
+        results.print(f"[bold]{planned.cfg.task}[/] with [bold]{planned.cfg.model.name}[/] on {data}")
         for line in planned.lines():
-            console.print(f"  {line}", markup=False)
+            results.print(f"  {line}", markup=False)
         return
     try:
         if resume is not None:
@@ -66,13 +67,13 @@ def train(
         from imagerec.cli.predict import print_metrics
 
         fitted = f" (best epoch {run.best_epoch})" if run.epochs else ""  # --head knn|logistic runs have no epochs
-        print_metrics(console, run.metrics, title=f"{run.split} metrics{fitted}")
+        print_metrics(results, run.metrics, title=f"{run.split} metrics{fitted}")
     trained_on = data if data is not None else "DATA"
     steps = [f"imagerec predict {run.path} IMAGES", f"imagerec evaluate {run.path} {trained_on} --split test",
              f"imagerec export {run.path}"]  # fmt: skip
     if run.epochs:
         steps.append(f"tensorboard --logdir {run.path / 'tensorboard'}")
-    finish_run(console, run, as_json=as_json, steps=steps)
+    finish_run(results, run, as_json=as_json, steps=steps, quiet=quiet)
 
 
 def models(
@@ -84,7 +85,7 @@ def models(
 
     rows = list_models(task)
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     table = Table("name", "source", "export")
     for row in rows:
