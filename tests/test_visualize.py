@@ -10,10 +10,11 @@ from imagerec.outputs.visualize import (
     MIN_DRAWN_SIDE,
     class_colour,
     draw_class_map,
+    draw_classification,
     draw_detections,
     text_colour,
 )
-from imagerec.tasks.results import Detections, SegmentationMask
+from imagerec.tasks.results import Classification, Detections, SegmentationMask
 
 
 def _rgb(colour: str) -> np.ndarray:
@@ -54,3 +55,20 @@ def test_a_class_map_gets_a_legend_of_the_classes_it_shows() -> None:
     band = drawn[:, MIN_DRAWN_SIDE:, :]
     assert _pixels_of(band, class_colour(1)) > 20  # "dog" written in dog's colour (class 2 → palette colour 1)
     assert _pixels_of(band, class_colour(0)) == 0  # no legend entry for a class the map does not show
+
+
+def test_long_top_k_labels_wrap_onto_more_lines_instead_of_being_cut() -> None:
+    """ImageNet-style names: five would run far past the right edge of a 192-px image on one line; each breaks
+    between words onto lines of its own, its probability kept."""
+    classes = [
+        f"{name} (a rather long class name)" for name in ("tabby cat", "tiger cat", "lynx", "Persian", "Egyptian")
+    ]
+    result = Classification(source="x", labels=tuple(classes), probs=(0.5, 0.2, 0.1, 0.1, 0.1))
+    short = Classification(source="x", labels=("a",), probs=(1.0,))
+    one_line = draw_classification(torch.zeros(1, 8, 8), short, ["a"])
+    wrapped = draw_classification(torch.zeros(1, 8, 8), result, classes)
+    assert one_line.shape[2] == wrapped.shape[2]  # as wide as the image: nothing drawn beyond it
+    line = one_line.shape[1] - one_line.shape[2]
+    assert wrapped.shape[1] >= one_line.shape[2] + 5 * line  # a line each: no two of them fit side by side
+    for i in range(5):  # every label is drawn, each in its class colour
+        assert _pixels_of(wrapped[:, one_line.shape[2] :, :], class_colour(i)) > 10, classes[i]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,19 +124,51 @@ def draw_boxes(
 def draw_legend(
     image: torch.Tensor, entries: Sequence[tuple[str, str]], *, height: int = 18, background: str = "black"
 ) -> torch.Tensor:
-    """A 3×H×W uint8 `image` with a band of `height` pixels below it naming each (text, colour) entry in its
-    colour, left to right: the key to what the colours on the image mean."""
+    """A 3×H×W uint8 `image` with a band below it naming each (text, colour) entry in its colour, left to right in
+    lines of `height` pixels, as many lines as the entries need; an entry wider than the image goes on lines of its
+    own, broken between words (a single word wider than the image is shortened with …): the key to what the colours
+    on the image mean."""
     from PIL import ImageDraw, ImageFont
 
     array = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
-    band = Image.new("RGB", (array.shape[1], array.shape[0] + height), background)
-    band.paste(Image.fromarray(array), (0, 0))
-    draw, font = ImageDraw.Draw(band), ImageFont.truetype(font_path(), size=max(8, height - 5))
-    x = 3
+    width = array.shape[1]
+    font = ImageFont.truetype(font_path(), size=max(8, height - 5))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    placed, x, line = [], 3, 0
     for text, colour in entries:
-        draw.text((x, array.shape[0] + 2), text, fill=colour, font=font)
-        x += round(draw.textlength(text, font=font)) + 10
+        for piece in _pieces(measure, text, font, width - 6):
+            length = round(measure.textlength(piece, font=font))
+            if x > 3 and x + length > width - 3:
+                x, line = 3, line + 1
+            placed.append((x, line, piece, colour))
+            x += length + 10
+    band = Image.new("RGB", (width, array.shape[0] + height * (line + 1)), background)
+    band.paste(Image.fromarray(array), (0, 0))
+    draw = ImageDraw.Draw(band)
+    for x, line, text, colour in placed:
+        draw.text((x, array.shape[0] + 2 + line * height), text, fill=colour, font=font)
     return torch.from_numpy(np.asarray(band).copy()).permute(2, 0, 1)
+
+
+def _pieces(draw: Any, text: str, font: Any, width: int) -> list[str]:
+    """`text` in pieces no wider than `width` pixels, broken between words."""
+    pieces: list[str] = []
+    for word in text.split():
+        joined = f"{pieces[-1]} {word}" if pieces else word
+        if pieces and draw.textlength(joined, font=font) <= width:
+            pieces[-1] = joined
+        else:
+            pieces.append(shortened(draw, word, font, width))
+    return pieces or [""]
+
+
+def shortened(draw: Any, text: str, font: Any, width: int) -> str:
+    """`text`, cut and ended with … where it is wider than `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while len(text) > 1 and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
 
 
 def font_path() -> str:
