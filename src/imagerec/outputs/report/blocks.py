@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from imagerec.outputs.visualize import enlarge
 from imagerec.records import Resolved
 
 if TYPE_CHECKING:
@@ -158,17 +156,3 @@ class ReportContext:
     # What the task's sections measured and found wanting, for the model card drawn after them.
     headlines: list[Headline] = field(default_factory=list)
     limitations: list[str] = field(default_factory=list)
-
-
-def drawing_canvas(image: torch.Tensor, side: int, largest: int) -> tuple[torch.Tensor, float]:
-    """`image` (C×H×W in [0, 1]) ready to draw on: enlarged by the whole factor that brings its longest side to
-    `side` (square pixels, no invented detail) without passing `largest`, or brought down to `largest` when
-    longer; and the factor applied, to scale boxes by."""
-    longest = max(image.shape[-2:])
-    if longest <= largest:
-        scale = max(1, min(-(-side // longest), largest // longest))
-        return enlarge(image, scale), float(scale)
-    scale = largest / longest
-    size = [max(1, round(v * scale)) for v in image.shape[-2:]]
-    small = torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[0]
-    return small.clamp(0, 1), scale

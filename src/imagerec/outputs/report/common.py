@@ -15,11 +15,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import torch
 from matplotlib.figure import Figure as MplFigure
 
 from imagerec.outputs.report.blocks import Figure, Panels, ReportContext, Section, Table, Text
 from imagerec.outputs.report.inference import inference_section
-from imagerec.outputs.visualize import class_colour
+from imagerec.outputs.visualize import class_colour, enlarge
 from imagerec.runs import RunDir
 
 TRAIN_COLOUR, VAL_COLOUR = class_colour(4), class_colour(0)  # Okabe–Ito blue and orange
@@ -53,6 +54,20 @@ def panel() -> tuple[MplFigure, Any]:
     """One panel of a pair (its figure and axes): each is its own PNG, side by side on a wide page."""
     figure = plain_figure(*PANEL_SIZE)
     return figure, figure.subplots()
+
+
+def drawing_canvas(image: torch.Tensor, side: int, largest: int) -> tuple[torch.Tensor, float]:
+    """`image` (C×H×W in [0, 1]) ready to draw on: enlarged by the whole factor that brings its longest side to
+    `side` (square pixels, no invented detail) without passing `largest`, or brought down to `largest` when
+    longer; and the factor applied, to scale boxes by."""
+    longest = max(image.shape[-2:])
+    if longest <= largest:
+        scale = max(1, min(-(-side // longest), largest // longest))
+        return enlarge(image, scale), float(scale)
+    scale = largest / longest
+    size = [max(1, round(v * scale)) for v in image.shape[-2:]]
+    small = torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[0]
+    return small.clamp(0, 1), scale
 
 
 def image_name(ctx: ReportContext, path: str | Path) -> str:

@@ -30,20 +30,10 @@ from imagerec.metrics.detection import (
     count_outcomes,
     match_boxes,
 )
-from imagerec.outputs.report.blocks import (
-    Figure,
-    Gallery,
-    Headline,
-    Panels,
-    ReportContext,
-    Section,
-    Table,
-    Text,
-    drawing_canvas,
-)
+from imagerec.outputs.report.blocks import Figure, Gallery, Headline, Panels, ReportContext, Section, Table, Text
 from imagerec.outputs.report.card import bootstrap
 from imagerec.outputs.report.classification import never_predicted
-from imagerec.outputs.report.common import PANEL_SIZE, image_name, predictions_section
+from imagerec.outputs.report.common import PANEL_SIZE, drawing_canvas, image_name, predictions_section
 from imagerec.outputs.visualize import MIN_DRAWN_SIDE, class_colour, draw_boxes, draw_legend
 from imagerec.records import Decision
 from imagerec.tasks.results import Detections, InstanceMasks

@@ -20,20 +20,10 @@ from matplotlib.figure import Figure as MplFigure
 from torchvision.utils import draw_segmentation_masks
 
 from imagerec.metrics.segmentation import SegmentationMetrics, confusion_matrix
-from imagerec.outputs.report.blocks import (
-    Figure,
-    Gallery,
-    Headline,
-    Panels,
-    ReportContext,
-    Section,
-    Table,
-    Text,
-    drawing_canvas,
-)
+from imagerec.outputs.report.blocks import Figure, Gallery, Headline, Panels, ReportContext, Section, Table, Text
 from imagerec.outputs.report.card import bootstrap
 from imagerec.outputs.report.classification import never_predicted
-from imagerec.outputs.report.common import PANEL_SIZE, image_name, predictions_section
+from imagerec.outputs.report.common import PANEL_SIZE, drawing_canvas, image_name, predictions_section
 from imagerec.outputs.visualize import class_colour, draw_class_map, draw_legend, to_uint8_rgb
 from imagerec.tasks.results import SegmentationMask
 
