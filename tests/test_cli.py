@@ -408,7 +408,7 @@ def test_a_drawn_prediction_keeps_its_input_format(cli_run, digits_dir, tmp_path
             "error: Invalid value for '--epochs' / '-e': Input should be a valid integer",
         ),
         (["nosuch"], "error: No such command 'nosuch'; see imagerec -h"),
-        (["data", "inspect"], "error: Missing argument 'data'; see imagerec data inspect -h"),
+        (["data", "inspect"], "error: Missing argument 'DATA'; see imagerec data inspect -h"),
     ],
 )
 def test_parse_errors_are_one_line_like_every_other_error(capsys, monkeypatch, args, expected):
@@ -530,3 +530,11 @@ def test_verbose_is_a_switch_of_the_whole_command_line():
     result = subprocess.run([IMAGEREC, "-v", "version", "--json"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["imagerec"]
+
+
+def test_help_names_arguments_in_capitals_and_gives_flags_no_placeholder():
+    shown = subprocess.run([IMAGEREC, "predict", "-h"], capture_output=True, text=True, check=True,
+                           env={**os.environ, "COLUMNS": "160"}).stdout  # fmt: skip
+    assert "Usage: imagerec predict [OPTIONS] {RUN} {SOURCES}..." in shown
+    assert "<bool>" not in shown
+    assert all(flag in shown for flag in ("--json ", "--save-images", "--quiet"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -99,11 +99,39 @@ app.add_typer(data.app, name="data")
 EXIT_USER_ERROR = 2
 
 
+def command() -> Any:
+    """The app as the Click command `main` runs, its help written as the docs write commands: arguments by their
+    names in capitals (`{RUN} {SOURCES}...`, where Typer writes `{run} {sources}...`) and flags without the `<bool>`
+    placeholder Typer gives every option (a flag takes no value)."""
+    built = typer.main.get_command(app)
+    commands = [built]
+    while commands:
+        current = commands.pop()
+        for param in current.params:
+            if getattr(param, "is_flag", False):
+                param.metavar = " "
+            elif param.param_type_name == "argument" and param.metavar is None:  # RUN DATA..., as docs write them
+                param.metavar = param.name.upper()
+        current.get_help_option = _plain_help(current.get_help_option)  # -h is made anew for each context
+        commands += getattr(current, "commands", {}).values()
+    return built
+
+
+def _plain_help(make: Any) -> Any:
+    def help_option(ctx: Any) -> Any:
+        option = make(ctx)
+        if option is not None:
+            option.metavar = " "
+        return option
+
+    return help_option
+
+
 def main() -> None:
     # Outside Click's standalone mode its usage errors reach us, so that a misspelt option gets the one `error:`
     # line every other mistake gets instead of Typer's box.
     try:
-        code = app(prog_name="imagerec", standalone_mode=False)
+        code = command()(prog_name="imagerec", standalone_mode=False)
     except UserError as error:
         # A file name whose bytes are not UTF-8 is printed as \xNN, as every output writes it.
         print(f"error: {printable(_one_line(error))}", file=sys.stderr)
