@@ -433,3 +433,18 @@ def test_segmentation_sections_measure_when_evaluation_is_missing(segment_ctx: R
     evaluated = segmentation.sections(segment_ctx)
     rows = [_blocks(s[1], Table)[0].rows for s in (measured, evaluated)]
     assert rows[0] == rows[1]
+
+
+def test_the_configuration_lists_the_settings_the_task_reads(detect_ctx: ReportContext, segment_ctx) -> None:
+    """A detector's table has its anchors and flips, not the classifier's binary head or positive class."""
+    from imagerec.outputs.report.common import configuration_section
+
+    def names(ctx: ReportContext) -> set[str]:
+        tables = _blocks(configuration_section(ctx), Table)
+        return {row[0] for table in tables if table.columns[0].endswith(" setting") for row in table.rows}
+
+    detector, segmenter = names(detect_ctx), names(segment_ctx)
+    assert {"anchor_sizes", "flip", "threshold_by", "lr", "imgsz"} <= detector
+    assert not detector & {"binary_head", "positive", "head", "label_smoothing", "class_weights", "loss"}
+    assert {"binary_head", "loss", "flip"} <= segmenter
+    assert not segmenter & {"anchor_sizes", "positive", "threshold_by"}

@@ -51,11 +51,16 @@ def task_settings(task: str, model: str) -> tuple[str, ...]:
     return _task_class(task).settings
 
 
+def unread_settings(reads: Sequence[str]) -> set[str]:
+    """The task-specific settings (config field names) of other tasks than one that reads `reads`."""
+    return {key for task in TASKS for key in _task_class(task).settings} - set(reads)
+
+
 def check_settings(cfg: RunConfig, reads: Sequence[str], run: str) -> None:
     """Refuse a task-specific setting changed from its default that the run does not read (`reads`: its task's
     settings, none for pretraining; `run` names the run in the message): `--binary-head softmax` on a detector
     would otherwise be ignored in silence."""
-    others = {key for task in TASKS for key in _task_class(task).settings} - set(reads)
+    others = unread_settings(reads)
     for section, schema in SECTIONS.items():
         for key in sorted(others & set(schema.model_fields)):
             if getattr(getattr(cfg, section), key) != schema.model_fields[key].default:

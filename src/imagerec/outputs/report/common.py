@@ -22,6 +22,7 @@ from imagerec.outputs.report.blocks import Figure, Panels, ReportContext, Sectio
 from imagerec.outputs.report.inference import inference_section
 from imagerec.outputs.visualize import class_colour, enlarge
 from imagerec.runs import RunDir
+from imagerec.tasks.build import unread_settings
 
 TRAIN_COLOUR, VAL_COLOUR = class_colour(4), class_colour(0)  # Okabe–Ito blue and orange
 DASH = "—"
@@ -314,11 +315,14 @@ def _steady(speeds: list[float]) -> str:
 
 
 def configuration_section(ctx: ReportContext) -> Section:
+    """Every setting the run's task reads, as run.yaml saved it (what auto became, where recorded), the data's
+    fingerprint, notes and split, the library versions and the starting weights."""
     config, resolved = ctx.config, ctx.resolved
     section = Section("configuration", "Configuration and versions")
     used = _used_values(ctx)
+    unread = unread_settings(() if ctx.info.pretraining else ctx.task.settings)  # binary_head means nothing to boxes
     for part in ("data", "model", "train"):
-        values = config.get(part, {})
+        values = {k: v for k, v in config.get(part, {}).items() if k not in unread}
         if values:
             rows = [
                 [k, used.get((part, k), _value(v)) if v in (None, "auto") else _value(v)] for k, v in values.items()
