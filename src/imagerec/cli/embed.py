@@ -67,6 +67,7 @@ def embed(
         print_json({"out": out, "count": len(result), "dim": result.dim, "layer": layer, "failed": failed})
     fail_if_unreadable(errors, len(result) + len(errors), done=f"embeddings were written to {out}")
     console.print(f"{len(result)} embeddings of {result.dim} values ({where}) written to {out}")
+    console.print(f"next: imagerec neighbors QUERY --index {out}, or imagerec neighbors --duplicates --index {out}")
 
 
 def _neighbors_table(results: list) -> Table:

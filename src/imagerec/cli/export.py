@@ -57,4 +57,7 @@ def export(
         raise UserError(f"export refused, no file written: {result.refused}")
     if result.refused:
         console.print(f"[yellow]kept with --force although: {result.refused}[/]")
-    console.print(f"exported to {result.path}")
+    Console(stderr=as_json).print(f"exported to {result.path}")  # the result: shown with --quiet too
+    steps = (f"imagerec predict {result.path} IMAGES", f"imagerec serve {result.path}", f"imagerec benchmark {run}")
+    for step in steps:
+        console.print(f"next: {step}", markup=False)
