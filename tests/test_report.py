@@ -355,3 +355,16 @@ def test_maps_too_coarse_to_point_are_not_drawn(digits_run, monkeypatch):
     why = next(s for s in report_sections(ctx) if s.id == "explanations")
     assert [type(b) for b in why.blocks] == [Text]
     assert why.blocks[0].text.startswith("No heatmaps: at 8 px the finest feature map of seed_cnn is 2×2, too coarse")
+
+
+def test_gallery_images_take_the_smaller_of_png_and_jpeg():
+    """A photo embeds as JPEG (several times smaller), an enlarged scan or a flat drawing as PNG (sharp, smaller)."""
+    from imagerec.outputs.report.html import smallest
+
+    rng = np.random.default_rng(0)
+    photo = (rng.normal(128, 30, (64, 64, 3)).clip(0, 255).astype(np.uint8)).repeat(8, 0).repeat(8, 1)
+    photo = (photo.astype(np.int16) + rng.integers(-12, 12, photo.shape)).clip(0, 255).astype(np.uint8)
+    scan = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8).repeat(48, 0).repeat(48, 1)
+    assert (smallest(photo).kind, smallest(scan).kind) == ("jpeg", "png")
+    assert smallest(photo).uri.startswith("data:image/jpeg;base64,")
+    assert (smallest(photo).width, smallest(photo).height) == (512, 512)
