@@ -381,7 +381,11 @@ code { font: .9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; back
 .panels .row { display: flex; flex-wrap: wrap; gap: .5rem 1.5rem; align-items: flex-start; }
 .panels .row figure { margin: 0; min-width: 0; }
 figure.table { display: inline-block; vertical-align: top; max-width: 100%; margin: .75rem 1.5rem .75rem 0; }
-figure.table .scroll { overflow-x: auto; }
+figure.table .scroll { overflow-x: auto;
+  background: linear-gradient(to right, #fff 30%, rgba(255,255,255,0)) left / 2rem 100% no-repeat local,
+    linear-gradient(to left, #fff 30%, rgba(255,255,255,0)) right / 2rem 100% no-repeat local,
+    radial-gradient(farthest-side at 0 50%, rgba(0,0,0,.18), transparent) left / .8rem 100% no-repeat scroll,
+    radial-gradient(farthest-side at 100% 50%, rgba(0,0,0,.18), transparent) right / .8rem 100% no-repeat scroll; }
 figure.table figcaption { width: 0; min-width: 100%; padding-top: .3rem; }
 table { border-collapse: collapse; font-size: .9rem; }
 th, td { padding: .2rem .6rem; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
