@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from imagerec.outputs.report.blocks import Block, Figure, Gallery, Notes, Panels, ReportContext, Section, Table, cell
+from imagerec.outputs.visualize import shortened
 from imagerec.runs import atomic_write, write_text
 from imagerec.safe_read import printable
 
@@ -161,15 +162,9 @@ def sheet_png(gallery: Gallery, name: str) -> Picture:
             tile.thumbnail((SHEET_CELL - 8, SHEET_CELL - 8))
         x, y = (i % columns) * SHEET_CELL, (i // columns) * cell_height
         sheet.paste(tile, (x + (SHEET_CELL - tile.width) // 2, y + (SHEET_CELL - tile.height) // 2))
-        draw.text((x + SHEET_CELL // 2, y + SHEET_CELL + 2), _fit(draw, caption, font), fill="black", font=font,
-                  anchor="ma")  # fmt: skip
+        text = shortened(draw, caption, font, SHEET_CELL - 6)
+        draw.text((x + SHEET_CELL // 2, y + SHEET_CELL + 2), text, fill="black", font=font, anchor="ma")
     return png(np.asarray(sheet), name)
-
-
-def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any) -> str:
-    while text and draw.textlength(text, font=font) > SHEET_CELL - 6:
-        text = text[:-2] + "…"
-    return text
 
 
 def _slug(text: str) -> str:
